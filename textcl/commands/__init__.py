@@ -1,0 +1,1 @@
+"""Sub-commands of the ``textcl`` CLI (see ``textcl.cli``)."""
