@@ -1,0 +1,209 @@
+"""textcl.report / ``textcl report``: the HTML renders from a run folder, contains the numbers
+it claims (checked against values computed here from the log), embeds decodable PNGs, and
+says which sections have no data."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("matplotlib")
+
+from tests.test_plots import PNG_MAGIC, synthetic_records, write_jsonl
+from textcl import report
+from textcl.cli import main
+
+CONFIG = {
+    "model": "tiny-bert",
+    "pooling": "cls",
+    "temperature": 0.05,
+    "views": "dropout",
+    "optim": {"lr": 3e-5, "batch_size": 64},
+}
+
+RESULTS = {
+    "model": "runs/x/best",
+    "pooling": "cls",
+    "split": "test",
+    "aggregation": "all",
+    "data_source": "/data/sts",
+    "versions": {"textcl": "0.1.0"},
+    "wall_time_s": 12.5,
+    "tasks": {
+        "sts12": {"spearman": 0.6841, "pearson": 0.7012, "n_pairs": 3108},
+        "stsb": {"spearman": 0.7655, "pearson": 0.7701, "n_pairs": 1379},
+    },
+    "average": {"spearman": 0.7248, "pearson": 0.73565},
+    "predictions": {
+        "stsb": {"pred": [0.1, 0.5, 0.9, 0.3, 0.7], "gold": [0.5, 2.0, 4.8, 1.0, 3.9]},
+    },
+}
+
+
+def make_run(tmp_path: Path, records: list[dict[str, Any]] | None = None) -> Path:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(CONFIG), encoding="utf-8")
+    write_jsonl(run / "metrics.jsonl", records if records is not None else synthetic_records())
+    for d in ("checkpoints/step-00000020", "checkpoints/step-00000040", "best", "final"):
+        (run / d).mkdir(parents=True)
+    return run
+
+
+def embedded_pngs(text: str) -> list[bytes]:
+    return [base64.b64decode(m) for m in re.findall(r'src="data:image/png;base64,([^"]+)"', text)]
+
+
+def assert_decodes_as_png(data: bytes) -> None:
+    from PIL import Image
+
+    assert data[:8] == PNG_MAGIC
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        assert im.size[0] > 100 and im.size[1] > 100
+
+
+def test_report_contains_the_metrics_it_claims(tmp_path: Path) -> None:
+    records = synthetic_records()
+    run = make_run(tmp_path, records)
+    out = report.write_report(run)
+    assert out == run / "report.html"
+    text = out.read_text(encoding="utf-8")
+
+    train = [r for r in records if r["event"] == "train"]
+    evals = [r for r in records if r["event"] == "eval"]
+    best = max(evals, key=lambda r: r["stsb_dev_spearman"])
+    assert f"{train[-1]['loss']:.4f} (step {train[-1]['step']})" in text
+    assert f"{best['stsb_dev_spearman']:.2f} (step {best['step']})" in text
+    # Every eval event is a row of the metrics table, with its values.
+    for r in evals:
+        row = (
+            f"<td>{r['step']}</td><td>{r['epoch']:.2f}</td><td>{r['time']:.1f}</td>"
+            f"<td>{r['stsb_dev_spearman']:.2f}</td><td>{r['alignment']:.4f}</td>"
+            f"<td>{r['uniformity']:.4f}</td>"
+        )
+        assert row in text
+    # Config, flattened.
+    assert "<td>optim.lr</td><td>3e-05</td>" in text
+    assert "<td>pooling</td><td>cls</td>" in text
+    assert "step-00000020, step-00000040" in text
+    # Two pictures: training curves and the alignment-uniformity trajectory.
+    pngs = embedded_pngs(text)
+    assert len(pngs) == 2
+    for png in pngs:
+        assert_decodes_as_png(png)
+    assert "No STS results" in text
+
+
+def test_report_with_results_and_predictions(tmp_path: Path) -> None:
+    run = make_run(tmp_path)
+    (run / "sts_results.json").write_text(json.dumps(RESULTS), encoding="utf-8")
+    text = report.write_report(run, output=tmp_path / "r.html").read_text(encoding="utf-8")
+    # Fractions are shown ×100.
+    assert "<td>sts12</td><td>68.41</td><td>70.12</td><td>3108</td>" in text
+    assert "<td>stsb</td><td>76.55</td><td>77.01</td><td>1379</td>" in text
+    assert "<td>72.48</td><td>73.56</td>" in text
+    assert "split=test" in text
+    pngs = embedded_pngs(text)
+    assert len(pngs) == 3  # curves, alignment-uniformity, STS scatter
+    for png in pngs:
+        assert_decodes_as_png(png)
+    assert "No STS results" not in text
+
+
+def test_report_results_already_x100_and_several_models(tmp_path: Path) -> None:
+    run = make_run(tmp_path)
+    before = json.loads(json.dumps(RESULTS))
+    del before["predictions"]
+    after = json.loads(json.dumps(before))
+    for t in after["tasks"].values():
+        t["spearman"] *= 100
+        t["pearson"] *= 100
+    after["tasks"]["stsb"]["spearman"] = 80.0
+    text = report.write_report(run, results=[("before", before), ("after", after)]).read_text(
+        encoding="utf-8"
+    )
+    assert "before Spearman ×100" in text and "after Spearman ×100" in text
+    assert "<td>stsb</td><td>76.55</td><td>80.00</td>" in text
+
+
+def test_report_without_optional_data_says_so(tmp_path: Path) -> None:
+    records = [r for r in synthetic_records(with_alignment=False)]
+    for r in records:
+        r.pop("best", None)
+    run = make_run(tmp_path, records)
+    (run / "config.json").unlink()
+    text = report.write_report(run).read_text(encoding="utf-8")
+    assert "No config.json" in text
+    assert "Alignment and uniformity were not logged" in text
+    assert "Not logged: alignment, uniformity." in text
+    assert "No values logged for: alignment, uniformity" in text
+    assert len(embedded_pngs(text)) == 1
+    # Without best flags the best is the maximum.
+    evals = [r for r in records if r["event"] == "eval"]
+    best = max(evals, key=lambda r: r["stsb_dev_spearman"])
+    assert f"{best['stsb_dev_spearman']:.2f} (step {best['step']})" in text
+
+
+def test_report_only_train_events(tmp_path: Path) -> None:
+    records = [r for r in synthetic_records() if r["event"] == "train"]
+    text = report.write_report(make_run(tmp_path, records)).read_text(encoding="utf-8")
+    assert "No eval events in metrics.jsonl" in text
+    assert "best STS-B dev Spearman ×100</td><td>not logged" in text
+
+
+def test_run_summary_resumed_run_later_eval_wins(tmp_path: Path) -> None:
+    records = [
+        {"event": "train", "step": 1, "epoch": 0.1, "time": 1.0, "loss": 3.0},
+        {"event": "eval", "step": 2, "epoch": 0.2, "time": 2.0, "stsb_dev_spearman": 50.0},
+        {"event": "eval", "step": 2, "epoch": 0.2, "time": 9.0, "stsb_dev_spearman": 55.0},
+        {"event": "train", "step": 3, "epoch": 0.3, "time": 10.0, "loss": 2.5},
+    ]
+    s = report.run_summary(report.load_run(make_run(tmp_path, records)))
+    assert s["last_loss"] == 2.5 and s["last_step"] == 3
+    assert s["best_dev_spearman"] == 55.0 and s["best_step"] == 2
+    assert s["wall_time_s"] == 10.0 and s["n_eval_events"] == 1
+
+
+def test_report_html_escapes_config(tmp_path: Path) -> None:
+    run = make_run(tmp_path)
+    (run / "config.json").write_text(json.dumps({"note": "<script>x</script>"}))
+    text = report.write_report(run).read_text(encoding="utf-8")
+    assert "<script>" not in text and "&lt;script&gt;x&lt;/script&gt;" in text
+
+
+def test_errors_name_the_problem(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="run folder not found"):
+        report.load_run(tmp_path / "missing")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match=r"no metrics\.jsonl"):
+        report.load_run(empty)
+    run = make_run(tmp_path)
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write("{broken\n")
+    n = len((run / "metrics.jsonl").read_text().splitlines())
+    with pytest.raises(ValueError, match=rf"metrics\.jsonl:{n}: not valid JSON"):
+        report.write_report(run)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"tasks": {"sts12": {"pearson": 0.5}}}))
+    with pytest.raises(ValueError, match=r"bad\.json: tasks\['sts12'\] has no numeric 'spearman'"):
+        report.load_sts_results(bad)
+
+
+def test_cli_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = make_run(tmp_path)
+    res = tmp_path / "res.json"
+    res.write_text(json.dumps(RESULTS))
+    out = tmp_path / "out" / "rep.html"
+    assert main(["report", str(run), "--output", str(out), "--results", str(res)]) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    assert "<td>stsb</td><td>76.55</td>" in out.read_text(encoding="utf-8")
+    assert main(["report", str(tmp_path / "nope")]) == 2
+    assert "run folder not found" in capsys.readouterr().err

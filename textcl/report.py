@@ -1,0 +1,513 @@
+"""A self-contained HTML report of a training run (``textcl report RUN_DIR``).
+
+Reads the run folder's fixed formats — ``config.json``, ``metrics.jsonl`` (train and eval
+events), ``checkpoints/step-*/``, ``best/``, ``final/`` — plus optional STS results JSON
+files (``textcl eval --output``), and writes one HTML file with every picture embedded as
+a base64 PNG: the config, a summary, the eval metrics table, the training curves, the
+alignment-uniformity trajectory of the evaluated checkpoints, the STS table and, when the
+results carry predictions, the predicted-vs-gold scatter plots. Sections without data say
+so instead of failing.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from textcl.plots import PathLike, read_metrics
+
+RESULTS_FILENAMES: tuple[str, ...] = ("sts_results.json", "results.json")
+"""STS results files picked up from the run folder when no ``results`` are given."""
+
+EVAL_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("step", "step", "d"),
+    ("epoch", "epoch", ".2f"),
+    ("time", "time (s)", ".1f"),
+    ("stsb_dev_spearman", "STS-B dev Spearman ×100", ".2f"),
+    ("alignment", "alignment", ".4f"),
+    ("uniformity", "uniformity", ".4f"),
+)
+"""``(key, header, format)`` of the eval-metrics table; optional columns without data are dropped."""
+
+
+@dataclass
+class RunData:
+    """What a run folder holds (see the module docstring)."""
+
+    run_dir: Path
+    config: dict[str, Any] | None
+    records: list[dict[str, Any]]
+    checkpoints: list[Path] = field(default_factory=list)
+    best_dir: Path | None = None
+    final_dir: Path | None = None
+
+    @property
+    def train_records(self) -> list[dict[str, Any]]:
+        return [r for r in self.records if r.get("event") == "train"]
+
+    @property
+    def eval_records(self) -> list[dict[str, Any]]:
+        """Eval events by step; a step logged twice (resumed run) keeps the later record."""
+        by_step: dict[int, dict[str, Any]] = {}
+        for r in self.records:
+            if r.get("event") == "eval":
+                by_step[int(r["step"])] = r
+        return [by_step[s] for s in sorted(by_step)]
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        with path.open(encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON (line {e.lineno}): {e.msg}") from None
+
+
+def load_run(run_dir: PathLike) -> RunData:
+    """Read a run folder. ``metrics.jsonl`` is required; ``config.json`` is optional."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run folder not found: {run_dir}")
+    metrics = run_dir / "metrics.jsonl"
+    if not metrics.is_file():
+        raise FileNotFoundError(f"{run_dir} has no metrics.jsonl: not a textcl training run")
+    config = None
+    if (run_dir / "config.json").is_file():
+        config = _read_json(run_dir / "config.json")
+        if not isinstance(config, dict):
+            raise ValueError(f"{run_dir / 'config.json'}: expected a JSON object")
+    ckpt_root = run_dir / "checkpoints"
+    checkpoints = (
+        sorted(p for p in ckpt_root.glob("step-*") if p.is_dir()) if ckpt_root.is_dir() else []
+    )
+    return RunData(
+        run_dir=run_dir,
+        config=config,
+        records=read_metrics(metrics),
+        checkpoints=checkpoints,
+        best_dir=run_dir / "best" if (run_dir / "best").is_dir() else None,
+        final_dir=run_dir / "final" if (run_dir / "final").is_dir() else None,
+    )
+
+
+def load_sts_results(path: PathLike) -> dict[str, Any]:
+    """Read an STS results JSON (``textcl eval --output``) and check its shape.
+
+    Needs ``"tasks": {task: {"spearman": ..., ...}}``; ``ValueError`` naming the file and
+    field otherwise.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"STS results file not found: {path}")
+    data = _read_json(path)
+    check_sts_results(data, str(path))
+    return dict(data)
+
+
+def check_sts_results(data: object, source: str = "STS results") -> None:
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{source}: expected a JSON object")
+    tasks = data.get("tasks")
+    if not isinstance(tasks, Mapping) or not tasks:
+        raise ValueError(f"{source}: missing or empty field 'tasks'")
+    for name, t in tasks.items():
+        if not isinstance(t, Mapping) or not _is_number(t.get("spearman")):
+            raise ValueError(f"{source}: tasks[{name!r}] has no numeric 'spearman'")
+
+
+def find_results(run_dir: PathLike) -> list[Path]:
+    """STS results files (:data:`RESULTS_FILENAMES`) present in the run folder."""
+    return [Path(run_dir) / n for n in RESULTS_FILENAMES if (Path(run_dir) / n).is_file()]
+
+
+# ---------------------------------------------------------------------- formatting
+def _is_number(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _fmt(v: object, spec: str = "") -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "yes" if v else ""
+    if _is_number(v) and spec:
+        assert isinstance(v, int | float)
+        return format(int(v) if spec == "d" else v, spec)
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
+def _esc(v: object) -> str:
+    return html.escape(str(v), quote=True)
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            out.extend(_flatten(v, key + "."))
+        else:
+            out.append((key, v))
+    return out
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], cls: str = "") -> str:
+    head = "".join(f"<th>{_esc(h)}</th>" for h in headers)
+    body = "\n".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>\n{body}\n</tbody></table>'
+
+
+def _img(png: bytes, alt: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return f'<img alt="{_esc(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _note(text: str) -> str:
+    return f'<p class="note">{_esc(text)}</p>'
+
+
+def _sts_scale(results: Mapping[str, Any]) -> float:
+    """×100 for results stored as fractions (|average| <= 1), ×1 for results already ×100."""
+    vals = [t["spearman"] for t in results["tasks"].values()]
+    return 100.0 if max(abs(float(v)) for v in vals) <= 1.0 else 1.0
+
+
+# ---------------------------------------------------------------------- summary
+def run_summary(run: RunData) -> dict[str, Any]:
+    """Headline numbers of a run: last step/epoch/time, last train loss, best and last dev
+    Spearman (with their steps). Missing data -> ``None``."""
+    train = [r for r in run.train_records if _is_number(r.get("loss"))]
+    evals = [r for r in run.eval_records if _is_number(r.get("stsb_dev_spearman"))]
+    last = max(run.records, key=lambda r: int(r["step"])) if run.records else None
+    best = None
+    if evals:
+        flagged = [r for r in evals if r.get("best") is True]
+        best = flagged[-1] if flagged else max(evals, key=lambda r: r["stsb_dev_spearman"])
+    return {
+        "last_step": int(last["step"]) if last else None,
+        "last_epoch": last.get("epoch") if last else None,
+        "wall_time_s": max(
+            (r["time"] for r in run.records if _is_number(r.get("time"))), default=None
+        ),
+        "last_loss": train[-1]["loss"] if train else None,
+        "last_loss_step": int(train[-1]["step"]) if train else None,
+        "best_dev_spearman": best["stsb_dev_spearman"] if best else None,
+        "best_step": int(best["step"]) if best else None,
+        "last_dev_spearman": evals[-1]["stsb_dev_spearman"] if evals else None,
+        "n_train_events": len(run.train_records),
+        "n_eval_events": len(run.eval_records),
+    }
+
+
+# ---------------------------------------------------------------------- sections
+def _summary_section(run: RunData, s: Mapping[str, Any]) -> str:
+    rows = [
+        ("last step", _fmt(s["last_step"], "d")),
+        ("epochs", _fmt(s["last_epoch"], ".2f")),
+        ("wall time (s)", _fmt(s["wall_time_s"], ".1f")),
+        (
+            "last training loss",
+            f"{_fmt(s['last_loss'], '.4f')} (step {s['last_loss_step']})"
+            if s["last_loss"] is not None
+            else "not logged",
+        ),
+        (
+            "best STS-B dev Spearman ×100",
+            f"{_fmt(s['best_dev_spearman'], '.2f')} (step {s['best_step']})"
+            if s["best_dev_spearman"] is not None
+            else "not logged",
+        ),
+        (
+            "last STS-B dev Spearman ×100",
+            _fmt(s["last_dev_spearman"], ".2f")
+            if s["last_dev_spearman"] is not None
+            else "not logged",
+        ),
+        ("train / eval events", f"{s['n_train_events']} / {s['n_eval_events']}"),
+        ("checkpoints", ", ".join(p.name for p in run.checkpoints) or "none"),
+        (
+            "best/ and final/",
+            ", ".join(n for n, p in (("best", run.best_dir), ("final", run.final_dir)) if p)
+            or "none",
+        ),
+    ]
+    return "<h2>Summary</h2>\n" + _table(["", ""], [(_esc(k), _esc(v)) for k, v in rows], "kv")
+
+
+def _config_section(run: RunData) -> str:
+    if run.config is None:
+        return "<h2>Config</h2>\n" + _note("No config.json in the run folder.")
+    rows = [
+        (_esc(k), _esc(json.dumps(v) if not isinstance(v, str) else v))
+        for k, v in _flatten(run.config)
+    ]
+    return "<h2>Config</h2>\n" + _table(["field", "value"], rows, "kv")
+
+
+def _eval_section(run: RunData) -> str:
+    evals = run.eval_records
+    out = "<h2>Evaluation metrics</h2>\n"
+    if not evals:
+        return out + _note("No eval events in metrics.jsonl.")
+    cols = [c for c in EVAL_COLUMNS if any(c[0] in r for r in evals)]
+    missing = [c[1] for c in EVAL_COLUMNS if c not in cols]
+    headers = [c[1] for c in cols] + ["best"]
+    rows = []
+    for r in evals:
+        cells = [_esc(_fmt(r.get(k), spec)) for k, _, spec in cols]
+        cells.append("★" if r.get("best") is True else "")
+        rows.append(cells)
+    out += _table(headers, rows, "num")
+    if missing:
+        out += _note("Not logged: " + ", ".join(missing) + ".")
+    return out
+
+
+def _figure_html(make: Any, alt: str) -> str:
+    from textcl.plots import figure_to_png_bytes
+
+    return f"<figure>{_img(figure_to_png_bytes(make()), alt)}<figcaption>{_esc(alt)}</figcaption></figure>"
+
+
+def _curves_section(run: RunData) -> str:
+    from textcl.plots import available_curves, plot_training_curves
+
+    out = "<h2>Training curves</h2>\n"
+    present = available_curves(run.records)
+    if not present:
+        return out + _note("No loss, STS-B, alignment or uniformity values were logged.")
+    out += _figure_html(
+        lambda: plot_training_curves(run.records, title=run.run_dir.name),
+        "training curves: " + ", ".join(present),
+    )
+    absent = [
+        k for k in ("loss", "stsb_dev_spearman", "alignment", "uniformity") if k not in present
+    ]
+    if absent:
+        out += _note("No values logged for: " + ", ".join(absent) + " (panels left out).")
+    return out
+
+
+def _alignment_section(run: RunData) -> str:
+    from textcl.plots import plot_alignment_uniformity
+
+    out = "<h2>Alignment and uniformity of the evaluated checkpoints</h2>\n"
+    evals = [
+        r
+        for r in run.eval_records
+        if _is_number(r.get("alignment")) and _is_number(r.get("uniformity"))
+    ]
+    if not evals:
+        return out + _note("Alignment and uniformity were not logged: no plot.")
+    with_score = all(_is_number(r.get("stsb_dev_spearman")) for r in evals)
+    points = {
+        f"step {r['step']}": (
+            (r["alignment"], r["uniformity"], r["stsb_dev_spearman"])
+            if with_score
+            else (r["alignment"], r["uniformity"])
+        )
+        for r in evals
+    }
+    return out + _figure_html(
+        lambda: plot_alignment_uniformity(
+            points,
+            connect=True,
+            title="checkpoints in training order",
+            score_label="STS-B dev Spearman ×100",
+        ),
+        "alignment-uniformity trajectory (arrows: training order)",
+    )
+
+
+def _sts_section(results: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
+    out = "<h2>STS results</h2>\n"
+    if not results:
+        return out + _note(
+            "No STS results: pass --results FILE (from `textcl eval --output`) or --sts to evaluate best/ now."
+        )
+    tasks: list[str] = []
+    for _, res in results:
+        tasks += [t for t in res["tasks"] if t not in tasks]
+    headers = ["task"] + [f"{name} Spearman ×100" for name, _ in results]
+    headers += [f"{name} Pearson ×100" for name, _ in results] + ["pairs"]
+    rows = []
+    for t in tasks:
+        sp, pe, n = [], [], ""
+        for _, res in results:
+            d = res["tasks"].get(t, {})
+            scale = _sts_scale(res)
+            sp.append(_fmt(d["spearman"] * scale, ".2f") if _is_number(d.get("spearman")) else "")
+            pe.append(_fmt(d["pearson"] * scale, ".2f") if _is_number(d.get("pearson")) else "")
+            n = n or _fmt(d.get("n_pairs"), "d")
+        rows.append([_esc(t), *map(_esc, sp), *map(_esc, pe), _esc(n)])
+    avg_sp, avg_pe = [], []
+    for _, res in results:
+        avg = res.get("average") or {}
+        scale = _sts_scale(res)
+        avg_sp.append(
+            _fmt(avg["spearman"] * scale, ".2f") if _is_number(avg.get("spearman")) else ""
+        )
+        avg_pe.append(_fmt(avg["pearson"] * scale, ".2f") if _is_number(avg.get("pearson")) else "")
+    if any(avg_sp):
+        rows.append([f"<b>{_esc('average')}</b>", *map(_esc, avg_sp), *map(_esc, avg_pe), ""])
+    out += _table(headers, rows, "num")
+    meta = []
+    for name, res in results:
+        bits = [
+            f"{k}={res[k]}"
+            for k in ("model", "pooling", "split", "aggregation", "data_source")
+            if k in res
+        ]
+        meta.append(f"{name}: " + ", ".join(bits))
+    out += "".join(_note(m) for m in meta)
+    return out
+
+
+def _scatter_section(results: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
+    from textcl.plots import plot_sts_scatters
+
+    with_preds = [
+        (n, r) for n, r in results if isinstance(r.get("predictions"), Mapping) and r["predictions"]
+    ]
+    if not with_preds:
+        return ""
+    out = "<h2>Predicted vs gold similarity</h2>\n"
+    for name, res in with_preds:
+        out += _figure_html(
+            lambda res=res: plot_sts_scatters(res["predictions"]),
+            f"{name}: predicted cosine vs gold score",
+        )
+    return out
+
+
+def _similarity_section(sims: tuple[Any, Any] | None, source: str) -> str:
+    if sims is None:
+        return ""
+    from textcl.plots import plot_similarity_distribution
+
+    return "<h2>Cosine similarity of positive vs random pairs</h2>\n" + _figure_html(
+        lambda: plot_similarity_distribution(sims[0], sims[1], title=source), source
+    )
+
+
+CSS = """
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto;
+       max-width: 1100px; color: #222; padding: 0 1em; }
+h1 { font-size: 1.6em; border-bottom: 2px solid #ddd; padding-bottom: .3em; }
+h2 { font-size: 1.25em; margin-top: 1.8em; border-bottom: 1px solid #eee; }
+table { border-collapse: collapse; margin: .6em 0; font-size: .9em; }
+th, td { border: 1px solid #ddd; padding: .25em .6em; }
+th { background: #f4f4f4; text-align: left; }
+table.num td { text-align: right; font-variant-numeric: tabular-nums; }
+table.num td:first-child { text-align: left; }
+table.kv td:first-child { font-weight: 600; white-space: nowrap; }
+table.kv thead { display: none; }
+figure { margin: 1em 0; }
+figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { color: #666; font-size: .85em; }
+p.note { color: #7a5c00; background: #fff8e1; padding: .3em .6em; border-radius: 3px; }
+.meta { color: #666; font-size: .85em; }
+"""
+
+
+def render_report_html(
+    run: RunData,
+    results: Sequence[tuple[str, Mapping[str, Any]]] = (),
+    similarity: tuple[Any, Any] | None = None,
+    similarity_source: str = "",
+    title: str | None = None,
+) -> str:
+    """The report of ``run`` as one HTML string (every image embedded)."""
+    from textcl import __version__
+
+    for name, res in results:
+        check_sts_results(res, name)
+    summary = run_summary(run)
+    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    title = title or f"textcl training report: {run.run_dir.name}"
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{_esc(title)}</title><style>{CSS}</style></head><body>",
+        f"<h1>{_esc(title)}</h1>",
+        f'<p class="meta">run folder {_esc(run.run_dir.resolve())} · generated {now} · textcl {_esc(__version__)}</p>',
+        _summary_section(run, summary),
+        _curves_section(run),
+        _eval_section(run),
+        _alignment_section(run),
+        _sts_section(results),
+        _scatter_section(results),
+        _similarity_section(similarity, similarity_source),
+        _config_section(run),
+        "</body></html>",
+    ]
+    return "\n".join(p for p in parts if p) + "\n"
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_report(
+    run_dir: PathLike,
+    output: PathLike | None = None,
+    results: Sequence[PathLike | tuple[str, Mapping[str, Any]]] | None = None,
+    similarity: tuple[Any, Any] | None = None,
+    similarity_source: str = "",
+    title: str | None = None,
+) -> Path:
+    """Render the report of ``run_dir`` to ``output`` (default ``RUN_DIR/report.html``).
+
+    ``results``: STS results files or ``(name, results dict)`` pairs; ``None`` picks up
+    :data:`RESULTS_FILENAMES` from the run folder. ``similarity``: optional ``(pos, rand)``
+    cosine arrays (see :func:`textcl.plots.pair_cosine_similarities`). Returns the path.
+    """
+    run = load_run(run_dir)
+    loaded: list[tuple[str, Mapping[str, Any]]] = []
+    sources = find_results(run.run_dir) if results is None else list(results)
+    for src in sources:
+        if isinstance(src, tuple):
+            loaded.append(src)
+        else:
+            loaded.append((Path(src).name, load_sts_results(src)))
+    text = render_report_html(run, loaded, similarity, similarity_source, title)
+    out = Path(output) if output is not None else run.run_dir / "report.html"
+    _write_text_atomic(out, text)
+    return out
+
+
+def evaluate_run(
+    run: RunData,
+    tasks: Sequence[str] = ("stsb",),
+    split: str = "test",
+    data_dir: PathLike | None = None,
+    batch_size: int = 64,
+    output: PathLike | None = None,
+) -> tuple[Path, tuple[Any, Any], str]:
+    """Evaluate the run's ``best/`` (else ``final/``) encoder on STS now.
+
+    Writes the results (with predictions) to ``output`` (default ``RUN_DIR/sts_results.json``)
+    and computes the positive-vs-random cosine similarities on the STS-B pairs of ``split``
+    with a gold score >= 4 (SimCSE's "positive pairs"). Returns ``(results path, (pos, rand),
+    description)``.
+    """
+    raise NotImplementedError  # filled in once textcl.evaluation exists
