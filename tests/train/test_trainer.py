@@ -1,0 +1,179 @@
+"""The training loop on the tiny BERT: it learns, logs, checkpoints and resumes exactly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from tests.helpers import TINY_SENTENCES
+from textcl import SentenceEncoder
+from textcl.train import TrainConfig, Trainer, find_latest_checkpoint, train
+
+PAIRS = [(TINY_SENTENCES[i], TINY_SENTENCES[(i + 1) % 16]) for i in range(16)]
+
+
+def fake_evaluator(encoder: SentenceEncoder) -> dict[str, float]:
+    """Cheap model-dependent metrics (the real STS-B evaluator is tested elsewhere)."""
+    a = encoder.encode([p[0] for p in PAIRS], normalize=True)
+    b = encoder.encode([p[1] for p in PAIRS], normalize=True)
+    cos = (a * b).sum(1)
+    return {"stsb_dev_spearman": float(100 * (1 - cos.mean())), "alignment": float(cos.std())}
+
+
+@pytest.fixture
+def corpus_file(tmp_path: Path) -> Path:
+    lines = [f"{s} ({i})" for i in range(3) for s in TINY_SENTENCES]
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def make_config(model: Path, data: Path, out: Path, **kw: Any) -> TrainConfig:
+    base: dict[str, Any] = dict(
+        model=str(model),
+        train_file=str(data),
+        output_dir=str(out),
+        batch_size=8,
+        max_length=16,
+        lr=1e-3,
+        max_steps=6,
+        eval_steps=3,
+        logging_steps=1,
+        seed=7,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def read_log(out: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    enc = SentenceEncoder.load(path)
+    state = {f"model.{k}": v for k, v in enc.model.state_dict().items()}
+    if enc.head is not None:
+        state.update({f"head.{k}": v for k, v in enc.head.state_dict().items()})
+    return state
+
+
+def test_run_writes_everything_and_learns(
+    tiny_model_dir: Path, corpus_file: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    cfg = make_config(tiny_model_dir, corpus_file, out, max_steps=12, eval_steps=4)
+    result = train(cfg, evaluator=fake_evaluator)
+    assert result.steps == 12
+    for name in ("config.json", "metrics.jsonl", "results.json", "final", "best"):
+        assert (out / name).exists(), name
+    log = read_log(out)
+    train_recs = [r for r in log if r["event"] == "train"]
+    evals = [r for r in log if r["event"] == "eval"]
+    assert [r["step"] for r in train_recs] == list(range(1, 13))
+    assert [r["step"] for r in evals] == [4, 8, 12]
+    assert all(r["sentences_per_s"] > 0 and r["lr"] >= 0 for r in train_recs)
+    # Contrastive loss goes down on a corpus this small.
+    assert np.mean([r["loss"] for r in train_recs[-3:]]) < np.mean(
+        [r["loss"] for r in train_recs[:3]]
+    )
+    # Linear decay to zero over max_steps.
+    assert train_recs[-1]["lr"] == pytest.approx(0.0)
+    # best/ holds the encoder of the best evaluation.
+    best_eval = max(evals, key=lambda r: r["stsb_dev_spearman"])
+    assert [r["step"] for r in evals if r["best"]][-1] == best_eval["step"]
+    best = SentenceEncoder.load(out / "best")
+    assert fake_evaluator(best)["stsb_dev_spearman"] == pytest.approx(
+        best_eval["stsb_dev_spearman"], abs=1e-4
+    )
+    assert result.best_metrics is not None and result.best_metrics["step"] == best_eval["step"]
+    # The saved encoder keeps pooling and the train-only head; plain transformers loads it.
+    saved = json.loads((out / "final" / "textcl_config.json").read_text())
+    assert saved["pooling"] == "cls" and saved["head_mode"] == "train"
+    from transformers import AutoModel
+
+    AutoModel.from_pretrained(out / "final")
+    ckpt = find_latest_checkpoint(out)
+    assert ckpt is not None and ckpt.name == "step-00000012"
+    meta = json.loads((ckpt / "config.json").read_text())
+    assert meta["step"] == 12 and meta["config"]["batch_size"] == 8
+    assert len(list((out / "checkpoints").glob("step-*"))) <= cfg.save_total_limit
+
+
+def test_resume_reaches_identical_weights(
+    tiny_model_dir: Path, corpus_file: Path, tmp_path: Path
+) -> None:
+    """Interrupted after step 4 (checkpoint at 3), resumed: same weights as one straight run."""
+    straight = tmp_path / "straight"
+    train(
+        make_config(tiny_model_dir, corpus_file, straight, view_b="mask:0.2"),
+        evaluator=fake_evaluator,
+    )
+
+    class Crash(Exception):
+        pass
+
+    def crash(trainer: Trainer, step: int) -> None:
+        if step == 4:
+            raise Crash
+
+    broken = tmp_path / "broken"
+    cfg = make_config(tiny_model_dir, corpus_file, broken, view_b="mask:0.2")
+    with pytest.raises(Crash):
+        Trainer(cfg, evaluator=fake_evaluator, step_callback=crash).train()
+    assert find_latest_checkpoint(broken).name == "step-00000003"  # type: ignore[union-attr]
+    assert max(r["step"] for r in read_log(broken)) == 4
+    result = Trainer(cfg, evaluator=fake_evaluator).train(resume=True)
+    assert result.steps == 6
+    w1, w2 = weights(straight / "final"), weights(broken / "final")
+    assert w1.keys() == w2.keys()
+    for k in w1:
+        assert torch.equal(w1[k], w2[k]), k
+    # The log of the resumed run equals the straight run's (records past step 3 replaced).
+    strip = lambda recs: [  # noqa: E731
+        {k: v for k, v in r.items() if k not in ("time", "sentences_per_s", "eval_time_s")}
+        for r in recs
+    ]
+    assert strip(read_log(broken)) == strip(read_log(straight))
+
+
+def test_epochs_and_dedup(tiny_model_dir: Path, tmp_path: Path) -> None:
+    data = tmp_path / "dups.txt"
+    data.write_text("\n".join(list(TINY_SENTENCES) * 2) + "\n", encoding="utf-8")
+    seen: list[list[str]] = []
+
+    class Spy(Trainer):
+        def make_inputs(self, rows):  # type: ignore[no-untyped-def]
+            seen.append(self.data.texts(rows))
+            return super().make_inputs(rows)
+
+    cfg = make_config(
+        tiny_model_dir, data, tmp_path / "run", max_steps=None, epochs=2, eval_steps=-1
+    )
+    result = Spy(cfg).train()
+    assert result.steps == 8  # 32 sentences / 8 per batch, 2 epochs
+    for batch in seen:
+        assert len(set(batch)) == len(batch)
+
+
+def test_bad_data_fails_before_model_load(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"fine\n\xff\xfe broken\n")
+    cfg = TrainConfig(model="/does/not/exist", train_file=str(bad), output_dir=str(tmp_path / "o"))
+    with pytest.raises(ValueError, match=r"bad\.txt:2"):
+        Trainer(cfg)
+
+
+def test_config_validation_names_field() -> None:
+    with pytest.raises(ValueError, match="'temperature'"):
+        TrainConfig(temperature=0)
+    with pytest.raises(ValueError, match="'batch_size'"):
+        TrainConfig(batch_size=1)
+    with pytest.raises(ValueError, match="unknown config field"):
+        TrainConfig.from_dict({"learning_rate": 1e-3})
+    with pytest.raises(ValueError, match="'pooling'"):
+        TrainConfig(pooling="avg")

@@ -1,0 +1,283 @@
+"""Raw-text training data: one sentence per line, streamed from disk.
+
+A :class:`TextCorpus` scans its files once, checking every line (UTF-8, blank lines) and
+recording only byte offsets and a 64-bit hash per sentence; the text itself stays on disk
+and is read back by seeking when a batch needs it. So a corpus of millions of lines costs
+16 bytes per line of memory, and a bad file fails before training starts, naming the file
+and line.
+
+:func:`plan_epoch` turns a corpus into the batches of one epoch: a seeded permutation in
+which a sentence whose exact duplicate is already in the current batch is deferred to a
+later batch (duplicates inside a batch are false negatives for in-batch contrastive loss).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from array import array
+from collections import deque
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+TEXT_SUFFIXES = (".txt", ".text")
+
+
+def _hash64(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+class TextCorpus:
+    """Sentences from text files (one per line, blank lines skipped) or a ``datasets`` column.
+
+    Build with :meth:`from_source`. ``len(corpus)`` is the number of sentences and
+    ``corpus[i]`` reads sentence ``i`` (leading/trailing whitespace stripped).
+    """
+
+    def __init__(self) -> None:
+        self.files: list[Path] = []
+        self._file_index = array("H")
+        self._offsets = array("q")
+        self._hashes = array("Q")
+        self._handles: dict[int, BinaryIO] = {}
+        self._dataset: Any = None
+        self._rows = array("q")
+        self._column = "text"
+        self.n_blank = 0
+        self.source = ""
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def from_source(
+        cls,
+        source: str | os.PathLike[str] | Any,
+        text_column: str = "text",
+        split: str = "train",
+    ) -> TextCorpus:
+        """A corpus from a text file, a folder of ``.txt`` files, a ``datasets.Dataset``, a
+        folder written by ``Dataset.save_to_disk``, or a Hugging Face hub dataset id.
+
+        Raises ``FileNotFoundError`` for a missing path and ``ValueError`` for an empty
+        corpus, a file that is not UTF-8 (with file and line) or a missing text column.
+        """
+        corpus = cls()
+        if not isinstance(source, (str, os.PathLike)):
+            corpus._scan_dataset(source, text_column, describe=type(source).__name__)
+            return corpus
+        path = Path(source).expanduser()
+        if path.is_file():
+            corpus._scan_files([path])
+        elif path.is_dir():
+            if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
+                corpus._scan_dataset(_load_saved_dataset(path, split), text_column, str(path))
+            else:
+                files = sorted(
+                    p for p in path.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES
+                )
+                if not files:
+                    raise ValueError(
+                        f"{path}: folder holds no text files ({', '.join(TEXT_SUFFIXES)})"
+                    )
+                corpus._scan_files(files)
+        elif str(source).startswith(("/", ".", "~")) or str(source).count("/") > 1:
+            raise FileNotFoundError(f"training data not found: {path}")
+        else:
+            try:
+                dataset = _load_hub_dataset(str(source), split)
+            except Exception as e:
+                raise FileNotFoundError(
+                    f"{source}: no such file or folder, and loading it as a Hugging Face hub "
+                    f"dataset failed ({type(e).__name__}: {e})"
+                ) from e
+            corpus._scan_dataset(dataset, text_column, f"hub:{source}")
+        return corpus
+
+    def _scan_files(self, files: Sequence[Path]) -> None:
+        if len(files) > 65535:
+            raise ValueError(f"too many files ({len(files)}); at most 65535 per corpus")
+        self.files = list(files)
+        self.source = (
+            str(files[0]) if len(files) == 1 else f"{files[0].parent} ({len(files)} files)"
+        )
+        for fi, path in enumerate(files):
+            n_before = len(self._offsets)
+            with open(path, "rb") as fh:
+                offset = 0
+                for lineno, raw in enumerate(fh, start=1):
+                    try:
+                        text = raw.decode("utf-8").strip()
+                    except UnicodeDecodeError as e:
+                        raise ValueError(
+                            f"{path}:{lineno}: not valid UTF-8 (byte {e.start}: {e.reason})"
+                        ) from None
+                    if text:
+                        self._file_index.append(fi)
+                        self._offsets.append(offset)
+                        self._hashes.append(_hash64(text))
+                    else:
+                        self.n_blank += 1
+                    offset += len(raw)
+            if len(self._offsets) == n_before and len(files) == 1:
+                raise ValueError(f"{path}: no sentences (the file is empty or blank)")
+        if not self._offsets:
+            raise ValueError(f"{self.source}: no sentences (all files are empty or blank)")
+
+    def _scan_dataset(self, dataset: Any, column: str, describe: str) -> None:
+        names = getattr(dataset, "column_names", None)
+        if names is None or column not in names:
+            raise ValueError(
+                f"{describe}: no text column {column!r} (columns: {names}); pass text_column"
+            )
+        self._dataset = dataset
+        self._column = column
+        self.source = describe
+        for row, value in enumerate(dataset[column]):
+            if value is None:
+                self.n_blank += 1
+                continue
+            if not isinstance(value, str):
+                raise ValueError(
+                    f"{describe}: row {row} column {column!r} is {type(value).__name__}, "
+                    "not a string"
+                )
+            text = value.strip()
+            if text:
+                self._rows.append(row)
+                self._hashes.append(_hash64(text))
+            else:
+                self.n_blank += 1
+        if not self._rows:
+            raise ValueError(f"{describe}: no sentences in column {column!r}")
+
+    # ------------------------------------------------------------------ access
+    def __len__(self) -> int:
+        return len(self._rows) if self._dataset is not None else len(self._offsets)
+
+    @property
+    def hashes(self) -> np.ndarray:
+        """``(N,)`` uint64 hash of each sentence (equal text, equal hash)."""
+        return np.frombuffer(self._hashes, dtype=np.uint64)
+
+    def __getitem__(self, i: int) -> str:
+        if self._dataset is not None:
+            value: str = self._dataset[int(self._rows[i])][self._column]
+            return value.strip()
+        fi = self._file_index[i]
+        fh = self._handles.get(fi)
+        if fh is None:
+            fh = self._handles[fi] = open(self.files[fi], "rb")  # noqa: SIM115 (cached)
+        fh.seek(self._offsets[i])
+        return fh.readline().decode("utf-8").strip()
+
+    def texts(self, indices: Sequence[int]) -> list[str]:
+        return [self[int(i)] for i in indices]
+
+    def __iter__(self) -> Iterator[str]:
+        for i in range(len(self)):
+            yield self[i]
+
+    def close(self) -> None:
+        for fh in self._handles.values():
+            fh.close()
+        self._handles.clear()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_handles"] = {}
+        return state
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # interpreter shutdown
+            self.close()
+
+    def __repr__(self) -> str:
+        return f"TextCorpus({self.source!r}, sentences={len(self)})"
+
+
+def plan_epoch(
+    hashes: np.ndarray, batch_size: int, seed: int, epoch: int, drop_last: bool = False
+) -> list[list[int]]:
+    """The batches of one epoch: indices in a seeded random order, no duplicate text inside
+    a batch.
+
+    Args:
+        hashes: ``(N,)`` one hash per item; items with equal hashes never share a batch.
+        batch_size: items per batch (>= 2: a contrastive batch needs negatives).
+        seed, epoch: the permutation is a function of both (reshuffled each epoch).
+        drop_last: drop a final batch smaller than ``batch_size``.
+
+    Returns a list of batches (lists of item indices). Each item appears exactly once,
+    except that batches of a single item are dropped (they have no negatives) and, with
+    ``drop_last``, the incomplete last batch. A deferred duplicate joins the first later
+    batch that does not contain its text.
+    """
+    if batch_size < 2:
+        raise ValueError(f"batch_size must be >= 2 for in-batch negatives, got {batch_size}")
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(hashes))
+    batches: list[list[int]] = []
+    pending: deque[int] = deque()
+    current: list[int] = []
+    seen: set[int] = set()
+
+    def take(i: int) -> bool:
+        h = int(hashes[i])
+        if h in seen:
+            return False
+        seen.add(h)
+        current.append(i)
+        return True
+
+    def flush() -> None:
+        batches.append(current.copy())
+        current.clear()
+        seen.clear()
+
+    for i in order:
+        # Deferred items get the first chance at each new batch.
+        for _ in range(len(pending)):
+            if len(current) >= batch_size:
+                break
+            j = pending.popleft()
+            if not take(j):
+                pending.append(j)
+        if len(current) < batch_size and not take(int(i)):
+            pending.append(int(i))
+        if len(current) >= batch_size:
+            flush()
+    while pending:
+        for _ in range(len(pending)):
+            j = pending.popleft()
+            if not take(j):
+                pending.append(j)
+            if len(current) >= batch_size:
+                flush()
+        if pending and current:
+            flush()  # what is left duplicates this batch's texts: start a new batch
+    if current:
+        flush()
+    if drop_last and batches and len(batches[-1]) < batch_size:
+        batches.pop()
+    return [b for b in batches if len(b) >= 2]
+
+
+def _load_saved_dataset(path: Path, split: str) -> Any:
+    import datasets
+
+    loaded = datasets.load_from_disk(str(path))
+    if isinstance(loaded, datasets.DatasetDict):
+        if split not in loaded:
+            raise ValueError(f"{path}: no split {split!r} (splits: {sorted(loaded)})")
+        return loaded[split]
+    return loaded
+
+
+def _load_hub_dataset(name: str, split: str) -> Any:  # pragma: no cover - needs the network
+    """Download a dataset from the Hugging Face hub (isolated so tests can replace it)."""
+    import datasets
+
+    return datasets.load_dataset(name, split=split)

@@ -1,0 +1,171 @@
+"""One dataclass per training run, saved as JSON beside every checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from textcl.pooling import HEAD_MODES, POOLING_STRATEGIES
+
+OBJECTIVES = ("unsup", "sup")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run.
+
+    Defaults are the unsupervised SimCSE BERT-base recipe (Gao et al. 2021): ``cls`` pooling
+    with an MLP head at training time only, temperature 0.05, lr 3e-5, batch 64, max length
+    32, one epoch, STS-B dev evaluation every 125 steps keeping the best checkpoint.
+    """
+
+    model: str = ""
+    """Hub id or local folder of the starting encoder."""
+    train_file: str = ""
+    """Text file / folder / saved dataset / hub id (unsup); CSV/TSV/JSONL or dataset (sup)."""
+    output_dir: str = ""
+    objective: str = "unsup"
+    """``unsup`` (raw sentences, two views) or ``sup`` (pairs/triples)."""
+    columns: list[str] = field(default_factory=lambda: ["sent0", "sent1", "hard_neg"])
+    """Supervised columns: anchor, positive[, hard negative]."""
+    text_column: str = "text"
+    """Text column of a ``datasets`` source (unsup)."""
+    skip_bad_rows: bool = False
+    view_a: str = "dropout"
+    view_b: str = "dropout"
+    pooling: str = "cls"
+    head: str = "train"
+    """Projection head: ``none``, ``train`` (SimCSE: MLP at training time only), ``always``."""
+    temperature: float = 0.05
+    symmetric: bool = False
+    hard_negative_weight: float = 0.0
+    lr: float = 3e-5
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.0
+    max_grad_norm: float = 1.0
+    batch_size: int = 64
+    """Sentences per step, over all processes (each of N ranks takes batch_size / N)."""
+    epochs: int = 1
+    max_steps: int | None = None
+    """Stop after this many steps (overrides ``epochs``)."""
+    max_length: int = 32
+    seed: int = 42
+    precision: str = "auto"
+    """``auto`` (bf16 on GPUs that support it, else fp16 + grad scaler; fp32 on CPU)."""
+    device: str | None = None
+    eval_steps: int = 125
+    """Evaluate on STS-B dev every N steps and at the end; 0: only at the end; -1: never."""
+    eval_batch_size: int = 128
+    data_dir: str | None = None
+    """Evaluation data root (``sts/`` inside); default ``TEXTCL_DATA`` / the hub."""
+    save_steps: int | None = None
+    """Checkpoint every N steps (default: at every evaluation)."""
+    save_total_limit: int = 2
+    """Keep only the newest N step checkpoints (``best/`` and ``final/`` are kept apart)."""
+    logging_steps: int = 10
+    grad_cache_chunk: int | None = None
+    """Gradient cache (Gao et al. 2021): embed the batch in chunks of this many sentences."""
+    compile: bool = False
+    """``torch.compile`` the transformer (opt-in)."""
+    drop_last: bool = False
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        def bad(name: str, why: str) -> ValueError:
+            return ValueError(f"config field {name!r}: {why} (got {getattr(self, name)!r})")
+
+        if self.objective not in OBJECTIVES:
+            raise bad("objective", f"expected one of {', '.join(OBJECTIVES)}")
+        if self.pooling not in POOLING_STRATEGIES:
+            raise bad("pooling", f"expected one of {', '.join(POOLING_STRATEGIES)}")
+        if self.head not in HEAD_MODES:
+            raise bad("head", f"expected one of {', '.join(HEAD_MODES)}")
+        if self.precision not in PRECISIONS:
+            raise bad("precision", f"expected one of {', '.join(PRECISIONS)}")
+        if not self.temperature > 0:
+            raise bad("temperature", "must be > 0")
+        if not self.lr > 0:
+            raise bad("lr", "must be > 0")
+        if self.weight_decay < 0:
+            raise bad("weight_decay", "must be >= 0")
+        if not 0 <= self.warmup_ratio < 1:
+            raise bad("warmup_ratio", "must be in [0, 1)")
+        if not self.max_grad_norm >= 0:
+            raise bad("max_grad_norm", "must be >= 0 (0: no clipping)")
+        for name in ("batch_size",):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 2:
+                raise bad(name, "must be an integer >= 2 (in-batch negatives)")
+        for name in ("epochs", "max_length", "logging_steps", "eval_batch_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise bad(name, "must be a positive integer")
+        for name in ("max_steps", "save_steps", "grad_cache_chunk"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise bad(name, "must be a positive integer or null")
+        if not isinstance(self.eval_steps, int) or self.eval_steps < -1:
+            raise bad("eval_steps", "must be an integer >= -1")
+        if self.save_total_limit < 1:
+            raise bad("save_total_limit", "must be >= 1")
+        if self.objective == "sup" and len(self.columns) not in (2, 3):
+            raise bad("columns", "supervised data needs 2 (anchor, positive) or 3 columns")
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> TrainConfig:
+        if not isinstance(data, dict):
+            raise ValueError(f"{source}: a config must be a mapping of field -> value")
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"{source}: unknown config field(s) {unknown}")
+        try:
+            return cls(**data)
+        except TypeError as e:
+            raise ValueError(f"{source}: {e}") from None
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> TrainConfig:
+        """Read a JSON or YAML (``.yaml``/``.yml``, needs PyYAML) config file."""
+        return cls.from_dict(read_config_file(path), str(path))
+
+    def save(self, path: str | os.PathLike[str], **extra: Any) -> None:
+        """Write the config (plus ``extra`` keys such as step and metrics) as JSON."""
+        payload = {"config": self.to_dict(), **extra}
+        Path(path).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+
+
+def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The mapping in a JSON/YAML config file; a saved ``config.json`` (with a ``config``
+    key, as written beside checkpoints) is accepted too."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"config file not found: {p}")
+    text = p.read_text(encoding="utf-8")
+    if p.suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise ValueError(f"{p}: reading YAML needs PyYAML (pip install pyyaml)") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ValueError(f"{p}: not valid YAML: {e}") from None
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{p}:{e.lineno}: not valid JSON: {e.msg}") from None
+    if isinstance(data, dict) and isinstance(data.get("config"), dict):
+        data = data["config"]
+    if not isinstance(data, dict):
+        raise ValueError(f"{p}: a config file must hold a mapping of field -> value")
+    return data
