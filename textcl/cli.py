@@ -15,7 +15,11 @@ from collections.abc import Sequence
 
 from textcl import __version__
 
-COMMAND_MODULES: tuple[str, ...] = ("textcl.commands.train", "textcl.commands.report")
+COMMAND_MODULES: tuple[str, ...] = (
+    "textcl.commands.train",
+    "textcl.commands.eval",
+    "textcl.commands.report",
+)
 """Sub-command modules, in the order ``textcl --help`` lists them."""
 
 

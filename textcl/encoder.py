@@ -111,6 +111,31 @@ def autocast_context(device: torch.device, precision: str) -> Any:
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def batch_bounds(
+    lengths: Sequence[int], batch_size: int, max_tokens: int | None = None
+) -> list[tuple[int, int]]:
+    """Split sentences sorted longest first into ``[start, stop)`` batches.
+
+    Each batch has at most ``batch_size`` sentences and, with ``max_tokens``, at most
+    ``max_tokens`` padded tokens (``size * lengths[start]``, the first being the longest);
+    a single sentence longer than ``max_tokens`` forms a batch of its own.
+    """
+    if max_tokens is not None and (
+        isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
+    ):
+        raise ValueError(f"max_tokens must be a positive integer or None, got {max_tokens!r}")
+    bounds: list[tuple[int, int]] = []
+    start, n = 0, len(lengths)
+    while start < n:
+        size = batch_size
+        if max_tokens is not None:
+            size = min(size, max(1, max_tokens // max(1, lengths[start])))
+        stop = min(n, start + size)
+        bounds.append((start, stop))
+        start = stop
+    return bounds
+
+
 def _is_sentence_transformers_folder(path: Path) -> bool:
     return (path / "modules.json").is_file()
 
@@ -374,18 +399,26 @@ class SentenceEncoder(nn.Module):
         """
         kwargs: dict[str, Any] = {k: batch[k] for k in MODEL_INPUT_KEYS if k in batch}
         embedding_mask = batch.get("embedding_mask")
+        handle = None
         if embedding_mask is not None:
-            embeds = self.model.get_input_embeddings()(batch["input_ids"])
-            kwargs["inputs_embeds"] = embeds * embedding_mask.to(embeds.dtype)
-            if "position_ids" not in kwargs:
-                # Keep the positions the model would derive from the ids (RoBERTa offsets them
-                # by padding_idx and skips padding; a plain arange would shift them).
-                kwargs["position_ids"] = self._default_position_ids(batch)
-        else:
-            kwargs["input_ids"] = batch["input_ids"]
-        out = self.model(
-            **kwargs, output_hidden_states=self.pooling.needs_hidden_states, return_dict=True
-        )
+            # Scale the output of the model's input-embedding layer with a forward hook: the
+            # model still gets input_ids, so it derives its own position ids (RoBERTa/MPNet
+            # offset them by padding_idx) and every model exposing get_input_embeddings()
+            # works (BERT, RoBERTa, DistilBERT, ALBERT, ELECTRA, MPNet, DeBERTa-v2, ...).
+            def scale(module: nn.Module, args: Any, output: Tensor) -> Tensor:
+                return output * embedding_mask.to(device=output.device, dtype=output.dtype)
+
+            handle = self.model.get_input_embeddings().register_forward_hook(scale)
+        try:
+            out = self.model(
+                input_ids=batch["input_ids"],
+                **kwargs,
+                output_hidden_states=self.pooling.needs_hidden_states,
+                return_dict=True,
+            )
+        finally:
+            if handle is not None:
+                handle.remove()
         pooled = self.pooling(
             out.last_hidden_state,
             batch["attention_mask"],
@@ -395,30 +428,30 @@ class SentenceEncoder(nn.Module):
             pooled = self.head(pooled)
         return pooled
 
-    def _default_position_ids(self, batch: TokenBatch) -> Tensor | None:
-        model_type = getattr(getattr(self.model, "config", None), "model_type", "")
-        ids = batch["input_ids"]
-        if model_type in ("roberta", "xlm-roberta", "camembert"):
-            padding_idx = int(self.model.config.pad_token_id)
-            mask = ids.ne(padding_idx).long()
-            return torch.cumsum(mask, dim=1) * mask + padding_idx
-        return torch.arange(ids.shape[1], device=ids.device).unsqueeze(0).expand_as(ids)
-
     # ------------------------------------------------------------------ encode
     def length_sorted_batches(
-        self, texts: list[str], batch_size: int, max_length: int | None = None
+        self,
+        texts: list[str],
+        batch_size: int,
+        max_length: int | None = None,
+        max_tokens: int | None = None,
     ) -> tuple[list[int], Iterator[TokenBatch]]:
-        """Tokenize ``texts``, order them longest first and yield padded batches.
+        """Tokenize ``texts``, order them longest first (by token count) and yield padded
+        batches.
 
-        Returns the order (``order[k]`` is the input index of the k-th sorted sentence) and
-        a lazy iterator of CPU batches.
+        A batch holds at most ``batch_size`` sentences and, when ``max_tokens`` is given, at
+        most ``max_tokens`` padded tokens (``len(batch) * longest``; token-budget batching:
+        many short sentences or few long ones per batch, a sentence longer than the budget
+        alone). Returns the order (``order[k]`` is the input index of the k-th sorted
+        sentence) and a lazy iterator of CPU batches.
         """
         ids = self._token_ids(texts, max_length or self.effective_max_length)
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        bounds = batch_bounds([len(ids[i]) for i in order], batch_size, max_tokens)
 
         def gen() -> Iterator[TokenBatch]:
-            for start in range(0, len(order), batch_size):
-                yield self._pad([ids[i] for i in order[start : start + batch_size]])
+            for start, stop in bounds:
+                yield self._pad([ids[i] for i in order[start:stop]])
 
         return order, gen()
 
@@ -433,6 +466,7 @@ class SentenceEncoder(nn.Module):
         output: Output = "numpy",
         precision: Precision = "fp32",
         show_progress: bool | None = None,
+        max_tokens: int | None = None,
     ) -> np.ndarray | Tensor:
         """Encode sentences to a ``(N, D)`` float32 array (``(D,)`` for a single string).
 
@@ -450,6 +484,8 @@ class SentenceEncoder(nn.Module):
             precision: ``fp32``, or ``bf16``/``fp16`` autocast (fp16 on CUDA only).
             show_progress: progress bar; default: on from
                 :data:`SHOW_PROGRESS_MIN_BATCHES` batches.
+            max_tokens: token-budget batching: also cap each batch at this many padded
+                tokens (see :meth:`length_sorted_batches`); ``None``: ``batch_size`` only.
         """
         single = isinstance(texts, str)
         items = check_texts([texts] if single else texts)
@@ -461,26 +497,27 @@ class SentenceEncoder(nn.Module):
             self.to(device)
         dev = self.device
         norm = self.normalize if normalize is None else normalize
+        order, batches = self.length_sorted_batches(items, batch_size, max_length, max_tokens)
         n_batches = (len(items) + batch_size - 1) // batch_size
         show = n_batches >= SHOW_PROGRESS_MIN_BATCHES if show_progress is None else show_progress
-        order, batches = self.length_sorted_batches(items, batch_size, max_length)
 
         result = torch.empty((len(items), self.embedding_dim), dtype=torch.float32)
+        order_t = torch.tensor(order, dtype=torch.long)
         was_training = self.training
         self.eval()
         try:
             with torch.inference_mode(), autocast_context(dev, precision):
                 done = 0
-                for batch in tqdm(
-                    batches, total=n_batches, disable=not show, desc="encode", unit="batch"
-                ):
-                    batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
-                    emb = self.forward(batch).float()
-                    if norm:
-                        emb = torch.nn.functional.normalize(emb, p=2, dim=-1)
-                    n = emb.shape[0]
-                    result[torch.tensor(order[done : done + n])] = emb.cpu()
-                    done += n
+                with tqdm(total=len(items), disable=not show, desc="encode", unit="sent") as bar:
+                    for batch in batches:
+                        batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
+                        emb = self.forward(batch).float()
+                        if norm:
+                            emb = torch.nn.functional.normalize(emb, p=2, dim=-1)
+                        n = emb.shape[0]
+                        result[order_t[done : done + n]] = emb.cpu()
+                        done += n
+                        bar.update(n)
         finally:
             self.train(was_training)
         out = result[0] if single else result

@@ -9,16 +9,24 @@ from textcl.views.base import Compose, Dropout, RandomView, View, check_rate, ed
 
 # View modules (each registers its views on import); one line per module.
 from textcl.views.binding import bind_view
+from textcl.views.cutoff import FeatureCutoff, SpanCutoff, TokenCutoff
 from textcl.views.masking import TokenMask
 from textcl.views.registry import VIEW_REGISTRY, available_views, build_view, register_view
+from textcl.views.repetition import WordRepetition
+from textcl.views.shuffle import TokenShuffle
 
 __all__ = [
     "VIEW_REGISTRY",
     "Compose",
     "Dropout",
+    "FeatureCutoff",
     "RandomView",
+    "SpanCutoff",
+    "TokenCutoff",
     "TokenMask",
+    "TokenShuffle",
     "View",
+    "WordRepetition",
     "available_views",
     "bind_view",
     "build_view",

@@ -1,0 +1,119 @@
+"""``textcl eval --model PATH_OR_ID``: evaluate an encoder on the STS suite."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+HELP = "evaluate an encoder on STS12-16, STS-B and SICK-R (Spearman of cosine similarity ×100)"
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("eval", help=HELP, description=HELP + ".")
+    p.add_argument(
+        "--model",
+        required=True,
+        metavar="PATH_OR_ID",
+        help="model folder (textcl, sentence-transformers or plain transformers) or hub id",
+    )
+    p.add_argument(
+        "--tasks",
+        default="all",
+        help="comma-separated: sts12,sts13,sts14,sts15,sts16,stsb,sickr, or all (default: all)",
+    )
+    p.add_argument(
+        "--split",
+        default="test",
+        choices=("test", "dev", "train", "all"),
+        help="split of stsb / sickr (STS12-16 are test only; sickr dev = trial; all = MTEB's "
+        "SICK-R, its three files together) (default: test)",
+    )
+    p.add_argument(
+        "--pooling", default=None, help="override the model's pooling (default: its own)"
+    )
+    p.add_argument("--batch-size", type=int, default=64, help="sentences per batch (default: 64)")
+    p.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="truncation in tokens (default: the model's own, e.g. max_seq_length)",
+    )
+    p.add_argument(
+        "--data",
+        default=None,
+        metavar="DIR",
+        help="STS data folder (SentEval layout, or a root with sts/); default: $TEXTCL_DATA, "
+        "else the Hugging Face hub",
+    )
+    p.add_argument(
+        "--similarity",
+        default="",
+        help="extra similarities to report besides cosine: dot,euclidean,manhattan",
+    )
+    p.add_argument("--device", default=None, help="torch device (default: CUDA if available)")
+    p.add_argument("-o", "--output", default=None, help="write the results JSON here")
+    p.add_argument(
+        "--predictions", action="store_true", help="include per-pair predictions in the JSON"
+    )
+    p.set_defaults(func=run)
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
+    """Write ``data`` as JSON to ``path`` atomically (temp file in the same folder +
+    ``os.replace``); NaN becomes ``null``."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(_json_safe(data), f, indent=2)
+            f.write("\n")
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def run(args: argparse.Namespace) -> int:
+    from textcl import SentenceEncoder
+    from textcl.evaluation import evaluate_sts, expand_tasks, format_sts_table
+
+    tasks = expand_tasks(args.tasks)  # fail on a bad task name before loading the model
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    extra = [s.strip() for s in args.similarity.split(",") if s.strip()]
+    encoder = SentenceEncoder.from_pretrained(
+        args.model, pooling=args.pooling, max_length=args.max_length, device=args.device
+    )
+    results = evaluate_sts(
+        encoder,
+        tasks=tasks,
+        split=args.split,
+        data_dir=args.data,
+        batch_size=args.batch_size,
+        return_predictions=args.predictions,
+        similarities=extra,
+        model_name=str(args.model),
+    )
+    results["max_length"] = encoder.effective_max_length
+    print(format_sts_table(results))
+    if args.output:
+        out = write_json_atomic(args.output, results)
+        print(f"results written to {out}")
+    return 0

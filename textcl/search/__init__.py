@@ -1,0 +1,33 @@
+"""Semantic search: encode a corpus into a sharded, resumable index folder and search it.
+
+- :func:`encode_corpus`: stream ``.txt`` / ``.jsonl`` / ``.parquet`` / datasets / hub corpora
+  into memory-mappable ``.npy`` shards + ids/texts + a manifest (``textcl encode``);
+- :func:`search`: encode queries with the index's model and return the top-k hits, exact or
+  through FAISS (``textcl search``);
+- :func:`exact_search`: the pure chunked matmul + top-k over arrays / shards;
+- :func:`build_faiss_index`: ``flat`` / ``ivf`` / ``hnsw`` FAISS indexes (``textcl index build``).
+"""
+
+from __future__ import annotations
+
+from textcl.search.encode import encode_corpus
+from textcl.search.exact import exact_search
+from textcl.search.faiss_index import FAISS_KINDS, build_faiss_index
+from textcl.search.index import EmbeddingIndex, Hit, open_index, search
+from textcl.search.manifest import Manifest, ShardInfo
+from textcl.search.sources import CorpusSource, open_source
+
+__all__ = [
+    "FAISS_KINDS",
+    "CorpusSource",
+    "EmbeddingIndex",
+    "Hit",
+    "Manifest",
+    "ShardInfo",
+    "build_faiss_index",
+    "encode_corpus",
+    "exact_search",
+    "open_index",
+    "open_source",
+    "search",
+]

@@ -1,0 +1,209 @@
+"""Optional FAISS indexes over an index folder (``pip install textcl[faiss]``).
+
+Kinds (all inner product, i.e. cosine over the normalised embeddings ``encode`` stores):
+
+- ``flat``: exact brute force inside FAISS (a baseline; same results as exact search);
+- ``ivf``: an inverted file with ``nlist`` k-means cells, ``nprobe`` of them searched
+  (approximate; recall grows with ``nprobe``);
+- ``hnsw``: a graph with ``m`` links per node, ``ef_search`` candidates per query
+  (approximate; no training; recall grows with ``ef_search``).
+
+The index is written atomically to ``faiss-<kind>.index`` and recorded in the manifest with
+its parameters; it is stale (refused) when the manifest's count changes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from textcl.search.index import EmbeddingIndex
+
+FAISS_KINDS: tuple[str, ...] = ("flat", "ivf", "hnsw")
+ADD_CHUNK = 65_536
+DEFAULT_NPROBE = 16
+DEFAULT_EF_SEARCH = 128
+
+
+def import_faiss() -> Any:
+    try:
+        import faiss
+    except ImportError:
+        raise ImportError(
+            "FAISS is not installed: pip install 'textcl[faiss]' (faiss-cpu), or search "
+            "without --faiss (exact search)"
+        ) from None
+    return faiss
+
+
+def default_nlist(n: int) -> int:
+    """IVF cells: about ``4 * sqrt(n)``, and at least 39 training points per cell."""
+    return max(1, min(int(4 * math.sqrt(n)), n // 39))
+
+
+def faiss_file(kind: str) -> str:
+    return f"faiss-{kind}.index"
+
+
+def create_faiss_index(
+    kind: str,
+    dim: int,
+    n: int,
+    *,
+    nlist: int | None = None,
+    m: int = 32,
+    ef_construction: int = 200,
+) -> tuple[Any, dict[str, Any]]:
+    """An empty inner-product FAISS index of ``kind`` for ``n`` vectors of ``dim``, and its
+    parameters (an ``ivf`` index still needs ``train``)."""
+    if kind not in FAISS_KINDS:
+        raise ValueError(f"unknown FAISS index kind {kind!r}: expected {', '.join(FAISS_KINDS)}")
+    faiss = import_faiss()
+    if kind == "flat":
+        return faiss.IndexFlatIP(dim), {}
+    if kind == "hnsw":
+        if m < 2:
+            raise ValueError(f"m must be >= 2, got {m}")
+        fi = faiss.IndexHNSWFlat(dim, m, faiss.METRIC_INNER_PRODUCT)
+        fi.hnsw.efConstruction = ef_construction
+        return fi, {"m": m, "ef_construction": ef_construction}
+    nl = default_nlist(n) if nlist is None else nlist
+    if nl < 1 or nl > n:
+        raise ValueError(f"nlist must be in 1..{n} (the number of vectors), got {nl}")
+    quantizer = faiss.IndexFlatIP(dim)
+    fi = faiss.IndexIVFFlat(quantizer, dim, nl, faiss.METRIC_INNER_PRODUCT)
+    return fi, {"nlist": nl}
+
+
+def build_faiss_index(
+    index: Any,
+    kind: str = "hnsw",
+    *,
+    nlist: int | None = None,
+    m: int = 32,
+    ef_construction: int = 200,
+    train_size: int | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Build a FAISS index of ``kind`` over an index folder and record it in the manifest.
+
+    Args:
+        index: an index folder or an open :class:`~textcl.search.index.EmbeddingIndex`.
+        kind: ``flat``, ``ivf`` or ``hnsw``.
+        nlist: IVF cells (default :func:`default_nlist`).
+        m / ef_construction: HNSW links per node and build-time candidate list.
+        train_size: IVF k-means training sample (default ``min(n, 256 * nlist)``), drawn
+            with ``seed``.
+
+    Returns:
+        The manifest's entry for this index (file, parameters, count, build seconds).
+    """
+    from textcl.search.index import open_index
+
+    if kind not in FAISS_KINDS:
+        raise ValueError(f"unknown FAISS index kind {kind!r}: expected {', '.join(FAISS_KINDS)}")
+    faiss = import_faiss()
+    idx = open_index(index)
+    n, dim = len(idx), idx.dimension
+    t0 = time.perf_counter()
+    fi, params = create_faiss_index(kind, dim, n, nlist=nlist, m=m, ef_construction=ef_construction)
+    if kind == "ivf":
+        size = min(n, 256 * params["nlist"]) if train_size is None else min(n, train_size)
+        rng = np.random.default_rng(seed)
+        sample = np.sort(rng.choice(n, size=size, replace=False))
+        fi.cp.seed = seed
+        fi.train(np.ascontiguousarray(_gather(idx, sample), dtype=np.float32))
+        params.update(train_size=size, seed=seed)
+    for start in range(0, n, ADD_CHUNK):
+        fi.add(np.ascontiguousarray(idx.vectors(start, start + ADD_CHUNK)))
+    seconds = time.perf_counter() - t0
+    name = faiss_file(kind)
+    target = idx.folder / name
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.tmp-", dir=idx.folder)
+    os.close(fd)
+    try:
+        faiss.write_index(fi, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    entry = {
+        "file": name,
+        "kind": kind,
+        "count": n,
+        "params": params,
+        "build_seconds": round(seconds, 3),
+    }
+    idx.manifest.faiss[kind] = entry
+    idx.manifest.save(idx.folder)
+    return entry
+
+
+def _gather(idx: EmbeddingIndex, rows: np.ndarray) -> np.ndarray:
+    """float32 rows ``rows`` (sorted) read shard by shard."""
+    out = np.empty((len(rows), idx.dimension), dtype=np.float32)
+    starts = np.cumsum([0] + [s.shape[0] for s in idx.shards])
+    for s, arr in enumerate(idx.shards):
+        lo, hi = np.searchsorted(rows, [starts[s], starts[s + 1]])
+        if lo < hi:
+            out[lo:hi] = arr[rows[lo:hi] - starts[s]]
+    return out
+
+
+_LOADED: dict[tuple[str, float], Any] = {}
+
+
+def load_faiss_index(idx: EmbeddingIndex, kind: str) -> Any:
+    """The FAISS index ``kind`` of ``idx`` (cached per file and modification time)."""
+    faiss = import_faiss()
+    entry = idx.manifest.faiss.get(kind)
+    if entry is None:
+        built = ", ".join(idx.manifest.faiss) or "none"
+        raise ValueError(
+            f"{idx.folder}: no {kind!r} FAISS index (built: {built}); run "
+            f"`textcl index build --index {idx.folder} --kind {kind}`"
+        )
+    path = idx.folder / str(entry["file"])
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: FAISS index file listed in the manifest is missing")
+    if int(entry.get("count", -1)) != len(idx):
+        raise ValueError(
+            f"{path}: stale FAISS index ({entry.get('count')} vectors, the index has "
+            f"{len(idx)}); rebuild it with `textcl index build`"
+        )
+    key = (str(path.resolve()), path.stat().st_mtime)
+    if key not in _LOADED:
+        _LOADED.clear()
+        _LOADED[key] = faiss.read_index(str(path))
+    return _LOADED[key]
+
+
+def faiss_search(
+    idx: EmbeddingIndex,
+    queries: np.ndarray,
+    top_k: int,
+    kind: str,
+    *,
+    nprobe: int | None = None,
+    ef_search: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k ``(scores, indices)`` through FAISS; missing hits (fewer than k found) have
+    index -1 and score -inf."""
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+    fi = load_faiss_index(idx, kind)
+    k = min(top_k, len(idx))
+    if kind == "ivf":
+        fi.nprobe = min(int(nprobe or DEFAULT_NPROBE), int(fi.nlist))
+    elif kind == "hnsw":
+        fi.hnsw.efSearch = max(int(ef_search or DEFAULT_EF_SEARCH), k)
+    scores, indices = fi.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+    scores = np.where(indices >= 0, scores, -np.inf).astype(np.float32)
+    return scores, indices.astype(np.int64)
