@@ -177,3 +177,30 @@ def test_config_validation_names_field() -> None:
         TrainConfig.from_dict({"learning_rate": 1e-3})
     with pytest.raises(ValueError, match="'pooling'"):
         TrainConfig(pooling="avg")
+
+
+@pytest.mark.parametrize("chunk", [3, 100])
+def test_grad_cache_training_matches_plain_training(
+    tiny_model_dir: Path, corpus_file: Path, tmp_path: Path, chunk: int
+) -> None:
+    """Dropout off: a run with the gradient cache reaches the plain run's weights."""
+    import json as _json
+
+    model_dir = tmp_path / "no-dropout"
+    import shutil
+
+    shutil.copytree(tiny_model_dir, model_dir)
+    cfg_path = model_dir / "config.json"
+    hf = _json.loads(cfg_path.read_text())
+    hf["hidden_dropout_prob"] = hf["attention_probs_dropout_prob"] = 0.0
+    cfg_path.write_text(_json.dumps(hf))
+    kw = dict(max_steps=3, eval_steps=-1, head="none", pooling="mean")
+    plain = train(make_config(model_dir, corpus_file, tmp_path / "plain", **kw))
+    cached = train(
+        make_config(model_dir, corpus_file, tmp_path / "gc", grad_cache_chunk=chunk, **kw)
+    )
+    w1, w2 = weights(plain.final_dir), weights(cached.final_dir)
+    for k in w1:
+        torch.testing.assert_close(w1[k], w2[k], rtol=1e-4, atol=1e-5, msg=k)
+    loss = lambda out: [r["loss"] for r in read_log(out) if r["event"] == "train"]  # noqa: E731
+    np.testing.assert_allclose(loss(tmp_path / "plain"), loss(tmp_path / "gc"), rtol=1e-5)
