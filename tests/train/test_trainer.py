@@ -204,3 +204,17 @@ def test_grad_cache_training_matches_plain_training(
         torch.testing.assert_close(w1[k], w2[k], rtol=1e-4, atol=1e-5, msg=k)
     loss = lambda out: [r["loss"] for r in read_log(out) if r["event"] == "train"]  # noqa: E731
     np.testing.assert_allclose(loss(tmp_path / "plain"), loss(tmp_path / "gc"), rtol=1e-5)
+
+
+def test_default_evaluator_on_real_stsb_dev(tiny_encoder, sts_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    """The SimCSE-protocol evaluator equals the harness and the alignment module run apart."""
+    from textcl.evaluation import evaluate_sts
+    from textcl.evaluation.alignment import alignment_uniformity
+    from textcl.train import sts_dev_evaluator
+
+    metrics = sts_dev_evaluator(str(sts_dir), batch_size=64)(tiny_encoder)
+    ref = evaluate_sts(tiny_encoder, tasks=("stsb",), split="dev", data_dir=sts_dir)
+    au = alignment_uniformity(tiny_encoder, data_dir=sts_dir)
+    assert metrics["stsb_dev_spearman"] == pytest.approx(ref["tasks"]["stsb"]["spearman"], abs=1e-4)
+    assert metrics["alignment"] == pytest.approx(au["alignment"], rel=1e-4)
+    assert metrics["uniformity"] == pytest.approx(au["uniformity"], rel=1e-4)

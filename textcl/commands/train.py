@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import types
 import typing
 from typing import Any
@@ -96,13 +97,19 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    from textcl.distributed import cleanup
     from textcl.train import Trainer
 
     config = config_from_args(args)
     resume: Any = args.resume
     if resume == "latest":
         resume = True
-    result = Trainer(config).train(resume=resume)
+    try:
+        result = Trainer(config).train(resume=resume)
+    finally:
+        cleanup()  # leave torchrun's process group cleanly (no-op in one process)
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # rank 0 reports
     best = result.best_metrics or {}
     print(f"trained {result.steps} steps; final model: {result.final_dir}")
     if result.best_dir is not None:

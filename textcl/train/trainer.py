@@ -36,7 +36,17 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from textcl.data.text import TextCorpus, _hash64, plan_epoch
-from textcl.encoder import SentenceEncoder, TokenBatch, autocast_context, resolve_device
+from textcl.distributed import (
+    DistEnv,
+    all_reduce_mean,
+    barrier,
+    broadcast_parameters,
+    distributed_info_nce,
+    init_distributed,
+    shard_batch,
+    sync_gradients,
+)
+from textcl.encoder import SentenceEncoder, TokenBatch, autocast_context
 from textcl.losses import InfoNCE
 from textcl.train.config import TrainConfig
 from textcl.views import bind_view, build_view
@@ -73,11 +83,21 @@ def sts_dev_evaluator(data_dir: str | None = None, batch_size: int = 128) -> Eva
         from textcl.evaluation import evaluate_sts
         from textcl.evaluation.alignment import alignment_uniformity
 
+        cache: dict[str, np.ndarray] = {}
+
+        def embed(texts: list[str]) -> np.ndarray:
+            """Both metrics read STS-B dev: encode each sentence once for both."""
+            new = [t for t in dict.fromkeys(texts) if t not in cache]
+            if new:
+                vectors = encoder.encode(new, batch_size=batch_size, output="numpy")
+                cache.update(zip(new, np.asarray(vectors), strict=True))
+            return np.stack([cache[t] for t in texts])
+
         result = evaluate_sts(
-            encoder, tasks=("stsb",), split="dev", data_dir=data_dir, batch_size=batch_size
+            embed, tasks=("stsb",), split="dev", data_dir=data_dir, batch_size=batch_size
         )
         metrics = {BEST_METRIC: float(result["tasks"]["stsb"]["spearman"])}
-        au = alignment_uniformity(encoder, data_dir=data_dir, batch_size=batch_size)
+        au = alignment_uniformity(embed, data_dir=data_dir, batch_size=batch_size)
         metrics.update({k: float(v) for k, v in au.items()})
         return metrics
 
@@ -165,10 +185,17 @@ class Trainer:
         self.output_dir = Path(config.output_dir)
         self.evaluator = evaluator or sts_dev_evaluator(config.data_dir, config.eval_batch_size)
         self.step_callback = step_callback
-        self.device = resolve_device(config.device)
+        # Under torchrun: one process per device, gloo on CPU / nccl on CUDA.
+        self.env: DistEnv = init_distributed(config.device)
+        self.device = self.env.device
         self.precision = resolve_precision(config.precision, self.device)
-        self.rank, self.world_size = 0, 1
-        self.is_main = True
+        self.rank, self.world_size = self.env.rank, self.env.world_size
+        self.is_main = self.env.is_main
+        if config.batch_size % self.world_size:
+            raise ValueError(
+                f"config field 'batch_size': {config.batch_size} sentences cannot be split "
+                f"evenly over {self.world_size} processes"
+            )
         self.step = 0
         self.epoch = 0
         self.batch_in_epoch = 0
@@ -223,11 +250,8 @@ class Trainer:
         return sum(len(self.plan(e)) for e in range(self.config.epochs))
 
     def local_rows(self, batch: Sequence[int]) -> list[int]:
-        """This process's share of a global batch."""
-        if self.world_size == 1:
-            return list(batch)
-        per_rank = len(batch) // self.world_size
-        return list(batch[self.rank * per_rank : (self.rank + 1) * per_rank])
+        """This process's share of a global batch (every rank plans the same batches)."""
+        return shard_batch(batch, self.env)
 
     def make_inputs(self, rows: Sequence[int]) -> list[TokenBatch]:
         """Token batches, one per role: ``[view_a, view_b]`` (unsup) or
@@ -245,15 +269,18 @@ class Trainer:
     # ------------------------------------------------------------------ model
     def _build(self, resume_from: Path | None) -> None:
         cfg = self.config
-        seed_everything(cfg.seed)
+        # Each rank draws its own dropout masks and view noise.
+        seed_everything(cfg.seed + 7919 * self.rank)
         source = resume_from / "model" if resume_from is not None else cfg.model
         self.encoder = SentenceEncoder.from_pretrained(
             source, pooling=cfg.pooling, head_mode=cfg.head
         ).to(self.device)
+        broadcast_parameters(self.encoder, self.env)  # e.g. a new head: rank 0's wins
         if cfg.compile:
             self.encoder.model.compile()
-        self.view_a: View = bind_view(build_view(cfg.view_a, seed=cfg.seed + 1000), self.encoder)
-        self.view_b: View = bind_view(build_view(cfg.view_b, seed=cfg.seed + 2000), self.encoder)
+        view_seed = cfg.seed + 1000 + 7919 * self.rank
+        self.view_a: View = bind_view(build_view(cfg.view_a, seed=view_seed), self.encoder)
+        self.view_b: View = bind_view(build_view(cfg.view_b, seed=view_seed + 500), self.encoder)
         self.loss_fn = InfoNCE(
             temperature=cfg.temperature,
             symmetric=cfg.symmetric,
@@ -287,9 +314,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ step
     def compute_loss(self, reps: Sequence[Tensor]) -> Tensor:
-        """InfoNCE of ``reps = [z_a, z_b(, z_neg)]``."""
+        """InfoNCE of ``reps = [z_a, z_b(, z_neg)]``; across ranks, each rank's anchors
+        are contrasted with the positives and hard negatives of the global batch."""
         z_neg = reps[2] if len(reps) > 2 else None
-        return self.loss_fn(reps[0], reps[1], z_neg)
+        return distributed_info_nce(self.loss_fn, reps[0], reps[1], z_neg, self.env)
 
     def train_step(self, inputs: Sequence[TokenBatch]) -> float:
         """One optimizer step over ``inputs``; returns the loss."""
@@ -311,13 +339,14 @@ class Trainer:
                 reps = [self.encoder(b) for b in inputs]
                 loss = self.compute_loss(reps)
             self.scaler.scale(loss).backward()
+        sync_gradients(self.encoder, self.env)  # the mean over ranks (DDP's averaging)
         if cfg.max_grad_norm > 0:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.encoder.parameters(), cfg.max_grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        value = float(loss.detach())
+        value = all_reduce_mean(loss.detach(), self.env)
         if not math.isfinite(value):
             raise FloatingPointError(
                 f"loss is {value} at step {self.step + 1}; lower lr or use fp32/bf16"
@@ -325,12 +354,16 @@ class Trainer:
         return value
 
     # ------------------------------------------------------------------ checkpoints
-    def _state(self) -> dict[str, Any]:
+    def _rank_state(self) -> dict[str, Any]:
+        """What differs between ranks: RNG and view generator states."""
         views = {
             name: v.state_dict()
             for name, v in (("view_a", self.view_a), ("view_b", self.view_b))
             if hasattr(v, "state_dict")
         }
+        return {"views": views, "rng": _rng_state()}
+
+    def _state(self, ranks: list[dict[str, Any]]) -> dict[str, Any]:
         return {
             "step": self.step,
             "epoch": self.epoch,
@@ -341,19 +374,32 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "views": views,
-            "rng": _rng_state(),
+            "world_size": self.world_size,
+            "ranks": ranks,
         }
 
-    def save_checkpoint(self) -> Path:
-        """Write ``checkpoints/step-XXXXXXXX`` atomically; prune old ones."""
+    def save_checkpoint(self) -> Path | None:
+        """Write ``checkpoints/step-XXXXXXXX`` atomically (rank 0); prune old ones.
+
+        Collective under torchrun: every rank calls it (rank 0 collects their RNG states).
+        """
+        ranks = [self._rank_state()]
+        if self.env.is_distributed:
+            import torch.distributed as dist
+
+            gathered: list[Any] = [None] * self.world_size
+            dist.all_gather_object(gathered, ranks[0])
+            ranks = gathered
+        if not self.is_main:
+            barrier(self.env)
+            return None
         root = self.output_dir / CHECKPOINTS
         root.mkdir(parents=True, exist_ok=True)
         target = root / f"step-{self.step:08d}"
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=root))
         try:
             self.encoder.save(tmp / "model")
-            torch.save(self._state(), tmp / STATE_FILE)
+            torch.save(self._state(ranks), tmp / STATE_FILE)
             self.config.save(
                 tmp / "config.json",
                 step=self.step,
@@ -374,6 +420,7 @@ class Trainer:
         )
         for old in done[: -self.config.save_total_limit]:
             shutil.rmtree(old, ignore_errors=True)
+        barrier(self.env)
         return target
 
     def _load_state(self, checkpoint: Path) -> None:
@@ -387,10 +434,16 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
+        if state["world_size"] != self.world_size:
+            raise ValueError(
+                f"{checkpoint} was written by {state['world_size']} process(es); resume it with "
+                f"the same number (now {self.world_size}) to continue exactly"
+            )
+        mine = state["ranks"][self.rank]
         for name, view in (("view_a", self.view_a), ("view_b", self.view_b)):
-            if name in state["views"] and hasattr(view, "load_state_dict"):
-                view.load_state_dict(state["views"][name])
-        _set_rng_state(state["rng"])
+            if name in mine["views"] and hasattr(view, "load_state_dict"):
+                view.load_state_dict(mine["views"][name])
+        _set_rng_state(mine["rng"])
 
     def _resolve_resume(self, resume: str | os.PathLike[str] | bool | None) -> Path | None:
         if resume is None or resume is False:
@@ -421,7 +474,7 @@ class Trainer:
     def _truncate_log(self, step: int) -> None:
         """Drop records after ``step`` (written by an interrupted run past its checkpoint)."""
         path = self.output_dir / METRICS_FILE
-        if not path.is_file():
+        if not self.is_main or not path.is_file():
             return
         kept = [
             line
@@ -443,7 +496,13 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         """Run the evaluator; keep the best model in ``OUTPUT_DIR/best``."""
         start = time.perf_counter()
-        metrics = {k: float(v) for k, v in self.evaluator(self.encoder).items()}
+        metrics: dict[str, float] = {}
+        if self.is_main:  # the other ranks wait: evaluation is cheap next to training
+            metrics = {k: float(v) for k, v in self.evaluator(self.encoder).items()}
+        if self.env.is_distributed:
+            from textcl.distributed import broadcast_object
+
+            metrics = broadcast_object(metrics, self.env)
         self.last_metrics = metrics
         score = metrics.get(BEST_METRIC)
         best = score is not None and (self.best_metric is None or score > self.best_metric)
@@ -451,6 +510,7 @@ class Trainer:
             self.best_metric, self.best_step = score, self.step
             if self.is_main:
                 self.encoder.save(self.output_dir / "best")
+        barrier(self.env)
         self._log(
             {
                 "event": "eval",
@@ -521,7 +581,7 @@ class Trainer:
                     last = self.step == total
                     if cfg.eval_steps > 0 and self.step % cfg.eval_steps == 0 and not last:
                         self.evaluate()
-                    if save_every and self.step % save_every == 0 and not last and self.is_main:
+                    if save_every and self.step % save_every == 0 and not last:
                         self.save_checkpoint()
                     if self.step_callback is not None:
                         self.step_callback(self, self.step)
@@ -532,7 +592,8 @@ class Trainer:
             final_dir = self.output_dir / "final"
             if self.is_main:
                 self.encoder.save(final_dir)
-                self.save_checkpoint()
+            self.save_checkpoint()
+            if self.is_main:
                 summary = {
                     "steps": self.step,
                     "best": {"step": self.best_step, BEST_METRIC: self.best_metric},

@@ -1,0 +1,428 @@
+"""torch.distributed helpers: process-group setup from ``torchrun``, an all-gather that keeps
+gradients, a cross-rank InfoNCE, gradient averaging and batch sharding.
+
+Launch with ``torchrun --nproc_per_node N -m textcl train ...``; each process calls
+:func:`init_distributed` once. Without torchrun's environment everything degrades to a single
+process (``world_size == 1``, no process group), so the same training code runs both ways.
+
+Gradient identity (why a distributed step equals a single-process step over the global batch):
+every rank ``r`` holds ``B_r`` local anchors and computes ``L_r``, the mean InfoNCE of its anchors
+against the *global* candidates, scaled by ``W * B_r / N`` (``N = sum B_r``; the factor is 1 when
+all ranks hold the same batch size). The global loss is ``L = (1/W) sum_r L_r``.
+:func:`gather_with_grad` is an all-gather whose backward *sums* the gradient of every rank's
+loss with respect to each rank's embeddings (an all-reduce of the gathered gradient), so rank
+``r``'s parameter gradient is ``dL_sum/dtheta`` restricted to the paths through rank ``r``'s own
+inputs, where ``L_sum = sum_s L_s``. Averaging over ranks (:func:`sync_gradients`, or DDP)
+gives ``(1/W) sum_r dL_sum/dtheta|_r = d((1/W) L_sum)/dtheta = dL/dtheta``. A plain all-gather
+whose backward drops the other ranks' gradient terms would *not* give this.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from textcl.losses import InfoNCE
+
+T = TypeVar("T")
+
+ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+"""Variables ``torchrun`` sets for each process (read by :func:`init_distributed`)."""
+
+DEFAULT_TIMEOUT_S = 1800.0
+SYNC_BUCKET_BYTES = 64 * 2**20
+"""Gradients are flattened into buckets of at most this many bytes for one all-reduce each."""
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """Where this process stands in the job.
+
+    ``backend`` is ``None`` when no process group is used (single process).
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    backend: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.world_size < 1:
+            raise ValueError(f"world_size must be >= 1, got {self.world_size}")
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} is outside [0, world_size={self.world_size})")
+        if self.local_rank < 0:
+            raise ValueError(f"local_rank must be >= 0, got {self.local_rank}")
+
+    @property
+    def is_distributed(self) -> bool:
+        """True when collectives are needed (``world_size > 1``)."""
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """True on rank 0: the process that writes logs and checkpoints."""
+        return self.rank == 0
+
+
+def _env_int(name: str, default: int | None = None) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        if default is None:
+            raise ValueError(f"environment variable {name} is not set (launch with torchrun)")
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={raw!r} is not an integer") from None
+
+
+def _device_for(device: str | torch.device | None, local_rank: int) -> torch.device:
+    if device is None:
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} asked for but CUDA is not available")
+        if dev.index is None:
+            dev = torch.device(f"cuda:{local_rank}")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {dev} does not exist: {torch.cuda.device_count()} CUDA device(s) visible "
+                f"(LOCAL_RANK={local_rank}; use --nproc_per_node <= number of GPUs)"
+            )
+    return dev
+
+
+def init_distributed(
+    device: str | torch.device | None = None,
+    *,
+    backend: str | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> DistEnv:
+    """Set up this process from ``torchrun``'s environment and return its :class:`DistEnv`.
+
+    Reads ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` (and, through ``init_method="env://"``,
+    ``MASTER_ADDR``/``MASTER_PORT``). Without ``WORLD_SIZE`` or with ``WORLD_SIZE=1`` no process
+    group is created and a single-process env is returned.
+
+    Args:
+        device: ``None`` picks ``cuda:LOCAL_RANK`` when CUDA is available, else CPU; ``"cuda"``
+            means ``cuda:LOCAL_RANK``. On CUDA the process's current device is set to it.
+        backend: default ``nccl`` on CUDA, ``gloo`` on CPU.
+        timeout_s: collective timeout.
+
+    Reuses an already initialised default process group (its rank and size win).
+    """
+    import torch.distributed as dist
+
+    world_size = _env_int("WORLD_SIZE", 1)
+    rank = _env_int("RANK", 0)
+    local_rank = _env_int("LOCAL_RANK", rank if world_size > 1 else 0)
+    if dist.is_available() and dist.is_initialized():
+        rank, world_size = dist.get_rank(), dist.get_world_size()
+    dev = _device_for(device, local_rank)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if world_size == 1 and not (dist.is_available() and dist.is_initialized()):
+        return DistEnv(rank=0, world_size=1, local_rank=local_rank, device=dev, backend=None)
+    if not dist.is_available():
+        raise RuntimeError("torch.distributed is not available in this PyTorch build")
+    if not dist.is_initialized():
+        for name in ("MASTER_ADDR", "MASTER_PORT"):
+            if not os.environ.get(name):
+                raise ValueError(
+                    f"WORLD_SIZE={world_size} but environment variable {name} is not set "
+                    "(launch with torchrun, which sets it)"
+                )
+        chosen = backend or ("nccl" if dev.type == "cuda" else "gloo")
+        dist.init_process_group(
+            backend=chosen,
+            init_method="env://",
+            rank=rank,
+            world_size=world_size,
+            timeout=datetime.timedelta(seconds=timeout_s),
+            device_id=dev if dev.type == "cuda" else None,
+        )
+    return DistEnv(
+        rank=rank,
+        world_size=world_size,
+        local_rank=local_rank,
+        device=dev,
+        backend=str(dist.get_backend()),
+    )
+
+
+def _active(env: DistEnv | None) -> bool:
+    return env is not None and env.is_distributed
+
+
+def is_main(env: DistEnv | None) -> bool:
+    """True on rank 0 or without distribution."""
+    return env is None or env.is_main
+
+
+def barrier(env: DistEnv | None) -> None:
+    """Wait for every rank (no-op in a single process)."""
+    if _active(env):
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def cleanup() -> None:
+    """Destroy the default process group if one exists (call once at the end)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def broadcast_object(obj: T, env: DistEnv | None, src: int = 0) -> T:
+    """Return rank ``src``'s ``obj`` on every rank (pickled; for small objects like configs)."""
+    if not _active(env):
+        return obj
+    import torch.distributed as dist
+
+    box: list[Any] = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def all_gather_object(obj: T, env: DistEnv | None) -> list[T]:
+    """Every rank's ``obj`` in rank order (pickled; e.g. per-rank RNG states for a checkpoint
+    that rank 0 writes). ``[obj]`` without distribution."""
+    if not _active(env):
+        return [obj]
+    import torch.distributed as dist
+
+    assert env is not None
+    out: list[Any] = [None] * env.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def all_reduce_mean(value: float | Tensor, env: DistEnv | None) -> float:
+    """Mean of a scalar over ranks (e.g. the logged loss); a plain float without distribution."""
+    if isinstance(value, Tensor):
+        value = float(value.detach().float().item())
+    if not _active(env):
+        return float(value)
+    import torch.distributed as dist
+
+    assert env is not None
+    buf = torch.tensor([float(value)], dtype=torch.float64, device=_comm_device(env))
+    dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+    return float(buf.item()) / env.world_size
+
+
+def _comm_device(env: DistEnv) -> torch.device:
+    # nccl communicates CUDA tensors only; gloo CPU tensors (it also accepts CUDA ones).
+    return env.device if env.backend == "nccl" else torch.device("cpu")
+
+
+def broadcast_parameters(model: nn.Module, env: DistEnv | None, src: int = 0) -> None:
+    """Copy rank ``src``'s parameters and buffers to every rank (once, before training, when
+    the model is not wrapped in DDP: e.g. a freshly initialised head differs per rank)."""
+    if not _active(env):
+        return
+    import torch.distributed as dist
+
+    with torch.no_grad():
+        for t in [*model.parameters(), *model.buffers()]:
+            dist.broadcast(t.data, src=src)
+
+
+def sync_gradients(model: nn.Module | Iterable[nn.Parameter], env: DistEnv | None) -> None:
+    """All-reduce the mean of every parameter's ``.grad`` across ranks (in place).
+
+    Call after the backward pass (after :func:`textcl.gradcache.grad_cache_backward` too) and
+    before gradient clipping / ``scaler.unscale_`` / ``optimizer.step``; it plays the role of
+    DDP's gradient averaging. A parameter whose ``.grad`` is ``None`` on some ranks but not others
+    gets zeros there; one with no gradient on any rank stays ``None``. Gradients are flattened
+    into buckets (one all-reduce per bucket).
+    """
+    if not _active(env):
+        return
+    import torch.distributed as dist
+
+    assert env is not None
+    params = [
+        p
+        for p in (model.parameters() if isinstance(model, nn.Module) else model)
+        if p.requires_grad
+    ]
+    if not params:
+        return
+    comm = _comm_device(env)
+    has = torch.tensor([p.grad is not None for p in params], dtype=torch.int32, device=comm)
+    dist.all_reduce(has, op=dist.ReduceOp.MAX)
+    todo: list[nn.Parameter] = []
+    for p, flag in zip(params, has.tolist(), strict=True):
+        if not flag:
+            continue
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        todo.append(p)
+    # Bucket by (device, dtype) in a deterministic (parameter) order, identical on all ranks.
+    buckets: list[list[nn.Parameter]] = []
+    current: list[nn.Parameter] = []
+    size = 0
+    for p in todo:
+        assert p.grad is not None
+        nbytes = p.grad.numel() * p.grad.element_size()
+        if current and (
+            size + nbytes > SYNC_BUCKET_BYTES
+            or p.grad.dtype != current[0].grad.dtype  # type: ignore[union-attr]
+            or p.grad.device != current[0].grad.device  # type: ignore[union-attr]
+        ):
+            buckets.append(current)
+            current, size = [], 0
+        current.append(p)
+        size += nbytes
+    if current:
+        buckets.append(current)
+    for bucket in buckets:
+        grads = [p.grad for p in bucket]
+        flat = torch.cat([g.reshape(-1) for g in grads if g is not None])
+        src_device = flat.device
+        flat = flat.to(comm)
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat = flat.to(src_device).div_(env.world_size)
+        offset = 0
+        for g in grads:
+            assert g is not None
+            n = g.numel()
+            g.copy_(flat[offset : offset + n].view_as(g))
+            offset += n
+
+
+def shard_batch(items: Sequence[T], env: DistEnv | None) -> list[T]:
+    """Rank ``r``'s share of a global batch: rows ``[r*B, (r+1)*B)`` with ``B = len/W``.
+
+    Every rank builds the same global batch (same seed), so the shards are disjoint and cover
+    the batch. Raises ``ValueError`` if ``len(items)`` is not divisible by the world size.
+    """
+    world = 1 if env is None else env.world_size
+    rank = 0 if env is None else env.rank
+    n = len(items)
+    if n % world != 0:
+        raise ValueError(
+            f"global batch of {n} items is not divisible by world size {world}: "
+            f"use a batch size that is a multiple of {world}"
+        )
+    per = n // world
+    return list(items[rank * per : (rank + 1) * per])
+
+
+# ---------------------------------------------------------------------- gather with gradients
+def _gather_sizes(n: int, device: torch.device, env: DistEnv) -> list[int]:
+    import torch.distributed as dist
+
+    local = torch.tensor([n], dtype=torch.long, device=device)
+    out = [torch.zeros_like(local) for _ in range(env.world_size)]
+    dist.all_gather(out, local)
+    return [int(s.item()) for s in out]
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """Forward: concatenate every rank's rows (padded to the largest, then trimmed).
+    Backward: sum the incoming gradient over ranks and return this rank's slice."""
+
+    @staticmethod
+    def forward(ctx: Any, t: Tensor, sizes: list[int], rank: int) -> Tensor:
+        import torch.distributed as dist
+
+        ctx.sizes, ctx.rank = sizes, rank
+        longest = max(sizes)
+        local = t.contiguous()
+        if local.shape[0] < longest:
+            pad = local.new_zeros((longest - local.shape[0], *local.shape[1:]))
+            local = torch.cat([local, pad])
+        parts = [torch.empty_like(local) for _ in sizes]
+        dist.all_gather(parts, local)
+        return torch.cat([p[:s] for p, s in zip(parts, sizes, strict=True)])
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Tensor) -> tuple[Tensor, None, None]:
+        import torch.distributed as dist
+
+        total = grads[0].contiguous().clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        start = sum(ctx.sizes[: ctx.rank])
+        return total[start : start + ctx.sizes[ctx.rank]], None, None
+
+
+def gather_with_grad(t: Tensor, env: DistEnv | None, sizes: Sequence[int] | None = None) -> Tensor:
+    """All-gather ``(B_r, ...)`` tensors from every rank into ``(sum B_r, ...)`` in rank order.
+
+    Differentiable: in backward, the gradient of the gathered tensor is summed over ranks and
+    each rank keeps its own rows, so its local slice receives the gradient of *every* rank's
+    loss (needed for the gradient identity in the module docstring). Every rank must call it
+    (and, if the result enters the loss, run backward). Ranks may hold different ``B_r``
+    (``sizes``, when known, saves one small all-gather). Returns ``t`` without distribution.
+    """
+    if not _active(env):
+        return t
+    assert env is not None
+    if t.dim() < 1:
+        raise ValueError("gather_with_grad needs a tensor with a batch dimension")
+    if sizes is None:
+        sizes = _gather_sizes(t.shape[0], t.device, env)
+    sizes = [int(s) for s in sizes]
+    if len(sizes) != env.world_size or sizes[env.rank] != t.shape[0]:
+        raise ValueError(
+            f"sizes {sizes} do not match world size {env.world_size} / local rows {t.shape[0]}"
+        )
+    out: Tensor = _GatherWithGrad.apply(t, sizes, env.rank)
+    return out
+
+
+def distributed_info_nce(
+    loss: InfoNCE,
+    z_a: Tensor,
+    z_b: Tensor,
+    z_neg: Tensor | None = None,
+    env: DistEnv | None = None,
+) -> Tensor:
+    """InfoNCE of this rank's anchors against the positives (and hard negatives) of all ranks.
+
+    Args:
+        loss: the :class:`InfoNCE` (temperature, symmetric, hard-negative weight).
+        z_a, z_b: ``(B_r, D)`` local anchors and positives; ``z_neg``: ``(B_r, D)`` or ``None``.
+        env: the process's :class:`DistEnv`; ``None`` or one process -> ``loss(z_a, z_b, z_neg)``.
+
+    Returns this rank's loss ``L_r`` (a scalar): the mean over its anchors, scaled by
+    ``W * B_r / N`` so that the mean of ``L_r`` over ranks is the loss of a single process over
+    the concatenated global batch, and gradients averaged over ranks equal that process's
+    gradients (see the module docstring). Anchor ``i`` of rank ``r`` has its positive at global
+    row ``offset_r + i``, ``offset_r = B_0 + ... + B_{r-1}`` (``r * B`` for equal sizes).
+    With ``symmetric``, local positives are also scored against the global anchors.
+    """
+    if not _active(env):
+        return loss(z_a, z_b, z_neg)
+    assert env is not None
+    loss._check(z_a, z_b, z_neg)
+    if z_a.shape[0] == 0:
+        raise ValueError(f"rank {env.rank} has an empty batch: every rank needs >= 1 anchor")
+    sizes = _gather_sizes(z_a.shape[0], z_a.device, env)
+    offset = sum(sizes[: env.rank])
+    total = sum(sizes)
+    labels = torch.arange(z_a.shape[0], device=z_a.device) + offset
+    all_b = gather_with_grad(z_b, env, sizes)
+    all_neg = None if z_neg is None else gather_with_grad(z_neg, env, sizes)
+    logits = loss.similarity_logits(z_a, all_b, all_neg, label_offset=offset)
+    out = F.cross_entropy(logits, labels)
+    if loss.symmetric:
+        all_a = gather_with_grad(z_a, env, sizes)
+        back = loss.similarity_logits(z_b, all_a, label_offset=offset)
+        out = (out + F.cross_entropy(back, labels)) / 2
+    return out * (env.world_size * z_a.shape[0] / total)
