@@ -218,3 +218,54 @@ def test_default_evaluator_on_real_stsb_dev(tiny_encoder, sts_dir: Path) -> None
     assert metrics["stsb_dev_spearman"] == pytest.approx(ref["tasks"]["stsb"]["spearman"], abs=1e-4)
     assert metrics["alignment"] == pytest.approx(au["alignment"], rel=1e-4)
     assert metrics["uniformity"] == pytest.approx(au["uniformity"], rel=1e-4)
+
+
+def test_supervised_triples_and_pairs(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import csv
+
+    rows = [
+        (TINY_SENTENCES[i], TINY_SENTENCES[(i + 1) % 16], TINY_SENTENCES[(i + 5) % 16])
+        for i in range(16)
+    ]
+    triples = tmp_path / "triples.csv"
+    with open(triples, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["sent0", "sent1", "hard_neg"])
+        w.writerows(rows)
+    seen: list[int] = []
+
+    class Spy(Trainer):
+        def make_inputs(self, rows):  # type: ignore[no-untyped-def]
+            inputs = super().make_inputs(rows)
+            seen.append(len(inputs))
+            return inputs
+
+    cfg = make_config(
+        tiny_model_dir,
+        triples,
+        tmp_path / "sup",
+        objective="sup",
+        hard_negative_weight=1.0,
+        eval_steps=-1,
+        max_steps=4,
+    )
+    assert Spy(cfg).train().steps == 4
+    assert seen == [3, 3, 3, 3]  # anchor, positive, hard negative
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"q": a, "p": b}) + "\n" for a, b, _ in rows))
+    cfg = make_config(
+        tiny_model_dir,
+        pairs,
+        tmp_path / "pairs",
+        objective="sup",
+        columns=["q", "p"],
+        eval_steps=-1,
+        max_steps=2,
+    )
+    seen.clear()
+    Spy(cfg).train()
+    assert seen == [2, 2]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("sent0,sent1,hard_neg\na,b,c\nonly,two\n")
+    with pytest.raises(ValueError, match=r"bad\.csv.*3"):
+        Trainer(make_config(tiny_model_dir, bad, tmp_path / "bad", objective="sup"))
