@@ -269,3 +269,17 @@ def test_supervised_triples_and_pairs(tiny_model_dir: Path, tmp_path: Path) -> N
     bad.write_text("sent0,sent1,hard_neg\na,b,c\nonly,two\n")
     with pytest.raises(ValueError, match=r"bad\.csv.*3"):
         Trainer(make_config(tiny_model_dir, bad, tmp_path / "bad", objective="sup"))
+
+
+def test_dropout_override_makes_views_deterministic(
+    tiny_model_dir: Path, corpus_file: Path, tmp_path: Path
+) -> None:
+    trainer = Trainer(make_config(tiny_model_dir, corpus_file, tmp_path / "r", dropout=0.0))
+    trainer._build(None)
+    enc = trainer.encoder.train()
+    batch = enc.tokenize(list(TINY_SENTENCES[:4]))
+    assert torch.equal(enc(batch), enc(batch))  # ConSERT's --no_dropout
+    trainer = Trainer(make_config(tiny_model_dir, corpus_file, tmp_path / "s"))
+    trainer._build(None)
+    enc = trainer.encoder.train()
+    assert not torch.equal(enc(batch), enc(batch))  # SimCSE: dropout is the augmentation

@@ -69,6 +69,8 @@ class TrainConfig:
     logging_steps: int = 10
     grad_cache_chunk: int | None = None
     """Gradient cache (Gao et al. 2021): embed the batch in chunks of this many sentences."""
+    dropout: float | None = None
+    """Set every dropout layer of the transformer to this rate (ConSERT: 0); None: keep."""
     compile: bool = False
     """``torch.compile`` the transformer (opt-in)."""
     drop_last: bool = False
@@ -110,6 +112,8 @@ class TrainConfig:
                 raise bad(name, "must be a positive integer or null")
         if not isinstance(self.eval_steps, int) or self.eval_steps < -1:
             raise bad("eval_steps", "must be an integer >= -1")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise bad("dropout", "must be in [0, 1) or null")
         if self.save_total_limit < 1:
             raise bad("save_total_limit", "must be >= 1")
         if self.objective == "sup" and len(self.columns) not in (2, 3):

@@ -275,6 +275,10 @@ class Trainer:
         self.encoder = SentenceEncoder.from_pretrained(
             source, pooling=cfg.pooling, head_mode=cfg.head
         ).to(self.device)
+        if cfg.dropout is not None:
+            for module in self.encoder.model.modules():
+                if isinstance(module, torch.nn.Dropout):
+                    module.p = cfg.dropout
         broadcast_parameters(self.encoder, self.env)  # e.g. a new head: rank 0's wins
         if cfg.compile:
             self.encoder.model.compile()
