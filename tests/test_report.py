@@ -171,6 +171,24 @@ def test_run_summary_resumed_run_later_eval_wins(tmp_path: Path) -> None:
     assert s["wall_time_s"] == 10.0 and s["n_eval_events"] == 1
 
 
+def test_unix_timestamps_become_seconds_since_first_record(tmp_path: Path) -> None:
+    t0 = 1_790_000_000.25  # what textcl's trainer writes: time.time()
+    records = [
+        {"event": "train", "step": 10, "epoch": 0.1, "time": t0, "loss": 3.0},
+        {"event": "eval", "step": 20, "epoch": 0.2, "time": t0 + 7.5, "stsb_dev_spearman": 50.0},
+        {"event": "train", "step": 30, "epoch": 0.3, "time": t0 + 12.0, "loss": 2.5},
+    ]
+    run = report.load_run(make_run(tmp_path, records))
+    assert [r["time"] for r in run.records] == [0.0, 7.5, 12.0]
+    assert report.run_summary(run)["wall_time_s"] == 12.0
+    text = report.render_report_html(run)
+    assert "<td>20</td><td>0.20</td><td>7.5</td><td>50.00</td>" in text
+    # Elapsed seconds are kept as they are.
+    assert report.relative_times(records[:0]) == []
+    small = [{**r, "time": r["time"] - t0 + 1.0} for r in records]
+    assert report.relative_times(small) == small
+
+
 def test_report_html_escapes_config(tmp_path: Path) -> None:
     run = make_run(tmp_path)
     (run / "config.json").write_text(json.dumps({"note": "<script>x</script>"}))
@@ -207,3 +225,130 @@ def test_cli_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "<td>stsb</td><td>76.55</td>" in out.read_text(encoding="utf-8")
     assert main(["report", str(tmp_path / "nope")]) == 2
     assert "run folder not found" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- evaluate_run / --sts
+MINI_PAIRS = 160
+
+
+@pytest.fixture
+def mini_sts(tmp_path: Path, sts_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The first MINI_PAIRS real STS-B dev pairs in a SentEval-layout folder (the published
+    pair count check is lifted for stsb dev only), so the tiny model encodes ~300 sentences
+    instead of 3,000."""
+    from textcl.evaluation import data
+
+    lines = (sts_dir / "STSBenchmark" / "sts-dev.csv").read_text(encoding="utf-8").splitlines()
+    root = tmp_path / "mini-sts"
+    (root / "STSBenchmark").mkdir(parents=True)
+    (root / "STSBenchmark" / "sts-dev.csv").write_text(
+        "\n".join(lines[:MINI_PAIRS]) + "\n", encoding="utf-8"
+    )
+    monkeypatch.delitem(data.EXPECTED_PAIRS, ("stsb", "dev"))
+    return root
+
+
+def _save_encoder(model_dir: Path, target: Path, pooling: str) -> Path:
+    from textcl import SentenceEncoder
+
+    return SentenceEncoder.from_pretrained(model_dir, pooling=pooling).save(target)
+
+
+def _oracle_stsb(model_dir: Path, sts: Path) -> dict[str, Any]:
+    """STS-B dev Spearman ×100 and positive-pair cosines recomputed here: each side encoded
+    on its own (no de-duplication), cosines pair by pair."""
+    import numpy as np
+    from scipy.stats import spearmanr
+
+    from textcl import SentenceEncoder
+    from textcl.evaluation.data import read_stsb_file
+
+    enc = SentenceEncoder.load(model_dir)
+    sub = read_stsb_file(sts / "STSBenchmark" / "sts-dev.csv")
+    a = enc.encode(sub.sentences1, batch_size=16, show_progress=False)
+    b = enc.encode(sub.sentences2, batch_size=16, show_progress=False)
+    cos, pos = [], []
+    for x, y, gold in zip(a.astype(np.float64), b.astype(np.float64), sub.scores, strict=True):
+        c = float(x @ y / (np.linalg.norm(x) * np.linalg.norm(y)))
+        cos.append(c)
+        if gold >= 4.0:
+            pos.append(c)
+    return {"spearman": float(spearmanr(cos, sub.scores)[0]) * 100, "pos": pos, "n": len(cos)}
+
+
+def _run_with(tmp_path: Path, tiny_model_dir: Path, **encoders: str) -> Path:
+    """A run folder whose best/ and/or final/ hold the tiny encoder with the given pooling."""
+    run = make_run(tmp_path)
+    for name in ("best", "final"):
+        (run / name).rmdir()
+        if name in encoders:
+            _save_encoder(tiny_model_dir, run / name, encoders[name])
+    return run
+
+
+def test_evaluate_run_matches_oracle(tmp_path: Path, tiny_model_dir: Path, mini_sts: Path) -> None:
+    import numpy as np
+
+    run = _run_with(tmp_path, tiny_model_dir, final="mean")
+    path, (pos, rand), source = report.evaluate_run(run, split="dev", data_dir=mini_sts)
+    assert path == run / "sts_results.json"
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    oracle = _oracle_stsb(run / "final", mini_sts)
+    stsb = saved["tasks"]["stsb"]
+    assert stsb["n_pairs"] == oracle["n"] == MINI_PAIRS
+    assert stsb["spearman"] == pytest.approx(oracle["spearman"], abs=1e-3)
+    assert saved["model"] == "run/final" and saved["pooling"] == "mean"
+    assert len(saved["predictions"]["stsb"]["pred"]) == oracle["n"]
+    assert len(oracle["pos"]) >= 10
+    np.testing.assert_allclose(pos, oracle["pos"], atol=1e-4)
+    assert rand.shape == pos.shape and np.isfinite(rand).all()
+    assert f"{len(pos)} pairs with gold score >= 4" in source and "run/final" in source
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]  # no temp file left
+
+
+def test_evaluate_run_prefers_best_and_custom_output(
+    tmp_path: Path, tiny_model_dir: Path, mini_sts: Path
+) -> None:
+    run = _run_with(tmp_path, tiny_model_dir, best="mean", final="cls")
+    out = tmp_path / "elsewhere" / "res.json"
+    path, _, _ = report.evaluate_run(
+        report.load_run(run), tasks="stsb", split="dev", data_dir=mini_sts, output=out
+    )
+    assert path == out and not (run / "sts_results.json").exists()
+    saved = json.loads(out.read_text(encoding="utf-8"))
+    assert saved["model"] == "run/best" and saved["pooling"] == "mean"
+    oracle = _oracle_stsb(run / "best", mini_sts)
+    assert saved["tasks"]["stsb"]["spearman"] == pytest.approx(oracle["spearman"], abs=1e-3)
+
+
+def test_evaluate_run_without_encoder(tmp_path: Path) -> None:
+    run = make_run(tmp_path)
+    (run / "best").rmdir()
+    (run / "final").rmdir()
+    with pytest.raises(FileNotFoundError, match="neither best/ nor final/"):
+        report.evaluate_run(run)
+
+
+def test_cli_report_sts_end_to_end(
+    tmp_path: Path, tiny_model_dir: Path, mini_sts: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = _run_with(tmp_path, tiny_model_dir, best="mean")
+    argv = ["report", str(run), "--sts", "--split", "dev", "--data", str(mini_sts)]
+    assert main(argv) == 0
+    out = Path(capsys.readouterr().out.strip())
+    assert out == run / "report.html"
+    text = out.read_text(encoding="utf-8")
+    saved = json.loads((run / "sts_results.json").read_text(encoding="utf-8"))
+    stsb = saved["tasks"]["stsb"]
+    # evaluate_sts stores ×100 and a numeric average (+ average_pearson).
+    row = f"<td>stsb</td><td>{stsb['spearman']:.2f}</td><td>{stsb['pearson']:.2f}</td>"
+    assert row + f"<td>{stsb['n_pairs']}</td>" in text
+    avg = f"<td>{saved['average']:.2f}</td><td>{saved['average_pearson']:.2f}</td>"
+    assert avg in text
+    assert "Predicted vs gold similarity" in text
+    assert "Cosine similarity of positive vs random pairs" in text
+    assert "No STS results" not in text
+    pngs = embedded_pngs(text)
+    assert len(pngs) == 4  # curves, alignment-uniformity, STS scatter, similarity histogram
+    for png in pngs:
+        assert_decodes_as_png(png)

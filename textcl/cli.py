@@ -18,6 +18,9 @@ from textcl import __version__
 COMMAND_MODULES: tuple[str, ...] = (
     "textcl.commands.train",
     "textcl.commands.eval",
+    "textcl.commands.encode",
+    "textcl.commands.search",
+    "textcl.commands.index",
     "textcl.commands.report",
 )
 """Sub-command modules, in the order ``textcl --help`` lists them."""

@@ -28,6 +28,10 @@ from textcl.plots import PathLike, read_metrics
 RESULTS_FILENAMES: tuple[str, ...] = ("sts_results.json", "results.json")
 """STS results files picked up from the run folder when no ``results`` are given."""
 
+POSITIVE_MIN_SCORE = 4.0
+"""STS-B pairs with a gold score at least this high are the "positive pairs" of the
+similarity-distribution plot (SimCSE, Gao et al. 2021, Section 5)."""
+
 EVAL_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("step", "step", "d"),
     ("epoch", "epoch", ".2f"),
@@ -72,8 +76,28 @@ def _read_json(path: Path) -> Any:
         raise ValueError(f"{path}: not valid JSON (line {e.lineno}): {e.msg}") from None
 
 
+UNIX_TIME_MIN = 1e9
+"""A ``time`` at least this large (2001-09-09 as a Unix timestamp) is a timestamp, not an
+elapsed time: no run lasts 31 years."""
+
+
+def relative_times(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Records with Unix-timestamp ``time`` values (what textcl's trainer writes) turned into
+    seconds since the first logged record; records already holding elapsed seconds (every
+    ``time`` below :data:`UNIX_TIME_MIN`) are returned unchanged."""
+    times = [float(r["time"]) for r in records if _is_number(r.get("time"))]
+    if not times or max(times) < UNIX_TIME_MIN:
+        return records
+    t0 = min(times)
+    return [{**r, "time": r["time"] - t0} if _is_number(r.get("time")) else r for r in records]
+
+
 def load_run(run_dir: PathLike) -> RunData:
-    """Read a run folder. ``metrics.jsonl`` is required; ``config.json`` is optional."""
+    """Read a run folder. ``metrics.jsonl`` is required; ``config.json`` is optional.
+
+    ``time`` values that are Unix timestamps become seconds since the first record
+    (:func:`relative_times`), so the summary's wall time and the eval table read as durations.
+    """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run folder not found: {run_dir}")
@@ -92,7 +116,7 @@ def load_run(run_dir: PathLike) -> RunData:
     return RunData(
         run_dir=run_dir,
         config=config,
-        records=read_metrics(metrics),
+        records=relative_times(read_metrics(metrics)),
         checkpoints=checkpoints,
         best_dir=run_dir / "best" if (run_dir / "best").is_dir() else None,
         final_dir=run_dir / "final" if (run_dir / "final").is_dir() else None,
@@ -330,6 +354,17 @@ def _alignment_section(run: RunData) -> str:
     )
 
 
+def _average(res: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The results' average as ``{"spearman", "pearson"}``: ``"average"`` is either that
+    mapping or a number (:func:`textcl.evaluation.evaluate_sts`, with ``"average_pearson"``)."""
+    avg = res.get("average")
+    if isinstance(avg, Mapping):
+        return avg
+    if _is_number(avg):
+        return {"spearman": avg, "pearson": res.get("average_pearson")}
+    return {}
+
+
 def _sts_section(results: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
     out = "<h2>STS results</h2>\n"
     if not results:
@@ -353,7 +388,7 @@ def _sts_section(results: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
         rows.append([_esc(t), *map(_esc, sp), *map(_esc, pe), _esc(n)])
     avg_sp, avg_pe = [], []
     for _, res in results:
-        avg = res.get("average") or {}
+        avg = _average(res)
         scale = _sts_scale(res)
         avg_sp.append(
             _fmt(avg["spearman"] * scale, ".2f") if _is_number(avg.get("spearman")) else ""
@@ -496,8 +531,8 @@ def write_report(
 
 
 def evaluate_run(
-    run: RunData,
-    tasks: Sequence[str] = ("stsb",),
+    run: RunData | PathLike,
+    tasks: str | Sequence[str] = ("stsb",),
     split: str = "test",
     data_dir: PathLike | None = None,
     batch_size: int = 64,
@@ -505,9 +540,52 @@ def evaluate_run(
 ) -> tuple[Path, tuple[Any, Any], str]:
     """Evaluate the run's ``best/`` (else ``final/``) encoder on STS now.
 
+    ``run``: a :class:`RunData` or a run folder. ``tasks`` / ``split`` / ``data_dir`` /
+    ``batch_size`` go to :func:`textcl.evaluation.evaluate_sts`.
+
     Writes the results (with predictions) to ``output`` (default ``RUN_DIR/sts_results.json``)
     and computes the positive-vs-random cosine similarities on the STS-B pairs of ``split``
     with a gold score >= 4 (SimCSE's "positive pairs"). Returns ``(results path, (pos, rand),
     description)``.
     """
-    raise NotImplementedError  # filled in once textcl.evaluation exists
+    from textcl.encoder import SentenceEncoder
+    from textcl.evaluation import evaluate_sts
+    from textcl.evaluation.data import load_sts_task
+    from textcl.plots import pair_cosine_similarities
+
+    if not isinstance(run, RunData):
+        run = load_run(run)
+    model_dir = run.best_dir or run.final_dir
+    if model_dir is None:
+        raise FileNotFoundError(
+            f"{run.run_dir} has neither best/ nor final/: no trained encoder to evaluate"
+        )
+    encoder = SentenceEncoder.load(model_dir)
+    model_name = f"{run.run_dir.name}/{model_dir.name}"
+    results = evaluate_sts(
+        encoder,
+        tasks=tasks if isinstance(tasks, str) else list(tasks),
+        split=split,
+        data_dir=data_dir,
+        batch_size=batch_size,
+        return_predictions=True,
+        model_name=model_name,
+    )
+    out = Path(output) if output is not None else run.run_dir / RESULTS_FILENAMES[0]
+    _write_text_atomic(out, json.dumps(results, indent=2) + "\n")
+
+    stsb = load_sts_task("stsb", split, data_dir)
+    keep = stsb.scores >= POSITIVE_MIN_SCORE
+    if int(keep.sum()) < 2:
+        raise ValueError(
+            f"STS-B {stsb.split} has {int(keep.sum())} pairs with gold score >= "
+            f"{POSITIVE_MIN_SCORE:g}; need at least 2 for the similarity distribution"
+        )
+    a = [s for s, k in zip(stsb.sentences1, keep, strict=True) if k]
+    b = [s for s, k in zip(stsb.sentences2, keep, strict=True) if k]
+    sims = pair_cosine_similarities(encoder, a, b, batch_size=batch_size)
+    source = (
+        f"{model_name} on STS-B {stsb.split}: {len(a)} pairs with gold score >= "
+        f"{POSITIVE_MIN_SCORE:g} vs random pairs"
+    )
+    return out, sims, source

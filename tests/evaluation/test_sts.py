@@ -296,6 +296,7 @@ def test_evaluate_from_hub_without_subsets(monkeypatch: pytest.MonkeyPatch) -> N
     patch_counts(monkeypatch, {("sts12", "test"): 12})
     res = evaluate_sts(CountingModel(), "sts12", "test")
     sts12 = res["tasks"]["sts12"]
+    assert res["split"] == "test"  # STS12-16 only have a test split
     assert sts12["wmean"] is None and sts12["mean"] is None and sts12["subsets"] == {}
     assert res["data_source"].startswith("hub:mteb/sts12-sts@")
     assert "sts12" in format_sts_table(res)

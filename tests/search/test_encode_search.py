@@ -273,3 +273,32 @@ def test_jsonl_parquet_and_datasets_sources(tiny_model_dir: Path, tmp_path: Path
     assert m.count == 5 and m.source["kind"] == "datasets"
     with pytest.raises(ValueError, match="no column 'text'"):
         encode_corpus(tiny_model_dir, tmp_path / "ds", tmp_path / "d2", show_progress=False)
+
+
+@pytest.mark.gpu
+def test_encode_on_cuda_with_bf16_autocast(
+    tiny_model_dir: Path, corpus_txt: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "cuda"
+    m = encode_corpus(
+        tiny_model_dir,
+        corpus_txt,
+        out,
+        device="cuda",
+        precision="bf16",
+        shard_size=10,
+        show_progress=False,
+    )
+    assert m.count == len(CORPUS)
+    cpu = encode_corpus(
+        tiny_model_dir,
+        corpus_txt,
+        tmp_path / "cpu",
+        device="cpu",
+        shard_size=10,
+        show_progress=False,
+    )
+    a = np.concatenate([np.asarray(s) for s in EmbeddingIndex(out).shards])
+    b = np.concatenate([np.asarray(s) for s in EmbeddingIndex(tmp_path / "cpu").shards])
+    assert cpu.count == m.count
+    assert float(((a * b).sum(1)).min()) > 0.99  # bf16 autocast vs fp32, both normalised

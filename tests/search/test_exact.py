@@ -88,3 +88,16 @@ def test_errors() -> None:
         exact_search(np.array([[np.nan, 0, 0]], dtype=np.float32), x)
     with pytest.raises(TypeError, match="float"):
         exact_search(np.ones((1, 3), dtype=np.int64), x)
+
+
+def test_score_budget_shrinks_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    import textcl.search.exact as exact_mod
+
+    monkeypatch.setattr(exact_mod, "SCORE_BUDGET", 20)  # 4 queries -> 5-row chunks
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((97, 8)).astype(np.float32)
+    q = rng.standard_normal((4, 8)).astype(np.float32)
+    want_s, want_i = oracle(q, x, 6)
+    got_s, got_i = exact_search(q, x, top_k=6)
+    np.testing.assert_array_equal(got_i, want_i)
+    np.testing.assert_allclose(got_s, want_s, rtol=1e-5, atol=1e-5)

@@ -273,7 +273,8 @@ def evaluate_sts(
         "average_pearson": float(np.mean([r["pearson"] for r in results.values()])),
         "model": model_name or model_str,
         "pooling": pooling,
-        "split": splits[0] if len(splits) == 1 else split,
+        # STS12-16 alone: "test" (the only split they have); else the stsb / sickr split.
+        "split": splits[0] if len(splits) == 1 else (split if splits else "test"),
         "aggregation": AGGREGATION,
         "similarity": "cosine",
         "data_source": sources[0] if len(sources) == 1 else "; ".join(sources),

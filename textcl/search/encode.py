@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from textcl.encoder import batch_bounds
 from textcl.search.manifest import (
     DTYPES,
     MANIFEST_NAME,
@@ -197,6 +198,7 @@ def encode_corpus(
     for name, value in (("shard_size", shard_size), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    batch_bounds([], batch_size, max_tokens)  # validates max_tokens
     folder = Path(output).expanduser()
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"{folder} exists and is not a folder")

@@ -13,6 +13,9 @@ from typing import Any
 import numpy as np
 
 DEFAULT_CHUNK_SIZE = 65_536
+SCORE_BUDGET = 1 << 24
+"""At most this many float32 scores (64 MiB) are held per chunk: with many queries the corpus
+chunk shrinks to ``SCORE_BUDGET // Q`` rows."""
 
 
 def _as_2d_float32(x: Any, what: str) -> np.ndarray:
@@ -28,6 +31,17 @@ def _as_2d_float32(x: Any, what: str) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
+def _tie_safe_cols(scores: np.ndarray, kth: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the top ``k`` per row given the k-th largest value ``kth`` (R, 1): every
+    score above it, then the first (leftmost) positions equal to it."""
+    above = scores > kth
+    equal = scores == kth
+    need = k - above.sum(axis=1, keepdims=True)
+    keep = above | (equal & (np.cumsum(equal, axis=1) <= need))
+    # Row-major: exactly k per row, in position order.
+    return np.nonzero(keep)[1].reshape(scores.shape[0], k)
+
+
 def _select_topk(scores: np.ndarray, index: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top ``k`` per row of ``scores`` (Q, C) with global ``index`` (Q, C) or (C,).
 
@@ -39,13 +53,13 @@ def _select_topk(scores: np.ndarray, index: np.ndarray, k: int) -> tuple[np.ndar
     if index.ndim == 1:
         index = np.broadcast_to(index, (q, c))
     if k < c:
-        kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1 : k]  # (Q, 1) k-th largest
-        above = scores > kth
-        equal = scores == kth
-        need = k - above.sum(axis=1, keepdims=True)
-        keep = above | (equal & (np.cumsum(equal, axis=1) <= need))
-        # Row-major: exactly k per row, in position order.
-        cols = np.nonzero(keep)[1].reshape(q, k)
+        # Fast path: an unordered top-k by partition; exact unless the k-th value is tied
+        # with a score left out, in which case that row takes the smallest-index rule.
+        cols = np.argpartition(scores, c - k, axis=1)[:, c - k :]
+        kth = np.take_along_axis(scores, cols, axis=1).min(axis=1, keepdims=True)
+        tied = np.nonzero((scores >= kth).sum(axis=1) > k)[0]
+        if len(tied):
+            cols[tied] = _tie_safe_cols(scores[tied], kth[tied], k)
         scores = np.take_along_axis(scores, cols, axis=1)
         index = np.take_along_axis(index, cols, axis=1)
     order = np.lexsort((index, -scores), axis=1)
@@ -66,8 +80,8 @@ def exact_search(
             (indices then run over the shards in order). float16 shards are promoted to
             float32 one chunk at a time.
         top_k: results per query; ``min(top_k, N)`` come back.
-        chunk_size: corpus rows multiplied at a time; memory is
-            ``O(chunk_size * (D + Q))`` whatever ``N`` is.
+        chunk_size: corpus rows multiplied at a time (at most ``SCORE_BUDGET // Q``);
+            memory is ``O(chunk_size * (D + Q))`` whatever ``N`` is.
 
     Returns:
         ``scores`` float32 ``(Q, k)`` and ``indices`` int64 ``(Q, k)``, each row sorted by
@@ -84,6 +98,7 @@ def exact_search(
     if not shards:
         raise ValueError("corpus is empty: no shards")
     n_q, dim = q.shape
+    rows = max(1, min(chunk_size, SCORE_BUDGET // n_q))
     best_s = np.empty((n_q, 0), dtype=np.float32)
     best_i = np.empty((n_q, 0), dtype=np.int64)
     offset = 0
@@ -97,8 +112,8 @@ def exact_search(
                 f"dimension mismatch: queries have dimension {dim}, corpus shard {s} has "
                 f"{shard.shape[1]}"
             )
-        for start in range(0, shard.shape[0], chunk_size):
-            chunk = np.asarray(shard[start : start + chunk_size], dtype=np.float32)
+        for start in range(0, shard.shape[0], rows):
+            chunk = np.asarray(shard[start : start + rows], dtype=np.float32)
             scores = q @ chunk.T  # (Q, C)
             if not np.isfinite(scores).all():
                 raise ValueError(

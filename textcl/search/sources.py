@@ -181,6 +181,8 @@ def _txt_records(path: Path) -> Iterator[Record]:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
                 raise ValueError(f"{path}:{lineno}: not valid UTF-8 ({e.reason})") from None
+            if lineno == 1:
+                line = line.removeprefix("\ufeff")  # a UTF-8 byte-order mark
             yield str(lineno), line.rstrip("\r\n")
 
 

@@ -1,0 +1,40 @@
+"""``textcl index build``: build a FAISS index (flat / ivf / hnsw) over an index folder."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+HELP = "build a FAISS vector index over an index folder written by `textcl encode`"
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("index", help=HELP, description=HELP + ".")
+    sub = p.add_subparsers(dest="index_command", metavar="ACTION", required=True)
+    b = sub.add_parser("build", help="build a FAISS index", description=HELP + ".")
+    b.add_argument("--index", required=True, help="index folder")
+    b.add_argument("--kind", choices=("flat", "ivf", "hnsw"), default="hnsw")
+    b.add_argument("--nlist", type=int, default=None, help="IVF cells (default ~4*sqrt(N))")
+    b.add_argument("--m", type=int, default=32, help="HNSW links per node")
+    b.add_argument("--ef-construction", type=int, default=200, help="HNSW build candidates")
+    b.add_argument("--seed", type=int, default=0, help="IVF training sample / k-means seed")
+    b.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from textcl.search import build_faiss_index
+
+    entry = build_faiss_index(
+        args.index,
+        args.kind,
+        nlist=args.nlist,
+        m=args.m,
+        ef_construction=args.ef_construction,
+        seed=args.seed,
+    )
+    params = ", ".join(f"{k}={v}" for k, v in entry["params"].items())
+    print(
+        f"{args.index}/{entry['file']}: {args.kind} over {entry['count']} vectors"
+        f"{' (' + params + ')' if params else ''} in {entry['build_seconds']:.1f} s"
+    )
+    return 0

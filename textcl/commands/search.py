@@ -1,0 +1,100 @@
+"""``textcl search``: top-k semantic search over an index folder (exact or FAISS)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+HELP = "search an index folder written by `textcl encode` (exact, or through FAISS)"
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("search", help=HELP, description=HELP + ".")
+    p.add_argument("--index", required=True, help="index folder")
+    q = p.add_mutually_exclusive_group(required=True)
+    q.add_argument("--query", action="append", help="a query (repeatable)")
+    q.add_argument("--queries", help="file with one query a line ('-': stdin)")
+    p.add_argument("--top-k", type=int, default=10)
+    p.add_argument("--format", choices=("table", "jsonl"), default="table")
+    p.add_argument(
+        "--model", default=None, help="query encoder (default: the model in the manifest)"
+    )
+    p.add_argument(
+        "--faiss",
+        nargs="?",
+        const=True,
+        default=None,
+        choices=(True, "flat", "ivf", "hnsw"),
+        metavar="KIND",
+        help="search through a FAISS index built with `textcl index build` "
+        "(optionally name its kind: flat, ivf, hnsw)",
+    )
+    p.add_argument("--nprobe", type=int, default=None, help="FAISS IVF cells searched")
+    p.add_argument("--ef-search", type=int, default=None, help="FAISS HNSW candidate list")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=run)
+
+
+def read_queries(path: str) -> list[str]:
+    """Non-blank lines of ``path`` (``-``: stdin)."""
+    if path == "-":
+        lines = sys.stdin.read().splitlines()
+    else:
+        file = Path(path)
+        if not file.is_file():
+            raise FileNotFoundError(f"{path}: no such queries file")
+        lines = file.read_text(encoding="utf-8").splitlines()
+    queries = [line.strip() for line in lines if line.strip()]
+    if not queries:
+        raise ValueError(f"{path}: no queries (the file has no non-blank line)")
+    return queries
+
+
+def _clip(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: max(1, width - 1)] + "…"
+
+
+def format_table(results: list[list[Any]]) -> str:
+    width = max(40, shutil.get_terminal_size((120, 20)).columns)
+    out: list[str] = []
+    for hits in results:
+        if not hits:
+            continue
+        out.append(f"query: {hits[0].query}")
+        id_w = max(2, *(len(h.id) for h in hits))
+        out.append(f"{'rank':>4}  {'score':>7}  {'id':<{id_w}}  text")
+        text_w = max(20, width - (4 + 2 + 7 + 2 + id_w + 2))
+        for h in hits:
+            out.append(f"{h.rank + 1:>4}  {h.score:7.4f}  {h.id:<{id_w}}  {_clip(h.text, text_w)}")
+        out.append("")
+    return "\n".join(out)
+
+
+def run(args: argparse.Namespace) -> int:
+    from textcl.search import search
+
+    queries = list(args.query) if args.query else read_queries(args.queries)
+    results = search(
+        args.index,
+        queries,
+        model=args.model,
+        top_k=args.top_k,
+        faiss=args.faiss,
+        batch_size=args.batch_size,
+        device=args.device,
+        nprobe=args.nprobe,
+        ef_search=args.ef_search,
+    )
+    if args.format == "jsonl":
+        for hits in results:
+            for h in hits:
+                print(json.dumps(h.to_dict(), ensure_ascii=False))
+    else:
+        print(format_table(results), end="")
+    return 0
