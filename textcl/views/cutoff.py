@@ -6,7 +6,7 @@ al. 2021) uses token cutoff and feature cutoff as contrastive views.
 
 All three act through the batch's ``embedding_mask`` (a float multiplier applied by
 :meth:`textcl.SentenceEncoder.forward` to the INPUT embeddings, i.e. the output of
-``model.get_input_embeddings()``, then passed to the model as ``inputs_embeds``); token and
+``model.get_input_embeddings()``, scaled by a forward hook on that layer); token and
 span cutoff also set ``attention_mask`` to 0 for the dropped tokens, so that no other token
 attends to them and pooling averages over the kept tokens only. Masks of composed views are
 multiplied, never overwritten. ``input_ids`` are left unchanged (the model still derives its
@@ -124,10 +124,12 @@ class FeatureCutoff(RandomView):
     ``--da_final_1 feature_cutoff --cutoff_rate_final_1 0.2``). Rate 0 is the identity.
 
     ConSERT zeroes the dimensions after the whole embedding layer (word + position + type,
-    LayerNorm); textcl zeroes them in the word embeddings that go in as ``inputs_embeds``,
-    which works for any Hugging Face encoder exposing ``get_input_embeddings()`` (BERT,
-    RoBERTa, ...). Token ids, attention and positions (special tokens included) are
-    unchanged.
+    LayerNorm); textcl zeroes them in the output of the word-embedding layer
+    (``get_input_embeddings()``), before positions and token types are added, which works
+    for any Hugging Face encoder exposing input embeddings (BERT, RoBERTa, DistilBERT,
+    ALBERT, ELECTRA, MPNet, DeBERTa-v2 are tested; the model still derives its own position
+    ids). Token ids, attention and positions (special tokens included) are unchanged. For
+    ALBERT/ELECTRA the width is the embedding size, not the hidden size.
 
     The view must know the encoder's hidden size: pass ``hidden_size=`` or call
     :func:`textcl.views.bind_view` (the trainer does) before use.

