@@ -189,6 +189,15 @@ def test_unix_timestamps_become_seconds_since_first_record(tmp_path: Path) -> No
     assert report.relative_times(small) == small
 
 
+def test_trainer_summary_results_json_is_not_taken_for_sts_results(tmp_path: Path) -> None:
+    run = make_run(tmp_path)
+    summary = {"steps": 40, "best": {"step": 40, "stsb_dev_spearman": 87.0}, "final": {}}
+    (run / "results.json").write_text(json.dumps(summary), encoding="utf-8")
+    assert report.find_results(run) == []
+    text = report.write_report(run).read_text(encoding="utf-8")
+    assert "No STS results" in text
+
+
 def test_report_html_escapes_config(tmp_path: Path) -> None:
     run = make_run(tmp_path)
     (run / "config.json").write_text(json.dumps({"note": "<script>x</script>"}))

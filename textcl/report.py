@@ -25,8 +25,9 @@ from typing import Any
 
 from textcl.plots import PathLike, read_metrics
 
-RESULTS_FILENAMES: tuple[str, ...] = ("sts_results.json", "results.json")
-"""STS results files picked up from the run folder when no ``results`` are given."""
+RESULTS_FILENAMES: tuple[str, ...] = ("sts_results.json",)
+"""STS results files picked up from the run folder when no ``results`` are given (not
+``results.json``: that is the trainer's end-of-run summary, another format)."""
 
 POSITIVE_MIN_SCORE = 4.0
 """STS-B pairs with a gold score at least this high are the "positive pairs" of the
@@ -574,7 +575,8 @@ def evaluate_run(
     out = Path(output) if output is not None else run.run_dir / RESULTS_FILENAMES[0]
     _write_text_atomic(out, json.dumps(results, indent=2) + "\n")
 
-    stsb = load_sts_task("stsb", split, data_dir)
+    # STS-B has test/dev/train; any other split name (SICK-R's "all") reads STS-B test.
+    stsb = load_sts_task("stsb", split if split in ("test", "dev", "train") else "test", data_dir)
     keep = stsb.scores >= POSITIVE_MIN_SCORE
     if int(keep.sum()) < 2:
         raise ValueError(

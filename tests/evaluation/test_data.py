@@ -140,8 +140,10 @@ def test_sickr_splits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert load_local_task("sickr", "dev", tmp_path).n_pairs == 2
     every = load_local_task("sickr", "all", tmp_path)
     assert [s.n_pairs for s in every.subsets] == [5, 2, 3]
-    with pytest.raises(ValueError, match="only defined for sickr"):
-        load_local_task("stsb", "all", tmp_path)
+    write_stsb(tmp_path, "sts-test.csv", 4)
+    monkeypatch.setitem(data.EXPECTED_PAIRS, ("stsb", "test"), 4)
+    stsb_all = load_local_task("stsb", "all", tmp_path)  # MTEB's protocol: STS-B test
+    assert stsb_all.split == "test" and stsb_all.n_pairs == 4
     with pytest.raises(ValueError, match="unknown split"):
         load_local_task("stsb", "validation", tmp_path)
 

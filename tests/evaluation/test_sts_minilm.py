@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-MTEB_STSB_TEST = 82.03  # MTEB STSBenchmark, all-MiniLM-L6-v2, cosine Spearman ×100
+# MTEB STSBenchmark, all-MiniLM-L6-v2, cosine Spearman ×100 (textcl measures 82.03 too).
+MTEB_STSB_TEST = 82.03
 
 
 @pytest.mark.slow
@@ -18,5 +19,5 @@ def test_minilm_stsb_test_matches_mteb(minilm_dir: Path, sts_dir: Path) -> None:
     res = evaluate_sts(encoder, ["stsb"], split="test", data_dir=sts_dir, batch_size=64)
     stsb = res["tasks"]["stsb"]
     assert stsb["n_pairs"] == 1379
-    assert stsb["spearman"] == pytest.approx(MTEB_STSB_TEST, abs=0.3)
+    assert stsb["spearman"] == pytest.approx(MTEB_STSB_TEST, abs=0.1)
     assert res["pooling"] == "mean"

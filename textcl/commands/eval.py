@@ -31,7 +31,7 @@ def register(subparsers: Any) -> None:
         default="test",
         choices=("test", "dev", "train", "all"),
         help="split of stsb / sickr (STS12-16 are test only; sickr dev = trial; all = MTEB's "
-        "SICK-R, its three files together) (default: test)",
+        "protocol: SICK-R on its three files together, STS-B test) (default: test)",
     )
     p.add_argument(
         "--pooling", default=None, help="override the model's pooling (default: its own)"

@@ -21,7 +21,7 @@ def register(subparsers: Any) -> None:
         default=None,
         metavar="FILE",
         help="STS results JSON from `textcl eval --output` (repeatable; default: "
-        "RUN_DIR/sts_results.json or RUN_DIR/results.json when present)",
+        "RUN_DIR/sts_results.json when present)",
     )
     p.add_argument(
         "--sts",

@@ -29,8 +29,8 @@ TASKS: tuple[str, ...] = ("sts12", "sts13", "sts14", "sts15", "sts16", "stsb", "
 
 SPLITS: tuple[str, ...] = ("test", "dev", "train", "all")
 """``split`` applies to ``stsb`` and ``sickr`` (STS12-16 only have ``test``). ``dev`` is
-SICK's ``trial`` file; ``all`` (SICK-R only) is the 9,927 pairs of its three files together,
-MTEB's SICK-R."""
+SICK's ``trial`` file. ``all`` is MTEB's protocol: SICK-R on the 9,927 pairs of its three
+files together, STS-B on ``test``."""
 
 YEAR_TASKS: dict[str, tuple[str, dict[str, int], tuple[int, ...]]] = {
     # task: (folder, {subset: pairs with a gold score}, allowed input column counts)
@@ -209,13 +209,14 @@ def expand_tasks(tasks: str | Sequence[str]) -> list[str]:
 
 
 def task_split(task: str, split: str) -> str:
-    """The split actually used for ``task``: STS12-16 always ``test``; SICK-R accepts ``all``."""
+    """The split actually used for ``task``: STS12-16 always ``test``; ``all`` (MTEB's
+    protocol) is SICK-R's three files together and STS-B's ``test``."""
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}: expected test, dev, train (or all for sickr)")
+        raise ValueError(f"unknown split {split!r}: expected test, dev, train or all")
     if task in YEAR_TASKS:
         return "test"
     if split == "all" and task != "sickr":
-        raise ValueError(f"split 'all' is only defined for sickr, not {task}")
+        return "test"
     return split
 
 

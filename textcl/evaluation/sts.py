@@ -201,8 +201,8 @@ def evaluate_sts(
         tasks: names from :data:`~textcl.evaluation.data.TASKS`, a comma-separated string,
             or ``"all"``.
         split: ``test`` / ``dev`` / ``train`` for ``stsb`` and ``sickr`` (``dev`` is SICK's
-            trial file; ``all`` is MTEB's SICK-R, the three files together); STS12-16 always
-            use ``test``.
+            trial file; ``all`` is MTEB's protocol: SICK-R on its three files together,
+            STS-B on test); STS12-16 always use ``test``.
         data_dir: SentEval-layout folder (or a data root holding ``sts/``); default
             ``$TEXTCL_DATA``, else the Hugging Face hub.
         batch_size: sentences per forward pass.
