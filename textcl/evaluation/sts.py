@@ -130,7 +130,6 @@ def _encode_fn(model: Any, batch_size: int) -> Encoder:
     raise TypeError(
         "model must be a SentenceEncoder, an object with encode(texts, batch_size=...) or a "
         f"callable list[str] -> (N, D) array, got {type(model).__name__}"
-        f"got {type(model).__name__}"
     )
 
 
