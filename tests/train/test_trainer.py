@@ -66,16 +66,35 @@ def test_run_writes_everything_and_learns(
     tiny_model_dir: Path, corpus_file: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "run"
-    cfg = make_config(tiny_model_dir, corpus_file, out, max_steps=12, eval_steps=4)
+    cfg = make_config(
+        tiny_model_dir, corpus_file, out, max_steps=30, eval_steps=10, eval_at_start=True
+    )
     result = train(cfg, evaluator=fake_evaluator)
-    assert result.steps == 12
+    assert result.steps == 30
     for name in ("config.json", "metrics.jsonl", "results.json", "final", "best"):
         assert (out / name).exists(), name
     log = read_log(out)
     train_recs = [r for r in log if r["event"] == "train"]
     evals = [r for r in log if r["event"] == "eval"]
-    assert [r["step"] for r in train_recs] == list(range(1, 13))
-    assert [r["step"] for r in evals] == [4, 8, 12]
+    assert [r["step"] for r in train_recs] == list(range(1, 31))
+    assert [r["step"] for r in evals] == [0, 10, 20, 30]
+    assert result.start_metrics is not None and result.start_metrics["step"] == 0
+    # Alignment of positive pairs (two dropout views of each training sentence) improves.
+    sentences = [f"{s} (0)" for s in TINY_SENTENCES]
+
+    def view_alignment(path: Path) -> float:
+        enc = SentenceEncoder.from_pretrained(path, pooling="cls", head_mode="train").train()
+        torch.manual_seed(0)
+        batch = enc.tokenize(sentences, max_length=16)
+        with torch.no_grad():
+            z1 = torch.nn.functional.normalize(enc(batch), dim=-1)
+            z2 = torch.nn.functional.normalize(enc(batch), dim=-1)
+        return float((z1 - z2).pow(2).sum(1).mean())
+
+    torch.manual_seed(7)  # the head of the starting model as the trainer builds it
+    start = SentenceEncoder.from_pretrained(tiny_model_dir, pooling="cls", head_mode="train")
+    start.save(tmp_path / "start")
+    assert view_alignment(out / "final") < view_alignment(tmp_path / "start")
     assert all(r["sentences_per_s"] > 0 and r["lr"] >= 0 for r in train_recs)
     # Contrastive loss goes down on a corpus this small.
     assert np.mean([r["loss"] for r in train_recs[-3:]]) < np.mean(
@@ -98,9 +117,9 @@ def test_run_writes_everything_and_learns(
 
     AutoModel.from_pretrained(out / "final")
     ckpt = find_latest_checkpoint(out)
-    assert ckpt is not None and ckpt.name == "step-00000012"
+    assert ckpt is not None and ckpt.name == "step-00000030"
     meta = json.loads((ckpt / "config.json").read_text())
-    assert meta["step"] == 12 and meta["config"]["batch_size"] == 8
+    assert meta["step"] == 30 and meta["config"]["batch_size"] == 8
     assert len(list((out / "checkpoints").glob("step-*"))) <= cfg.save_total_limit
 
 

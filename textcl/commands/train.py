@@ -111,10 +111,19 @@ def run(args: argparse.Namespace) -> int:
         cleanup()  # leave torchrun's process group cleanly (no-op in one process)
     if os.environ.get("RANK", "0") != "0":
         return 0  # rank 0 reports
-    best = result.best_metrics or {}
     print(f"trained {result.steps} steps; final model: {result.final_dir}")
+    key = "stsb_dev_spearman"
+    rows = [
+        ("start (step 0)", result.start_metrics),
+        (f"final (step {result.steps})", result.final_metrics),
+        (f"best (step {(result.best_metrics or {}).get('step')})", result.best_metrics),
+    ]
+    shown = [(name, m) for name, m in rows if m is not None and key in m]
+    if shown:
+        print(f"{'':18} {'STS-B dev Spearman':>18} {'alignment':>10} {'uniformity':>10}")
+        for name, m in shown:
+            cells = [f"{m[k]:.4f}" if k in m else "-" for k in ("alignment", "uniformity")]
+            print(f"{name:18} {m[key]:18.2f} {cells[0]:>10} {cells[1]:>10}")
     if result.best_dir is not None:
-        score = best.get("stsb_dev_spearman")
-        shown = f"{score:.2f}" if isinstance(score, float) else "?"
-        print(f"best STS-B dev Spearman {shown} at step {best.get('step')}: {result.best_dir}")
+        print(f"best model: {result.best_dir}")
     return 0

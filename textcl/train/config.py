@@ -59,6 +59,8 @@ class TrainConfig:
     device: str | None = None
     eval_steps: int = 125
     """Evaluate on STS-B dev every N steps and at the end; 0: only at the end; -1: never."""
+    eval_at_start: bool = False
+    """Also evaluate the starting model (step 0): the "before" of a before/after table."""
     eval_batch_size: int = 128
     data_dir: str | None = None
     """Evaluation data root (``sts/`` inside); default ``TEXTCL_DATA`` / the hub."""

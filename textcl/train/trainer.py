@@ -73,6 +73,8 @@ class TrainResult:
     best_dir: Path | None
     best_metrics: dict[str, float] | None
     final_metrics: dict[str, float] | None
+    start_metrics: dict[str, float] | None = None
+    """Metrics of the starting model (with ``eval_at_start``)."""
 
 
 def sts_dev_evaluator(data_dir: str | None = None, batch_size: int = 128) -> Evaluator:
@@ -548,6 +550,8 @@ class Trainer:
         self._tb = self._open_tensorboard()
         total = self.total_steps()
         save_every = cfg.save_steps or (cfg.eval_steps if cfg.eval_steps > 0 else None)
+        if cfg.eval_at_start and self.step == 0 and cfg.eval_steps >= 0:
+            self.evaluate()
         self.encoder.train()
         bar = tqdm(
             total=total, initial=self.step, desc="train", unit="step", disable=not self.is_main
@@ -615,6 +619,7 @@ class Trainer:
         if best_dir is not None:
             best_metrics = self._best_record()
         return TrainResult(
+            start_metrics=self._eval_record(0),
             output_dir=self.output_dir,
             steps=self.step,
             final_dir=final_dir,
@@ -622,6 +627,16 @@ class Trainer:
             best_metrics=best_metrics,
             final_metrics=final_metrics,
         )
+
+    def _eval_record(self, step: int) -> dict[str, float] | None:
+        path = self.output_dir / METRICS_FILE
+        if not path.is_file():
+            return None
+        for line in path.read_text(encoding="utf-8").splitlines():
+            rec = json.loads(line)
+            if rec.get("event") == "eval" and rec.get("step") == step:
+                return {k: v for k, v in rec.items() if isinstance(v, (int, float))}
+        return None
 
     def _best_record(self) -> dict[str, float] | None:
         path = self.output_dir / METRICS_FILE
