@@ -34,13 +34,18 @@ typecheck:
 
 check: lint typecheck test
 
-# The main job, small: unsupervised SimCSE from all-MiniLM-L6-v2 on the shared Wikipedia
-# sentences, STS-B dev at the end, then an HTML report of the run (runs/demo/report.html).
+# The main job, small: unsupervised SimCSE from all-MiniLM-L6-v2 on a raw-text corpus (the
+# shared Wikipedia sentences by default), STS-B dev before and after, then an HTML report.
+TRAIN_FILE ?= $(DATA)/corpus/wiki_sentences_11914.txt
 demo:
-	TEXTCL_DATA=$(DATA) $(BIN)/textcl train --model "$(MINILM)" \
-	  --train-file $(DATA)/corpus/wiki_sentences_11914.txt --output-dir runs/demo \
-	  --pooling mean --head none --batch-size 32 --lr 1e-5 --max-steps 30 \
-	  --eval-steps 0 --logging-steps 5
+	@test -f "$(TRAIN_FILE)" && test -d "$(DATA)/sts" || { \
+	  echo "make demo: data not found. Point at it with DATA=/path/to/data (a folder holding"; \
+	  echo "sts/ in SentEval layout and corpus/wiki_sentences_11914.txt) and/or"; \
+	  echo "TRAIN_FILE=/path/to/sentences.txt (one sentence per line), e.g."; \
+	  echo "  make demo DATA=../shared/data TRAIN_FILE=my_corpus.txt"; exit 2; }
+	TEXTCL_DATA=$(DATA) $(BIN)/textcl train --model "$(MINILM)" --train-file "$(TRAIN_FILE)" \
+	  --output-dir runs/demo --pooling mean --head none --batch-size 16 --lr 1e-5 \
+	  --max-steps 200 --eval-steps 100 --eval-at-start --logging-steps 10
 	TEXTCL_DATA=$(DATA) $(BIN)/textcl report runs/demo
 
 clean:
