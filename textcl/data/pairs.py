@@ -36,6 +36,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from textcl.data._datasets import load_hub_dataset as _load_hub_dataset
+from textcl.data._datasets import load_saved_dataset as _load_saved_dataset
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_COLUMNS: tuple[str, ...] = ("sent0", "sent1", "hard_neg")
@@ -372,21 +375,3 @@ class PairDataset:
             f"PairDataset({len(self)} rows, columns={list(self.columns)}, "
             f"n_skipped={self.n_skipped}, source={self.source!r})"
         )
-
-
-def _load_saved_dataset(path: Path, split: str) -> Any:
-    import datasets
-
-    loaded = datasets.load_from_disk(str(path))
-    if isinstance(loaded, datasets.DatasetDict):
-        if split not in loaded:
-            raise ValueError(f"{path}: no split {split!r} (splits: {sorted(loaded)})")
-        return loaded[split]
-    return loaded
-
-
-def _load_hub_dataset(name: str, split: str) -> Any:  # pragma: no cover - needs the network
-    """Download a dataset from the Hugging Face hub (isolated so tests can replace it)."""
-    import datasets
-
-    return datasets.load_dataset(name, split=split)

@@ -24,6 +24,9 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from textcl.data._datasets import load_hub_dataset as _load_hub_dataset
+from textcl.data._datasets import load_saved_dataset as _load_saved_dataset
+
 TEXT_SUFFIXES = (".txt", ".text")
 
 
@@ -263,21 +266,3 @@ def plan_epoch(
     if drop_last and batches and len(batches[-1]) < batch_size:
         batches.pop()
     return [b for b in batches if len(b) >= 2]
-
-
-def _load_saved_dataset(path: Path, split: str) -> Any:
-    import datasets
-
-    loaded = datasets.load_from_disk(str(path))
-    if isinstance(loaded, datasets.DatasetDict):
-        if split not in loaded:
-            raise ValueError(f"{path}: no split {split!r} (splits: {sorted(loaded)})")
-        return loaded[split]
-    return loaded
-
-
-def _load_hub_dataset(name: str, split: str) -> Any:  # pragma: no cover - needs the network
-    """Download a dataset from the Hugging Face hub (isolated so tests can replace it)."""
-    import datasets
-
-    return datasets.load_dataset(name, split=split)

@@ -292,6 +292,23 @@ def _encode_shards(
     pending_texts: list[str] = []
     pending_start = position
     pending_skipped = 0
+
+    def flush() -> None:
+        _write_shard(
+            encoder,
+            manifest,
+            folder,
+            pending_start,
+            pending_ids,
+            pending_texts,
+            pending_skipped,
+            bar=bar,
+            batch_size=batch_size,
+            max_tokens=max_tokens,
+            normalize=normalize,
+            precision=precision,
+        )
+
     with bar:
         for block in _chunks(records, ENCODE_CHUNK):
             for rec_id, text in block:
@@ -304,36 +321,10 @@ def _encode_shards(
                 pending_ids.append(rec_id)
                 pending_texts.append(text)
                 if len(pending_ids) == manifest.shard_size:
-                    _write_shard(
-                        encoder,
-                        manifest,
-                        folder,
-                        pending_start,
-                        pending_ids,
-                        pending_texts,
-                        pending_skipped,
-                        bar=bar,
-                        batch_size=batch_size,
-                        max_tokens=max_tokens,
-                        normalize=normalize,
-                        precision=precision,
-                    )
+                    flush()
                     pending_ids, pending_texts, pending_skipped = [], [], 0
         if pending_ids:
-            _write_shard(
-                encoder,
-                manifest,
-                folder,
-                pending_start,
-                pending_ids,
-                pending_texts,
-                pending_skipped,
-                bar=bar,
-                batch_size=batch_size,
-                max_tokens=max_tokens,
-                normalize=normalize,
-                precision=precision,
-            )
+            flush()
         elif pending_skipped and manifest.shards:
             # Trailing blank rows: credit them to the last shard so the row count adds up.
             manifest.shards[-1].skipped += pending_skipped
