@@ -27,8 +27,10 @@
 # jupytext) and the STS / corpus data (see *Data* below). Nothing is downloaded.
 
 # %%
-from __future__ import annotations
+# Figures inline, also when MPLBACKEND=Agg is set in the environment (as in CI).
+# %matplotlib inline
 
+# %%
 import itertools
 import os
 import tempfile

@@ -75,6 +75,7 @@ def test_quickstart_executes(
     assert root is not None  # sts_dir found it
     monkeypatch.setenv("TEXTCL_DATA", str(root))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("MPLBACKEND", "Agg")  # as CI sets it: the notebook must still draw inline
     monkeypatch.setenv("TMPDIR", str(tmp_path))  # the notebook's scratch folder lands here
     nb = nbformat.read(NOTEBOOKS / "quickstart.ipynb", as_version=4)
     client = NotebookClient(
