@@ -606,7 +606,7 @@ class Trainer:
                         elapsed = max(time.perf_counter() - window_start, 1e-9)
                         rate = window_sentences / elapsed
                         mean_loss = float(np.mean(window_losses))
-                        bar.set_postfix(loss=f"{mean_loss:.4f}", sent_s=f"{rate:.1f}")
+                        bar.set_postfix(loss=f"{mean_loss:.4g}", sent_s=f"{rate:.1f}")
                         self._log(
                             {
                                 "event": "train",
