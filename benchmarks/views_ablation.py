@@ -12,6 +12,12 @@ trained sentence encoder mostly measures how much each augmentation disturbs it.
 
     HF_HUB_OFFLINE=1 python benchmarks/views_ablation.py
     python benchmarks/views_ablation.py --steps 200 --pairs dropout/dropout,shuffle/feature_cutoff
+    python benchmarks/views_ablation.py --seeds 42,43,44   # mean +/- std over seeds
+
+With several ``--seeds`` every pair is trained once per seed (the seed sets the data order,
+the dropout masks and the views' random draws), and a second table gives the mean and the
+sample standard deviation over seeds, so that differences between pairs can be read against
+the run-to-run spread.
 """
 
 from __future__ import annotations
@@ -51,6 +57,16 @@ def parse_pairs(text: str) -> list[tuple[str, str]]:
     return pairs
 
 
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise SystemExit(f"--seeds: {text!r} is not a comma-separated list of integers") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise SystemExit(f"--seeds: {text!r} needs distinct integers")
+    return seeds
+
+
 def first_sentences(corpus: Path, n: int, out: Path) -> int:
     lines = []
     with open(corpus, encoding="utf-8") as fh:
@@ -81,6 +97,9 @@ def main() -> int:
     ap.add_argument("--pooling", default="mean", help="MiniLM is a mean-pooled model")
     ap.add_argument("--head", default="none", choices=("none", "train", "always"))
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument(
+        "--seeds", default=None, help="comma-separated seeds (overrides --seed): mean +/- std"
+    )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--output-dir", default=None, help="keep the runs here (default: temp)")
     ap.add_argument("--json", default=None, help="also write the table as JSON to this file")
@@ -97,6 +116,7 @@ def main() -> int:
     if root is None or not (root / CORPUS_FILE).is_file():
         sys.exit(f"no corpus: pass --data (a folder with {CORPUS_FILE} and sts/)")
     pairs = parse_pairs(args.pairs)
+    seeds = parse_seeds(args.seeds) if args.seeds else [args.seed]
 
     import torch
 
@@ -116,7 +136,7 @@ def main() -> int:
     print(
         f"model {model_path}; {n} sentences; {args.steps} steps x batch {args.batch_size}, "
         f"lr {args.lr}, temperature {args.temperature}, max length {args.max_length}, "
-        f"pooling {args.pooling}, head {args.head}, seed {args.seed}, device {args.device}"
+        f"pooling {args.pooling}, head {args.head}, seeds {seeds}, device {args.device}"
     )
 
     rows: list[dict[str, Any]] = []
@@ -127,36 +147,43 @@ def main() -> int:
         del base
         print(f"untrained model evaluated in {time.perf_counter() - start:.0f} s", flush=True)
 
-    for view_a, view_b in pairs:
-        run_dir = work / f"{view_a}__{view_b}".replace(":", "_").replace("+", "-")
-        config = TrainConfig(
-            model=str(model_path),
-            train_file=str(train_file),
-            output_dir=str(run_dir),
-            objective="unsup",
-            view_a=view_a,
-            view_b=view_b,
-            pooling=args.pooling,
-            head=args.head,
-            temperature=args.temperature,
-            lr=args.lr,
-            batch_size=args.batch_size,
-            max_steps=args.steps,
-            max_length=args.max_length,
-            eval_steps=0,  # evaluate once, at the end
-            seed=args.seed,
-            device=args.device,
-            data_dir=str(root),
-        )
-        t0 = time.perf_counter()
-        result = train(config, evaluator=evaluate)
-        seconds = time.perf_counter() - t0
-        metrics = result.final_metrics or {}
-        rows.append({"view_a": view_a, "view_b": view_b, "seconds": seconds, **metrics})
-        print(f"{view_a}/{view_b}: done in {seconds:.0f} s: {metrics}", flush=True)
+    for seed in seeds:
+        for view_a, view_b in pairs:
+            name = f"{view_a}__{view_b}".replace(":", "_").replace("+", "-")
+            run_dir = work / (name if len(seeds) == 1 else f"{name}__seed{seed}")
+            config = TrainConfig(
+                model=str(model_path),
+                train_file=str(train_file),
+                output_dir=str(run_dir),
+                objective="unsup",
+                view_a=view_a,
+                view_b=view_b,
+                pooling=args.pooling,
+                head=args.head,
+                temperature=args.temperature,
+                lr=args.lr,
+                batch_size=args.batch_size,
+                max_steps=args.steps,
+                max_length=args.max_length,
+                eval_steps=0,  # evaluate once, at the end
+                seed=seed,
+                device=args.device,
+                data_dir=str(root),
+            )
+            t0 = time.perf_counter()
+            result = train(config, evaluator=evaluate)
+            seconds = time.perf_counter() - t0
+            metrics = result.final_metrics or {}
+            rows.append(
+                {"view_a": view_a, "view_b": view_b, "seed": seed, "seconds": seconds, **metrics}
+            )
+            print(f"{view_a}/{view_b} seed {seed}: done in {seconds:.0f} s: {metrics}", flush=True)
 
     print()
     print(format_table(rows))
+    if len(seeds) > 1:
+        print()
+        print(format_summary(rows))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
     if not keep:
@@ -198,9 +225,12 @@ def caching_evaluator(data_dir: str, batch_size: int = 128) -> Any:
 def format_table(rows: list[dict[str, Any]]) -> str:
     """Markdown table: one row per view pair."""
     spearman_key = next((k for r in rows for k in r if k.endswith("spearman")), "stsb_dev_spearman")
+    with_seed = any("seed" in r for r in rows)
     lines = [
-        "| view_a | view_b | STS-B dev Spearman | alignment | uniformity | run s |",
-        "|---|---|---:|---:|---:|---:|",
+        "| view_a | view_b |"
+        + (" seed |" if with_seed else "")
+        + " STS-B dev Spearman | alignment | uniformity | run s |",
+        "|---|---|" + ("---:|" if with_seed else "") + "---:|---:|---:|---:|",
     ]
     for r in rows:
 
@@ -208,10 +238,42 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             value = row.get(key)
             return format(value, fmt) if isinstance(value, (int, float)) else "-"
 
+        seed = f" {r.get('seed', '')} |" if with_seed else ""
         lines.append(
-            f"| {r['view_a']} | {r['view_b']} | {cell(spearman_key, '.2f')} | "
+            f"| {r['view_a']} | {r['view_b']} |{seed} {cell(spearman_key, '.2f')} | "
             f"{cell('alignment', '.3f')} | {cell('uniformity', '.3f')} | "
             f"{cell('seconds', '.0f')} |"
+        )
+    return "\n".join(lines)
+
+
+def format_summary(rows: list[dict[str, Any]]) -> str:
+    """Markdown table: mean and sample standard deviation over seeds, one row per pair."""
+    import statistics
+
+    spearman_key = next((k for r in rows for k in r if k.endswith("spearman")), "stsb_dev_spearman")
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        if "seed" in r:
+            groups.setdefault((r["view_a"], r["view_b"]), []).append(r)
+    lines = [
+        "| view_a | view_b | seeds | STS-B dev Spearman | alignment | uniformity |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for (view_a, view_b), group in groups.items():
+
+        def stat(key: str, fmt: str, group: list[dict[str, Any]] = group) -> str:
+            values = [float(g[key]) for g in group if isinstance(g.get(key), (int, float))]
+            if not values:
+                return "-"
+            if len(values) == 1:
+                return format(values[0], fmt)
+            mean, std = statistics.mean(values), statistics.stdev(values)
+            return f"{mean:{fmt}} +/- {std:{fmt}}"
+
+        lines.append(
+            f"| {view_a} | {view_b} | {len(group)} | {stat(spearman_key, '.2f')} | "
+            f"{stat('alignment', '.3f')} | {stat('uniformity', '.3f')} |"
         )
     return "\n".join(lines)
 

@@ -1,7 +1,10 @@
-"""`torchrun --nproc_per_node 2 -m textcl train` (gloo, loopback) equals one process."""
+"""`torchrun --nproc_per_node 2 -m textcl train` (gloo, loopback) equals one process; so does
+`accelerate launch --num_processes 2 -m textcl train` (same environment variables) when
+accelerate is installed."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -24,10 +27,30 @@ def _no_dropout_copy(src: Path, dst: Path) -> Path:
     return dst
 
 
+def _launcher(name: str) -> list[str]:
+    if name == "torchrun":
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+        ]
+    if importlib.util.find_spec("accelerate") is None:
+        pytest.skip("accelerate is not installed")
+    # --multi_gpu is accelerate's torch.distributed (torchrun) launcher; without CUDA textcl
+    # picks gloo. (accelerate's --cpu launcher needs mpirun for more than one process.)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"]
+    return [*cmd, "--num_processes", "2", "--num_machines", "1", "--main_process_port", "0"]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("chunk", [None, 2])
+@pytest.mark.parametrize(
+    ("launcher_name", "chunk"), [("torchrun", None), ("torchrun", 2), ("accelerate", None)]
+)
 def test_two_process_training_equals_one_process(
-    tiny_model_dir: Path, tmp_path: Path, chunk: int | None
+    tiny_model_dir: Path, tmp_path: Path, launcher_name: str, chunk: int | None
 ) -> None:
     model = _no_dropout_copy(tiny_model_dir, tmp_path / "model")
     data = tmp_path / "c.txt"
@@ -41,8 +64,7 @@ def test_two_process_training_equals_one_process(
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     single = [sys.executable, "-m", "textcl", *common, "--output-dir", str(tmp_path / "one")]
     subprocess.run(single, check=True, env=env, timeout=300)
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    launcher += ["--nproc_per_node", "2", "-m", "textcl", *common]
+    launcher = [*_launcher(launcher_name), "-m", "textcl", *common]
     proc = subprocess.run(
         [*launcher, "--output-dir", str(tmp_path / "two")],
         env=env,
