@@ -30,16 +30,34 @@ TINY_SENTENCES: tuple[str, ...] = (
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
-def build_tiny_tokenizer(vocab_size: int = 300) -> Any:
-    """A BERT-style WordPiece fast tokenizer trained on TINY_SENTENCES (no network)."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+def build_tiny_tokenizer() -> Any:
+    """A BERT-style WordPiece fast tokenizer over TINY_SENTENCES (no network).
+
+    The vocabulary is built deterministically (``tokenizers``' WordPiece trainer breaks ties
+    differently in every process, so a trained vocabulary, and with it every tiny model,
+    would change from one test session to the next): the special tokens, every character
+    with its ``##`` continuation, then the words of up to six characters and the longer ones
+    that occur at least twice. Long rare words ("rainforest") split into several subwords,
+    as real WordPiece vocabularies split rare words.
+    """
+    from collections import Counter
+
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS)
-    tok.train_from_iterator(list(TINY_SENTENCES) * 4, trainer)
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    words = Counter(
+        word
+        for sentence in TINY_SENTENCES
+        for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(sentence))
+    )
+    chars = sorted({c for word in words for c in word})
+    tokens = [*SPECIAL_TOKENS, *chars, *(f"##{c}" for c in chars)]
+    tokens += sorted(w for w, n in words.items() if len(w) > 1 and (n >= 2 or len(w) <= 6))
+    tok = Tokenizer(models.WordPiece(vocab={t: i for i, t in enumerate(tokens)}, unk_token="[UNK]"))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre_tokenizer
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",

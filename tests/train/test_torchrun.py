@@ -79,10 +79,14 @@ def test_two_process_training_equals_one_process(
     flat = lambda enc: torch.cat([v.flatten().float() for v in enc.model.state_dict().values()])  # noqa: E731
     w0, w1, w2 = flat(base), flat(one), flat(two)
     # Adam normalises each gradient element, so float rounding in the (differently ordered)
-    # reductions moves a few near-zero-gradient weights by a fraction of a step; measured:
-    # ||w1 - w2|| / ||w1 - w0|| = 0.002. A missing gradient sync, a wrong loss scale or
-    # wrong labels would make it O(1).
-    assert float((w1 - w2).norm() / (w1 - w0).norm()) < 0.01
+    # reductions can flip the sign of a near-zero gradient and move that weight by up to a
+    # step. Measured: 0 of 24,000 weights differ by more than 1e-4 and ||w1 - w2|| /
+    # ||w1 - w0|| = 0.0008 (up to 2 weights and 0.014 on other tiny models). A run that sees
+    # other batches (seed 7 instead of 42) moves 14,273 weights by more than 1e-4 and gives
+    # 1.06; a missing gradient sync, a wrong loss scale or wrong labels would be of that order.
+    diff = (w1 - w2).abs()
+    assert int((diff > 1e-4).sum()) <= 0.001 * diff.numel()
+    assert float((w1 - w2).norm() / (w1 - w0).norm()) < 0.02
     torch.testing.assert_close(one.head.state_dict(), two.head.state_dict(), rtol=0.05, atol=1e-4)
     log = lambda d: [  # noqa: E731
         json.loads(x)["loss"] for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()
