@@ -1,7 +1,7 @@
 """Shared fixtures: a tiny randomly initialised BERT + WordPiece tokenizer, built once.
 
-No network: the tokenizer is trained with ``tokenizers`` on a few sentences and the model
-is built from a config.
+No network: the tokenizer's WordPiece vocabulary is built from a few sentences with
+``tokenizers`` and the model from a config.
 """
 
 from __future__ import annotations
@@ -23,6 +23,16 @@ from tests.helpers import (
     minilm_path,
     sts_data_dir,
 )
+
+
+@pytest.fixture
+def one_thread():  # type: ignore[no-untyped-def]
+    """Tiny models run fastest single-threaded (and thread spin-waits crawl on a busy machine):
+    torch uses one thread for the test, then its previous count again."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -38,13 +38,7 @@ NEGATIVES = ANCHORS[1:] + ANCHORS[:1]
 SPAWN_DEADLINE_S = 120.0
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():  # type: ignore[no-untyped-def]
-    """Tiny models run fastest single-threaded (and thread spin-waits crawl on a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _criterion(case: str) -> InfoNCE:

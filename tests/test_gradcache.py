@@ -15,13 +15,7 @@ from textcl.losses import InfoNCE
 SEED = 1234
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():  # type: ignore[no-untyped-def]
-    """Tiny models run fastest single-threaded (and thread spin-waits crawl on a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _grads(model: nn.Module) -> dict[str, Tensor]:

@@ -45,8 +45,32 @@ def _drop_tokens(batch: TokenBatch, cut: torch.Tensor) -> TokenBatch:
     return out
 
 
+class _TokenDrop(RandomView):
+    """Shared by token and span cutoff: choose slots among the real non-special tokens,
+    then drop them with :func:`_drop_tokens`. Subclasses set ``name`` and ``_choose``."""
+
+    name = ""
+
+    def __init__(self, rate: float = 0.1, seed: int | None = None) -> None:
+        super().__init__(seed)
+        self.rate = check_rate(rate)
+
+    def _choose(self, allowed: torch.Tensor) -> torch.Tensor:
+        """Bool ``(B, L)`` slots to drop, a subset of the CPU bool mask ``allowed``."""
+        raise NotImplementedError
+
+    def __call__(self, batch: TokenBatch) -> TokenBatch:
+        special = require_special_tokens_mask(batch, self.name)
+        if self.rate == 0.0:
+            return dict(batch)
+        return _drop_tokens(batch, self._choose(editable(batch, special).cpu()))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(rate={self.rate}, seed={self.seed})"
+
+
 @register_view("token_cutoff")
-class TokenCutoff(RandomView):
+class TokenCutoff(_TokenDrop):
     """Drop ``int(rate * n)`` random whole tokens of each sentence (``n`` real non-special
     tokens): their input embedding is zeroed and their attention mask set to 0.
 
@@ -59,26 +83,16 @@ class TokenCutoff(RandomView):
         seed: seed of the view's own CPU generator.
     """
 
-    def __init__(self, rate: float = 0.1, seed: int | None = None) -> None:
-        super().__init__(seed)
-        self.rate = check_rate(rate)
+    name = "token_cutoff"
 
-    def __call__(self, batch: TokenBatch) -> TokenBatch:
-        special = require_special_tokens_mask(batch, "token_cutoff")
-        if self.rate == 0.0:
-            return dict(batch)
-        allowed = editable(batch, special).cpu()
+    def _choose(self, allowed: torch.Tensor) -> torch.Tensor:
         n_cut = (allowed.sum(dim=1) * self.rate).long()  # int(rate * n), as ConSERT
         ranks = random_ranks(allowed, self.generator)
-        cut = allowed & (ranks < n_cut.unsqueeze(1))
-        return _drop_tokens(batch, cut)
-
-    def __repr__(self) -> str:
-        return f"TokenCutoff(rate={self.rate}, seed={self.seed})"
+        return allowed & (ranks < n_cut.unsqueeze(1))
 
 
 @register_view("span_cutoff")
-class SpanCutoff(RandomView):
+class SpanCutoff(_TokenDrop):
     """Drop one contiguous span of ``int(rate * n)`` real non-special tokens per sentence
     (embedding zeroed, attention 0); the span starts uniformly at random.
 
@@ -91,26 +105,16 @@ class SpanCutoff(RandomView):
         seed: seed of the view's own CPU generator.
     """
 
-    def __init__(self, rate: float = 0.1, seed: int | None = None) -> None:
-        super().__init__(seed)
-        self.rate = check_rate(rate)
+    name = "span_cutoff"
 
-    def __call__(self, batch: TokenBatch) -> TokenBatch:
-        special = require_special_tokens_mask(batch, "span_cutoff")
-        if self.rate == 0.0:
-            return dict(batch)
-        allowed = editable(batch, special).cpu()
+    def _choose(self, allowed: torch.Tensor) -> torch.Tensor:
         n = allowed.sum(dim=1)
         span = (n * self.rate).long()
         # start uniform in [0, n - span]
         start = (torch.rand(n.shape, generator=self.generator) * (n - span + 1).float()).long()
         start = torch.minimum(start, n - span)
         order = torch.cumsum(allowed.long(), dim=1) - 1  # rank of each allowed slot
-        cut = allowed & (order >= start.unsqueeze(1)) & (order < (start + span).unsqueeze(1))
-        return _drop_tokens(batch, cut)
-
-    def __repr__(self) -> str:
-        return f"SpanCutoff(rate={self.rate}, seed={self.seed})"
+        return allowed & (order >= start.unsqueeze(1)) & (order < (start + span).unsqueeze(1))
 
 
 @register_view("feature_cutoff")
