@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from textcl.data.text import TextCorpus, plan_epoch
+from textcl.sources import SourceError
 
 
 def write(path: Path, text: str | bytes) -> Path:
@@ -50,7 +51,7 @@ def test_hashes_equal_for_equal_text(tmp_path: Path) -> None:
 
 
 def test_missing_file_names_path(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"nope\.txt"):
+    with pytest.raises(SourceError, match=r"nope\.txt: no such file or folder"):
         TextCorpus.from_source(tmp_path / "nope.txt")
 
 

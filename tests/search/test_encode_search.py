@@ -14,6 +14,7 @@ from tests.helpers import build_tiny_bert
 from tests.search.conftest import CORPUS
 from textcl import SentenceEncoder
 from textcl.search import EmbeddingIndex, Manifest, encode_corpus, exact_search, search
+from textcl.sources import SourceError
 
 
 def _index_files(folder: Path) -> dict[str, bytes]:
@@ -172,7 +173,7 @@ def test_empty_corpus(tiny_model_dir: Path, tmp_path: Path) -> None:
 
 
 def test_missing_corpus_and_bad_type(tiny_model_dir: Path, tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"nope.txt"):
+    with pytest.raises(SourceError, match=r"nope.txt"):
         encode_corpus(tiny_model_dir, tmp_path / "nope.txt", tmp_path / "idx")
     (tmp_path / "c.csv").write_text("a\n", encoding="utf-8")
     with pytest.raises(ValueError, match="unsupported corpus file type"):

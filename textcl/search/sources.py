@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from textcl.sources import SourceError, resolve_source
+
 Record = tuple[str, str | None]
 """``(id, text)``; ``text`` is ``None`` for a null value in a table."""
 
@@ -86,12 +88,14 @@ def open_source(
     """Identify a corpus and compute its checksum (sha256 of the file, or the dataset's
     fingerprint; a hub dataset is identified by ``hub:name@split``).
 
-    Raises ``FileNotFoundError`` for a missing local path and ``ValueError`` for an
-    unsupported file type or a missing column.
+    What ``source`` is, is decided by :func:`textcl.sources.resolve_source`. Raises
+    :class:`~textcl.sources.SourceError` for a missing local path or a hub id that does not
+    load, and ``ValueError`` for an unsupported file type or a missing column.
     """
-    spec = str(source)
-    path = Path(spec).expanduser()
-    if path.is_file():
+    src = resolve_source(source, role="data")
+    if src.kind == "file":
+        path = src.path
+        assert path is not None
         suffix = path.suffix.lower()
         kinds = {".txt": "txt", ".text": "txt", ".jsonl": "jsonl", ".parquet": "parquet"}
         if suffix not in kinds:
@@ -113,11 +117,20 @@ def open_source(
             id_column=id_column,
             rows=rows,
         )
-    if path.is_dir():
-        return _open_saved_dataset(path, text_column, id_column, split)
-    if spec.startswith(("/", ".", "~")) or path.suffix.lower() in (".txt", ".jsonl", ".parquet"):
-        raise FileNotFoundError(f"{spec}: no such corpus file or folder")
-    dataset = _load_hub_dataset(spec, split)
+    if src.kind == "folder":
+        raise SourceError(
+            f"{src.path}: a folder, but not one written by datasets' save_to_disk (it has none "
+            "of dataset_info.json, dataset_dict.json, state.json); pass a .txt, .jsonl or "
+            ".parquet file"
+        )
+    if src.kind == "dataset":
+        assert src.path is not None
+        return _open_saved_dataset(src.path, text_column, id_column, split)
+    spec = str(src.hub_id)
+    try:
+        dataset = _load_hub_dataset(spec, split)
+    except Exception as e:  # network, auth, missing repo or split
+        raise src.hub_error(e) from e
     return CorpusSource(
         kind="hub",
         path=spec,
@@ -133,13 +146,7 @@ def _load_hub_dataset(name: str, split: str) -> Any:
     """Stream a hub dataset (the only function that touches the network)."""
     import datasets
 
-    try:
-        return datasets.load_dataset(name, split=split, streaming=True)
-    except Exception as e:  # network, auth, missing repo or split
-        raise ValueError(
-            f"could not open {name!r}: it is not a local file or folder and loading it from "
-            f"the Hugging Face hub failed ({type(e).__name__}: {e})"
-        ) from e
+    return datasets.load_dataset(name, split=split, streaming=True)
 
 
 def _open_saved_dataset(
