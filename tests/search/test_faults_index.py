@@ -477,6 +477,23 @@ def test_changed_model_folder_refused_on_resume_and_when_complete(
         encode_corpus(model, corpus_txt, out, shard_size=8, show_progress=False)
 
 
+def test_search_refuses_a_changed_model_folder(
+    tiny_model_dir: Path, corpus_txt: Path, tmp_path: Path
+) -> None:
+    from textcl.search import search
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    out = tmp_path / "idx"
+    encode_corpus(model, corpus_txt, out, shard_size=8, show_progress=False)
+    assert search(out, CORPUS[3], top_k=1)[0][0].text == CORPUS[3]
+    cfg = json.loads((model / "config.json").read_text())
+    cfg["layer_norm_eps"] = 1e-5  # a change too small for the probe cosine
+    (model / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(FolderConflictError, match=r"the model folder changed since"):
+        search(out, CORPUS[3], top_k=1)
+
+
 def test_model_hash_covers_weights_configs_not_readme(tiny_model_dir: Path, tmp_path: Path) -> None:
     model = tmp_path / "m"
     shutil.copytree(tiny_model_dir, model)

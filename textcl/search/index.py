@@ -394,7 +394,8 @@ def search(
         index: an index folder (or an open :class:`EmbeddingIndex`).
         queries: a query or a list of queries.
         model: the query encoder (a :class:`~textcl.SentenceEncoder`, folder or hub id);
-            default: the model named in the manifest. A different model is checked against
+            default: the model named in the manifest (a local model folder must still have
+            the weights hash recorded at encoding, else FolderConflictError). A different model is checked against
             the manifest (dimension and probe fingerprint) and refused when it differs.
         top_k: hits per query (``min(top_k, len(index))`` come back).
         faiss: ``None``/``False``: exact search; ``True``: the only FAISS index built (or
@@ -416,6 +417,16 @@ def search(
         if not isinstance(q, str) or not q.strip():
             raise ValueError(f"query {i} is blank or not a string: {q!r:.80}")
     m = idx.manifest
+    if model is None and m.model_hash.startswith("files:") and Path(m.model).is_dir():
+        from textcl.errors import FolderConflictError
+        from textcl.search.encode import model_weights_hash
+
+        if model_weights_hash(m.model) != m.model_hash:
+            raise FolderConflictError(
+                f"{m.model}: the model folder changed since {idx.folder} was encoded (weights "
+                "hash differs from the manifest's model_hash); re-encode with `textcl encode "
+                "--overwrite`, or pass the original model with --model"
+            )
     encoder = load_encoder(m.model if model is None else model, device)
     idx.check_encoder(encoder)  # cheap: 3 probe sentences; catches a changed model folder
     vectors = encoder.encode(
