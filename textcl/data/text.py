@@ -26,6 +26,8 @@ import numpy as np
 
 from textcl.data._datasets import load_hub_dataset as _load_hub_dataset
 from textcl.data._datasets import load_saved_dataset as _load_saved_dataset
+from textcl.data._datasets import stream_hub_dataset as _stream_hub_dataset
+from textcl.errors import InputError
 from textcl.sources import resolve_source
 
 TEXT_SUFFIXES = (".txt", ".text")
@@ -38,6 +40,12 @@ def text_hash64(text: str) -> int:
 
 
 _hash64 = text_hash64  # old private name, kept until every caller uses text_hash64
+
+
+def _string_features(column: str) -> Any:
+    import datasets
+
+    return datasets.Features({column: datasets.Value("string")})
 
 
 class TextCorpus:
@@ -66,11 +74,15 @@ class TextCorpus:
         source: str | os.PathLike[str] | Any,
         text_column: str = "text",
         split: str = "train",
+        streaming: bool = False,
     ) -> TextCorpus:
         """A corpus from a text file, a folder of ``.txt`` files, a ``datasets.Dataset``, a
         folder written by ``Dataset.save_to_disk``, or a Hugging Face hub dataset id.
 
         Which of those ``source`` is, is decided by :func:`textcl.sources.resolve_source`.
+        With ``streaming=True`` a hub dataset is streamed (``datasets`` streaming, as
+        ``textcl encode`` reads hub corpora): only the ``text_column`` of ``split`` is read,
+        row by row, and kept in memory, instead of downloading the dataset files first.
         Raises :class:`~textcl.sources.SourceError` for a missing path or a hub id that does
         not load, and ``ValueError`` for an empty corpus, a file that is not UTF-8 (with file and line) or a missing text column.
         """
@@ -92,6 +104,12 @@ class TextCorpus:
             if not files:
                 raise ValueError(f"{path}: folder holds no text files ({', '.join(TEXT_SUFFIXES)})")
             corpus._scan_files(files)
+        elif streaming:
+            try:
+                rows = iter(_stream_hub_dataset(str(src.hub_id), split))
+            except Exception as e:
+                raise src.hub_error(e) from e
+            corpus._scan_stream(rows, text_column, f"hub:{src.hub_id}")
         else:
             try:
                 dataset = _load_hub_dataset(str(src.hub_id), split)
@@ -129,6 +147,31 @@ class TextCorpus:
                 raise ValueError(f"{path}: no sentences (the file is empty or blank)")
         if not self._offsets:
             raise ValueError(f"{self.source}: no sentences (all files are empty or blank)")
+
+    def _scan_stream(self, rows: Iterator[Any], column: str, describe: str) -> None:
+        """Read ``column`` of streamed rows (dicts) into an in-memory dataset."""
+        import datasets
+
+        values: list[str | None] = []
+        for index, row in enumerate(rows):
+            if not isinstance(row, dict) or column not in row:
+                names = list(row) if isinstance(row, dict) else type(row).__name__
+                raise InputError(
+                    f"{describe}: row {index} has no text column {column!r} (columns: "
+                    f"{names}); pass text_column"
+                )
+            value = row[column]
+            if value is not None and not isinstance(value, str):
+                raise InputError(
+                    f"{describe}: row {index} column {column!r} is {type(value).__name__}, "
+                    "not a string"
+                )
+            values.append(value)
+        self._scan_dataset(
+            datasets.Dataset.from_dict({column: values}, features=_string_features(column)),
+            column,
+            describe,
+        )
 
     def _scan_dataset(self, dataset: Any, column: str, describe: str) -> None:
         names = getattr(dataset, "column_names", None)

@@ -168,9 +168,9 @@ def open_source(
 
 def _load_hub_dataset(name: str, split: str) -> Any:
     """Stream a hub dataset (the only function that touches the network)."""
-    import datasets
+    from textcl.data._datasets import stream_hub_dataset
 
-    return datasets.load_dataset(name, split=split, streaming=True)
+    return stream_hub_dataset(name, split)
 
 
 def _open_saved_dataset(
