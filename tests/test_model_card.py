@@ -75,7 +75,7 @@ def test_card_front_matter_and_recipe(tiny_model_dir: Path, tmp_path: Path) -> N
         "| seed | 42 |",
         "| Pooling | cls |",
         "| Projection head | train |",
-        "**84.1235** (step 75)",
+        "**84.12** (step 75)",
         "stsb   83.10",
         "training only",
     ):

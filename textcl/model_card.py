@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from textcl.encoder import SentenceEncoder
 
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 MODEL_PATH_PLACEHOLDER = "path/to/this/model"
 """Model path the snippets use when the card has no ``repo_id``."""
 
@@ -204,7 +205,7 @@ def render_model_card(
         "- feature-extraction",
         "- contrastive-learning",
     ]
-    if base_model:
+    if base_model and HUB_ID.match(str(base_model)):  # the hub takes repo ids only
         front.append(f"base_model: {_yaml_str(str(base_model))}")
     if card.get("language"):
         front.append(f"language: {_yaml_str(str(card['language']))}")
@@ -252,7 +253,7 @@ def render_model_card(
         if card.get("best_stsb_dev") is not None:
             step = f" (step {card['best_step']})" if card.get("best_step") is not None else ""
             out.append(
-                f"Best STS-B dev Spearman ×100: **{_fmt(float(card['best_stsb_dev']))}**{step}."
+                f"Best STS-B dev Spearman ×100: **{float(card['best_stsb_dev']):.2f}**{step}."
             )
         if card.get("eval_table"):
             out += ["", "`textcl eval`:", "", "```text", str(card["eval_table"]).rstrip(), "```"]
