@@ -328,3 +328,63 @@ def test_minilm_save_then_sentence_transformers_parity(
     for k, v in table.items():
         print(f"  {k:12s} {v:.7f}")
     assert all(v >= 0.9999 for v in table.values()), table
+
+
+@pytest.mark.slow
+def test_minilm_st_built_folders_load_in_textcl(
+    minilm_dir: Path, sts_dir: Path, tmp_path: Path
+) -> None:
+    """Folders built by sentence-transformers itself from MiniLM: Dense, other poolings,
+    truncate_dim, prompts; textcl's encodes against sentence-transformers'."""
+    texts = _sts_sentences(sts_dir, 200)
+    table: dict[str, float] = {}
+    cases: list[tuple[str, str, list[Any], dict[str, Any], dict[str, Any]]] = [
+        ("weightedmean", "weightedmean", [Normalize()], {}, {}),
+        ("lasttoken", "lasttoken", [], {}, {}),
+        ("mean_sqrt_len_tokens", "mean_sqrt_len_tokens", [], {}, {}),
+        (
+            "mean+Dense(GELU)+Dense(Tanh)+Normalize",
+            "mean",
+            [
+                Dense(384, 256, activation_function=torch.nn.GELU()),
+                Dense(256, 128),
+                Normalize(),
+            ],
+            {},
+            {},
+        ),
+        ("cls+Dense(Identity)", "cls", [Dense(384, 384, activation_function=None)], {}, {}),
+        (
+            "mean+prompts(default query)",
+            "mean",
+            [Normalize()],
+            {
+                "prompts": {"query": "query: ", "passage": "passage: "},
+                "default_prompt_name": "query",
+            },
+            {},
+        ),
+        (
+            "mean+prompt_name=passage",
+            "mean",
+            [Normalize()],
+            {"prompts": {"passage": "passage: "}},
+            {"prompt_name": "passage"},
+        ),
+        ("mean+truncate_dim=128", "mean", [Normalize()], {}, {"truncate_dim": 128}),
+    ]
+    for label, pooling, extra, st_kwargs, enc_kwargs in cases:
+        torch.manual_seed(0)
+        folder = tmp_path / label.replace("+", "_").replace("=", "_")
+        transformer = Transformer(str(minilm_dir), max_seq_length=128)
+        model = SentenceTransformer(
+            modules=[transformer, Pooling(384, pooling), *extra], device="cpu", **st_kwargs
+        )
+        model.save(str(folder))
+        theirs = model.encode(texts, batch_size=32, convert_to_numpy=True, **enc_kwargs)
+        ours = SentenceEncoder.load(folder).encode(texts, batch_size=32, **enc_kwargs)
+        table[label] = min_cosine(ours, theirs)
+    print("\nST-built folders read by textcl (min cosine over", len(texts), "sentences):")
+    for k, v in table.items():
+        print(f"  {k:40s} {v:.7f}")
+    assert all(v >= 0.9999 for v in table.values()), table
