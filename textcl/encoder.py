@@ -284,7 +284,7 @@ def _sentence_transformers_settings(path: Path) -> STFolder:
         if not isinstance(prompts, dict):
             raise ValueError(f"{st_config_file}: prompts must be an object of name: text")
         if prompts:
-            settings["prompts"] = {str(k): str(v) for k, v in prompts.items()}
+            settings["prompts"] = {str(k): str(v) for k, v in prompts.items() if v is not None}
         if st_config.get("default_prompt_name") is not None:
             settings["default_prompt_name"] = st_config["default_prompt_name"]
         if st_config.get("truncate_dim") is not None:
