@@ -155,3 +155,22 @@ def test_card_for_layer_pooling_warns_and_transformers_snippet_matches(
     np.testing.assert_allclose(textcl_emb, want, atol=1e-5)
     np.testing.assert_allclose(hf_emb, want, atol=1e-5)
     assert not np.allclose(st_emb, want, atol=1e-3)  # what the warning says
+
+
+def test_card_snippets_with_prompt_left_out_of_pooling(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("sentence_transformers")
+    base = SentenceEncoder.from_pretrained(tiny_model_dir)
+    enc = SentenceEncoder(
+        base.model,
+        base.tokenizer,
+        pooling="mean",
+        prompts={"query": "query : "},
+        default_prompt_name="query",
+        include_prompt=False,
+    )
+    out = enc.save(tmp_path / "m")
+    want = enc.encode(list(SNIPPET_SENTENCES))
+    for got in _run_snippets(out):
+        np.testing.assert_allclose(got, want, atol=1e-5)

@@ -219,6 +219,48 @@ def test_prompts_from_st_config(tiny_model_dir: Path, tmp_path: Path, sentences:
     np.testing.assert_allclose(st_encode(again, sentences), want, atol=1e-5)
 
 
+@pytest.mark.parametrize("pooling", ["mean", "cls", "lasttoken"])
+def test_include_prompt_false_leaves_prompt_out_of_the_pooling(
+    tiny_model_dir: Path, tmp_path: Path, sentences: list[str], pooling: str
+) -> None:
+    transformer = Transformer(str(tiny_model_dir), max_seq_length=24)
+    model = SentenceTransformer(
+        modules=[transformer, Pooling(32, pooling, include_prompt=False)],
+        prompts={"query": "a man is "},
+        default_prompt_name="query",
+        device="cpu",
+    )
+    model.save(str(tmp_path / "st"))
+    ours = SentenceEncoder.load(tmp_path / "st")
+    assert ours.include_prompt is False
+    assert ours.prompt_length("a man is ") == 4  # [CLS] a man is
+    want = model.encode(sentences, convert_to_numpy=True)
+    np.testing.assert_allclose(ours.encode(sentences), want, atol=1e-5)
+    # Negative control: pooling the prompt tokens too gives other vectors (the last token
+    # is never a prompt token: lasttoken does not change).
+    ours.include_prompt = True
+    assert np.allclose(ours.encode(sentences), want, atol=1e-4) == (pooling == "lasttoken")
+    ours.include_prompt = False
+    # Written back by textcl: sentence-transformers and the card's snippets agree.
+    again = ours.save(tmp_path / "again")
+    assert json.loads((again / "1_Pooling" / "config.json").read_text())["include_prompt"] is False
+    np.testing.assert_allclose(st_encode(again, sentences), want, atol=1e-5)
+    np.testing.assert_allclose(SentenceEncoder.load(again).encode(sentences), want, atol=1e-5)
+
+
+def test_exclude_prompt_from_mask_loop_reference() -> None:
+    from textcl.encoder import exclude_prompt_from_mask
+
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [0, 0, 1, 1, 1, 1], [1, 1, 0, 0, 0, 0]])
+    got = exclude_prompt_from_mask(mask, 2)
+    want = mask.clone()
+    for row in range(mask.shape[0]):
+        real = [i for i in range(mask.shape[1]) if mask[row, i]]
+        for i in real[:2]:
+            want[row, i] = 0
+    assert torch.equal(got, want)
+
+
 def test_cls_with_left_padding_takes_first_real_token(
     tiny_model_dir: Path, tmp_path: Path, sentences: list[str]
 ) -> None:
@@ -278,9 +320,6 @@ def test_unsupported_st_parts_fail_clearly(tiny_model_dir: Path, tmp_path: Path)
         SentenceEncoder.load(combined)
     pool_file.write_text(json.dumps({**cfg, "pooling_mode": "attention"}))
     with pytest.raises(ValueError, match="pooling_mode 'attention' is not supported"):
-        SentenceEncoder.load(combined)
-    pool_file.write_text(json.dumps({**cfg, "include_prompt": False}))
-    with pytest.raises(ValueError, match="include_prompt=false"):
         SentenceEncoder.load(combined)
 
     dense = tmp_path / "dense"

@@ -35,7 +35,9 @@ TokenBatch = dict[str, Tensor]
 optionally ``token_type_ids`` and ``position_ids`` ``(B, L)`` (passed to the model),
 ``special_tokens_mask`` ``(B, L)`` (1 for special tokens and padding; read by views, never
 passed to the model) and ``embedding_mask`` (a float multiplier broadcastable to
-``(B, L, H)`` applied to the input embeddings, used by cutoff views)."""
+``(B, L, H)`` applied to the input embeddings, used by cutoff views); ``pooling_mask``
+``(B, L)``, when present, replaces ``attention_mask`` for the pooling only (prompt tokens
+left out with ``include_prompt=False``)."""
 
 MODEL_INPUT_KEYS: tuple[str, ...] = ("attention_mask", "token_type_ids", "position_ids")
 
@@ -68,6 +70,9 @@ class EncoderConfig:
     """Named prompts prepended to the text (``encode(prompt_name=...)``)."""
     default_prompt_name: str | None = None
     """The prompt used when ``encode`` gets neither ``prompt`` nor ``prompt_name``."""
+    include_prompt: bool = True
+    """Whether prompt tokens take part in the pooling (sentence-transformers'
+    ``Pooling(include_prompt=...)``); ``False``: the model sees them, the pooling does not."""
 
     def __post_init__(self) -> None:
         check_pooling_name(self.pooling)
@@ -104,6 +109,7 @@ class EncoderConfig:
             "truncate_dim",
             "prompts",
             "default_prompt_name",
+            "include_prompt",
         }
         unknown = set(data) - known - {"textcl_version", "format", "dense_modules"}
         if unknown:
@@ -132,6 +138,15 @@ def check_texts(texts: object, what: str = "texts") -> list[str]:
         if type(t) is not str:  # numpy.str_ and other subclasses: plain str for tokenizers
             out[i] = str(t)
     return out
+
+
+def exclude_prompt_from_mask(attention_mask: Tensor, prompt_length: int) -> Tensor:
+    """A copy of ``attention_mask`` ``(B, L)`` with each row's first ``prompt_length`` real
+    tokens set to 0 (left padding is skipped): the pooling mask when prompt tokens are not
+    pooled (``include_prompt=False``)."""
+    present = attention_mask.bool()
+    rank = present.long().cumsum(dim=1)  # 1..n over real tokens
+    return (present & (rank > prompt_length)).to(attention_mask.dtype)
 
 
 def autocast_context(device: torch.device, precision: str) -> Any:
@@ -252,10 +267,7 @@ def _sentence_transformers_settings(path: Path) -> STFolder:
             pool_cfg = _read_json(pool_file)
             settings["pooling"] = _st_pooling_name(pool_cfg, pool_file)
             if pool_cfg.get("include_prompt") is False:
-                raise ValueError(
-                    f"{pool_file}: include_prompt=false (prompt tokens left out of the pooling) "
-                    "is not supported by textcl"
-                )
+                settings["include_prompt"] = False
         elif kind == "Dense":
             if stage not in ("pooling", "dense"):
                 raise ValueError(f"{label}: Dense must come after Pooling")
@@ -426,6 +438,7 @@ class SentenceEncoder(nn.Module):
         truncate_dim: int | None = None,
         prompts: Mapping[str, str] | None = None,
         default_prompt_name: str | None = None,
+        include_prompt: bool = True,
     ) -> None:
         super().__init__()
         self.model = model
@@ -440,8 +453,10 @@ class SentenceEncoder(nn.Module):
             truncate_dim=truncate_dim,
             prompts=dict(prompts or {}),
             default_prompt_name=default_prompt_name,
+            include_prompt=include_prompt,
         )
         self.max_length = config.max_length
+        self.include_prompt = bool(include_prompt)
         self.normalize = normalize
         self.truncate_dim = config.truncate_dim
         self.prompts = config.prompts
@@ -474,6 +489,7 @@ class SentenceEncoder(nn.Module):
             truncate_dim=self.truncate_dim,
             prompts=dict(self.prompts),
             default_prompt_name=self.default_prompt_name,
+            include_prompt=self.include_prompt,
         )
 
     @property
@@ -620,7 +636,7 @@ class SentenceEncoder(nn.Module):
                 handle.remove()
         pooled = self.pooling(
             out.last_hidden_state,
-            batch["attention_mask"],
+            batch.get("pooling_mask", batch["attention_mask"]),
             out.hidden_states if self.pooling.needs_hidden_states else None,
         )
         if self.head is not None and (self.head_mode == "always" or self.training):
@@ -791,8 +807,11 @@ class SentenceEncoder(nn.Module):
         single = isinstance(texts, str)
         items = check_texts([texts] if single else texts)
         text_prompt = self._resolve_prompt(prompt, prompt_name)
+        prompt_length = 0
         if text_prompt:
             items = [text_prompt + t for t in items]
+            if not self.include_prompt:
+                prompt_length = self.prompt_length(text_prompt)
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if output not in ("numpy", "torch"):
@@ -820,6 +839,10 @@ class SentenceEncoder(nn.Module):
                 done = 0
                 with tqdm(total=len(items), disable=not show, desc="encode", unit="sent") as bar:
                     for batch in batches:
+                        if prompt_length:
+                            batch["pooling_mask"] = exclude_prompt_from_mask(
+                                batch["attention_mask"], prompt_length
+                            )
                         batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
                         emb = self.forward(batch).float()[:, :dim]
                         if norm:
@@ -832,6 +855,14 @@ class SentenceEncoder(nn.Module):
             self.train(was_training)
         out = result[0] if single else result
         return out if as_tensor else out.numpy()
+
+    def prompt_length(self, prompt: str) -> int:
+        """Tokens a prompt occupies at the start of a sequence, leading special tokens
+        included, a trailing special token (``[SEP]``, EOS) excluded (sentence-transformers'
+        rule)."""
+        ids: list[int] = self.tokenizer([prompt], truncation=True)["input_ids"][0]
+        special = set(getattr(self.tokenizer, "all_special_ids", []) or [])
+        return len(ids) - 1 if ids and ids[-1] in special else len(ids)
 
     def _resolve_prompt(self, prompt: str | None, prompt_name: str | None) -> str | None:
         """sentence-transformers' rule: ``prompt``, else ``prompts[prompt_name]``, else the
@@ -1017,6 +1048,7 @@ class SentenceEncoder(nn.Module):
             truncate_dim=config.truncate_dim,
             prompts=config.prompts,
             default_prompt_name=config.default_prompt_name,
+            include_prompt=config.include_prompt,
         )
         if encoder.head is not None and head_file is not None and head_file.is_file():
             from safetensors.torch import load_file
@@ -1106,7 +1138,7 @@ def _write_sentence_transformers_files(
     pool_dir.mkdir()
     pool_cfg: dict[str, Any] = {"word_embedding_dimension": encoder.hidden_size}
     pool_cfg.update({key: mode == st_mode for mode, key in ST_POOLING_MODES.items()})
-    pool_cfg["include_prompt"] = True
+    pool_cfg["include_prompt"] = encoder.include_prompt
     atomic_write_text(pool_dir / "config.json", dumps_json(pool_cfg))
 
     layers: list[tuple[DenseLayer | ProjectionHead, bool]] = []

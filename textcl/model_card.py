@@ -56,7 +56,7 @@ _OTHER_KNOWN = {
 
 _POOL_LINES: dict[str, str] = {
     "cls": (
-        "first = batch['attention_mask'].argmax(dim=1)  # first real token ([CLS])\n"
+        "first = keep.argmax(dim=1)  # first real token ([CLS])\n"
         "embeddings = states[torch.arange(states.shape[0]), first]"
     ),
     "mean": "embeddings = (states * mask).sum(1) / mask.sum(1)",
@@ -67,7 +67,7 @@ _POOL_LINES: dict[str, str] = {
         "embeddings = (states * weights).sum(1) / weights.sum(1)"
     ),
     "lasttoken": (
-        "last = states.shape[1] - 1 - batch['attention_mask'].flip(1).argmax(dim=1)\n"
+        "last = states.shape[1] - 1 - keep.flip(1).argmax(dim=1)\n"
         "embeddings = states[torch.arange(states.shape[0]), last]"
     ),
     "first_last_avg": (
@@ -160,7 +160,15 @@ def _transformers_snippet(encoder: SentenceEncoder, path: str, sentences: str) -
         "with torch.no_grad():",
         "    out = model(**batch, output_hidden_states=True)",
         "states = out.last_hidden_state",
-        "mask = batch['attention_mask'].unsqueeze(-1).to(states.dtype)",
+        "keep = batch['attention_mask']",
+    ]
+    if default_prompt and not encoder.include_prompt:
+        n = encoder.prompt_length(default_prompt)
+        lines.append(
+            f"keep = keep * (keep.cumsum(1) > {n})  # the {n} prompt tokens are not pooled"
+        )
+    lines += [
+        "mask = keep.unsqueeze(-1).to(states.dtype)",
         f"# {encoder.pooling.strategy} pooling",
         _POOL_LINES[encoder.pooling.strategy],
     ]
