@@ -157,12 +157,16 @@ def test_head_applies_only_in_training_for_train_mode(
     with torch.no_grad():
         raw = enc(batch)
         assert enc.head is not None
-        torch.testing.assert_close(enc.head(raw), enc.head(raw))
+        # Independent computation of SimCSE's MLP: tanh(W x + b).
+        dense = enc.head.dense
+        expected = torch.tanh(raw @ dense.weight.T + dense.bias)
+        torch.testing.assert_close(enc.head(raw), expected)
+        assert not torch.allclose(expected, raw)  # the head does change the vectors
         enc.model.eval()
         enc.train()
         enc.model.eval()  # no dropout, only the head differs
         headed = enc(batch)
-    torch.testing.assert_close(headed, enc.head(raw))
+    torch.testing.assert_close(headed, expected)
 
 
 def test_tokenize_marks_special_tokens_and_padding(tiny_encoder: SentenceEncoder) -> None:
@@ -205,3 +209,59 @@ def test_matches_sentence_transformers_on_stsb(minilm_dir: Path, sts_dir: Path) 
     theirs = st.encode(sentences, batch_size=64, convert_to_numpy=True)
     cos = (ours * theirs).sum(1) / (np.linalg.norm(ours, axis=1) * np.linalg.norm(theirs, axis=1))
     assert cos.min() >= 0.9999, cos.min()
+
+
+def test_encode_accepts_any_sequence_of_strings(
+    tiny_encoder: SentenceEncoder, sentences: list[str]
+) -> None:
+    want = tiny_encoder.encode(sentences[:4])
+    for given in (
+        tuple(sentences[:4]),
+        np.array(sentences[:4]),
+        (s for s in sentences[:4]),
+        iter(sentences[:4]),
+    ):
+        np.testing.assert_array_equal(tiny_encoder.encode(given), want)
+    with pytest.raises(TypeError, match="1-D array"):
+        tiny_encoder.encode(np.array([sentences[:2], sentences[2:4]]))
+    with pytest.raises(TypeError, match="list of strings"):
+        tiny_encoder.encode({"a": 1})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="empty"):
+        tiny_encoder.encode(s for s in [])
+
+
+def test_encode_sentence_transformers_keywords(
+    tiny_encoder: SentenceEncoder, sentences: list[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    base = tiny_encoder.encode(sentences[:5])
+    t = tiny_encoder.encode(sentences[:5], convert_to_tensor=True)
+    assert isinstance(t, torch.Tensor)
+    np.testing.assert_array_equal(t.numpy(), base)
+    assert isinstance(tiny_encoder.encode(sentences[:5], convert_to_numpy=False), torch.Tensor)
+    n = tiny_encoder.encode(
+        sentences[:5], normalize_embeddings=True, show_progress_bar=False, batch_size=2
+    )
+    np.testing.assert_allclose(n, base / np.linalg.norm(base, axis=1, keepdims=True), rtol=1e-5)
+    # truncate_dim keeps the first dimensions, then normalises.
+    tr = tiny_encoder.encode(sentences[:5], truncate_dim=7, normalize_embeddings=True)
+    cut = base[:, :7]
+    np.testing.assert_allclose(tr, cut / np.linalg.norm(cut, axis=1, keepdims=True), rtol=1e-5)
+    # A prompt is text prepended to each sentence.
+    p = tiny_encoder.encode(sentences[:5], prompt="the ")
+    np.testing.assert_array_equal(p, tiny_encoder.encode(["the " + s for s in sentences[:5]]))
+    assert tiny_encoder.encode(sentences[:2], precision="float32").dtype == np.float32
+    with pytest.raises(ValueError, match="quantise"):
+        tiny_encoder.encode(sentences[:2], precision="int8")
+    with pytest.raises(ValueError, match="output_value"):
+        tiny_encoder.encode(sentences[:2], output_value="token_embeddings")
+    with pytest.raises(ValueError, match="prompt_name"):
+        tiny_encoder.encode(sentences[:2], prompt_name="query")
+    # MTEB's extra keywords are ignored, with a debug line naming them.
+    with caplog.at_level(logging.DEBUG, logger="textcl.encoder"):
+        m = tiny_encoder.encode(sentences[:5], task_name="STS12", prompt_type="query")
+    np.testing.assert_array_equal(m, base)
+    assert any(
+        "prompt_type" in r.getMessage() and "task_name" in r.getMessage() for r in caplog.records
+    )

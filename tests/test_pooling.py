@@ -4,17 +4,36 @@ import numpy as np
 import pytest
 import torch
 
-from textcl.pooling import POOLING_STRATEGIES, Pooling, ProjectionHead, check_head_mode
+from textcl.pooling import (
+    DENSE_ACTIVATIONS,
+    POOLING_STRATEGIES,
+    DenseLayer,
+    Pooling,
+    ProjectionHead,
+    check_head_mode,
+    dense_activation,
+)
 
 
 def _numpy_pool(strategy: str, hidden: list[np.ndarray], mask: np.ndarray) -> np.ndarray:
-    """Reference pooling, one sentence at a time, looking only at its real tokens."""
+    """Reference pooling, one sentence at a time, looking only at its real tokens (loops,
+    from the formulas in the pooling docstring)."""
     out = []
     for b in range(mask.shape[0]):
         keep = np.flatnonzero(mask[b])
         last = hidden[-1][b, keep]
         if strategy == "cls":
-            out.append(hidden[-1][b, 0])
+            out.append(last[0])
+        elif strategy == "lasttoken":
+            out.append(last[-1])
+        elif strategy == "weightedmean":
+            acc, total = np.zeros(last.shape[1]), 0.0
+            for k, row in enumerate(last, start=1):
+                acc += k * row
+                total += k
+            out.append(acc / total)
+        elif strategy == "mean_sqrt_len_tokens":
+            out.append(last.sum(axis=0) / np.sqrt(len(keep)))
         elif strategy == "mean":
             out.append(last.mean(axis=0))
         elif strategy == "max":
@@ -26,13 +45,17 @@ def _numpy_pool(strategy: str, hidden: list[np.ndarray], mask: np.ndarray) -> np
     return np.stack(out)
 
 
+@pytest.mark.parametrize("left", [False, True], ids=["right-pad", "left-pad"])
 @pytest.mark.parametrize("strategy", POOLING_STRATEGIES)
-def test_pooling_matches_numpy_reference_with_padding(strategy: str) -> None:
+def test_pooling_matches_numpy_reference_with_padding(strategy: str, left: bool) -> None:
     g = torch.Generator().manual_seed(1)
     lengths = [5, 2, 7, 1]
     mask = torch.zeros(4, 7, dtype=torch.long)
     for i, n in enumerate(lengths):
-        mask[i, :n] = 1
+        if left:
+            mask[i, 7 - n :] = 1
+        else:
+            mask[i, :n] = 1
     # Padding positions hold large garbage: it must never leak into the result.
     hidden = [torch.randn(4, 7, 6, generator=g) for _ in range(3)]
     for h in hidden:
@@ -67,3 +90,39 @@ def test_projection_head_shape() -> None:
         ProjectionHead(0)
     with pytest.raises(ValueError, match="head mode"):
         check_head_mode("sometimes")
+
+
+def test_new_poolings_against_hand_values() -> None:
+    # One sentence, 3 real tokens with states 1, 2, 4 (H=1), then padding.
+    states = torch.tensor([[[1.0], [2.0], [4.0], [100.0]]])
+    mask = torch.tensor([[1, 1, 1, 0]])
+    pool = {name: Pooling(name)(states, mask).item() for name in POOLING_STRATEGIES[:3]}
+    pool["weightedmean"] = Pooling("weightedmean")(states, mask).item()
+    pool["lasttoken"] = Pooling("lasttoken")(states, mask).item()
+    pool["mean_sqrt_len_tokens"] = Pooling("mean_sqrt_len_tokens")(states, mask).item()
+    assert pool["weightedmean"] == pytest.approx((1 * 1 + 2 * 2 + 3 * 4) / 6)
+    assert pool["lasttoken"] == 4.0
+    assert pool["mean_sqrt_len_tokens"] == pytest.approx(7 / 3**0.5)
+    assert pool["cls"] == 1.0 and pool["max"] == 4.0
+
+
+def test_cls_takes_first_real_token_when_left_padded() -> None:
+    states = torch.arange(8, dtype=torch.float32).view(2, 4, 1)
+    mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
+    got = Pooling("cls")(states, mask)[:, 0].tolist()
+    assert got == [2.0, 4.0]  # not position 0 (= 0.0) for the left-padded row
+
+
+def test_dense_layer_activations() -> None:
+    assert dense_activation(None).__class__.__name__ == "Identity"
+    for name, cls in DENSE_ACTIVATIONS.items():
+        assert isinstance(dense_activation(f"torch.nn.modules.activation.{name}"), cls)
+    with pytest.raises(ValueError, match=r"Dense 2: activation_function 'my\.Act'"):
+        dense_activation("my.Act", "Dense 2")
+    with pytest.raises(ValueError, match="not supported"):
+        dense_activation("torch.nn.modules.activation.Softmax2d")
+    layer = DenseLayer(3, 2, activation=torch.nn.ReLU())
+    x = torch.randn(4, 3)
+    want = torch.relu(x @ layer.linear.weight.T + layer.linear.bias)
+    torch.testing.assert_close(layer(x), want)
+    assert layer.st_config()["activation_function"] == "torch.nn.modules.activation.ReLU"

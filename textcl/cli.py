@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "textcl.commands.search",
     "textcl.commands.index",
     "textcl.commands.report",
+    "textcl.commands.push",
 )
 """Sub-command modules, in the order ``textcl --help`` lists them."""
 

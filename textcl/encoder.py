@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 import numpy as np
 import torch
@@ -20,10 +19,13 @@ from tqdm.auto import tqdm
 from textcl.pooling import (
     HEAD_MODES,
     POOLING_STRATEGIES,
+    ST_POOLING_MODES,
+    DenseLayer,
     Pooling,
     ProjectionHead,
     check_head_mode,
     check_pooling_name,
+    dense_activation,
 )
 
 logger = logging.getLogger(__name__)
@@ -33,7 +35,9 @@ TokenBatch = dict[str, Tensor]
 optionally ``token_type_ids`` and ``position_ids`` ``(B, L)`` (passed to the model),
 ``special_tokens_mask`` ``(B, L)`` (1 for special tokens and padding; read by views, never
 passed to the model) and ``embedding_mask`` (a float multiplier broadcastable to
-``(B, L, H)`` applied to the input embeddings, used by cutoff views)."""
+``(B, L, H)`` applied to the input embeddings, used by cutoff views); ``pooling_mask``
+``(B, L)``, when present, replaces ``attention_mask`` for the pooling only (prompt tokens
+left out with ``include_prompt=False``)."""
 
 MODEL_INPUT_KEYS: tuple[str, ...] = ("attention_mask", "token_type_ids", "position_ids")
 
@@ -44,6 +48,9 @@ SHOW_PROGRESS_MIN_BATCHES = 32
 
 Output = Literal["numpy", "torch"]
 Precision = Literal["fp32", "bf16", "fp16"]
+
+IGNORED_ENCODE_KWARGS_LOG = "encode(): ignoring keyword argument(s) %s (not used by textcl)"
+"""Debug line for unknown keywords MTEB / sentence-transformers callers pass."""
 
 
 @dataclass
@@ -57,6 +64,15 @@ class EncoderConfig:
     head_mode: str = "none"
     max_length: int | None = None
     normalize: bool = False
+    truncate_dim: int | None = None
+    """Keep the first ``truncate_dim`` dimensions (Matryoshka); normalisation comes after."""
+    prompts: dict[str, str] = field(default_factory=dict)
+    """Named prompts prepended to the text (``encode(prompt_name=...)``)."""
+    default_prompt_name: str | None = None
+    """The prompt used when ``encode`` gets neither ``prompt`` nor ``prompt_name``."""
+    include_prompt: bool = True
+    """Whether prompt tokens take part in the pooling (sentence-transformers'
+    ``Pooling(include_prompt=...)``); ``False``: the model sees them, the pooling does not."""
 
     def __post_init__(self) -> None:
         check_pooling_name(self.pooling)
@@ -65,38 +81,72 @@ class EncoderConfig:
             not isinstance(self.max_length, int) or self.max_length < 2
         ):
             raise ValueError(f"max_length must be an integer >= 2 or None, got {self.max_length!r}")
+        if self.truncate_dim is not None and (
+            isinstance(self.truncate_dim, bool)
+            or not isinstance(self.truncate_dim, int)
+            or self.truncate_dim < 1
+        ):
+            raise ValueError(
+                f"truncate_dim must be a positive integer or None, got {self.truncate_dim!r}"
+            )
+        if not isinstance(self.prompts, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in self.prompts.items()
+        ):
+            raise ValueError(f"prompts must map names to strings, got {self.prompts!r:.200}")
+        if self.default_prompt_name is not None and self.default_prompt_name not in self.prompts:
+            raise ValueError(
+                f"default_prompt_name {self.default_prompt_name!r} is not one of the prompts "
+                f"{sorted(self.prompts)}"
+            )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> EncoderConfig:
-        known = {"pooling", "head_mode", "max_length", "normalize"}
-        unknown = set(data) - known - {"textcl_version", "format"}
+        known = {
+            "pooling",
+            "head_mode",
+            "max_length",
+            "normalize",
+            "truncate_dim",
+            "prompts",
+            "default_prompt_name",
+            "include_prompt",
+        }
+        unknown = set(data) - known - {"textcl_version", "format", "dense_modules"}
         if unknown:
             raise ValueError(f"{source}: unknown field(s) {sorted(unknown)}")
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def check_texts(texts: object, what: str = "texts") -> list[str]:
-    """Validate a list of sentences; return it as a list.
+    """Validate sentences given as any iterable of strings (list, tuple, 1-D numpy array of
+    str, generator, ...); return them as a list.
 
-    Raises ``ValueError`` for an empty list and ``TypeError`` naming the first non-string item.
+    Raises ``ValueError`` for an empty input and ``TypeError`` naming the first non-string
+    item (or the input itself when it is a string, bytes, a mapping or not iterable).
     Empty strings are valid sentences.
     """
-    if isinstance(texts, str) or not isinstance(texts, Sequence):
+    if isinstance(texts, str | bytes | Mapping) or not isinstance(texts, Iterable):
         raise TypeError(f"{what} must be a list of strings, got {type(texts).__name__}")
-    if len(texts) == 0:
-        raise ValueError(f"{what} is empty: nothing to encode")
+    if isinstance(texts, np.ndarray) and texts.ndim != 1:
+        raise TypeError(f"{what} must be a 1-D array of strings, got shape {texts.shape}")
     out = list(texts)
+    if len(out) == 0:
+        raise ValueError(f"{what} is empty: nothing to encode")
     for i, t in enumerate(out):
         if not isinstance(t, str):
             raise TypeError(f"{what}[{i}] is {type(t).__name__}, not str: {t!r:.80}")
+        if type(t) is not str:  # numpy.str_ and other subclasses: plain str for tokenizers
+            out[i] = str(t)
     return out
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None`` -> CUDA when available, else CPU."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+def exclude_prompt_from_mask(attention_mask: Tensor, prompt_length: int) -> Tensor:
+    """A copy of ``attention_mask`` ``(B, L)`` with each row's first ``prompt_length`` real
+    tokens set to 0 (left padding is skipped): the pooling mask when prompt tokens are not
+    pooled (``include_prompt=False``)."""
+    present = attention_mask.bool()
+    rank = present.long().cumsum(dim=1)  # 1..n over real tokens
+    return (present & (rank > prompt_length)).to(attention_mask.dtype)
 
 
 def autocast_context(device: torch.device, precision: str) -> Any:
@@ -148,62 +198,184 @@ def _read_json(path: Path) -> Any:
         raise ValueError(f"{path}: not valid JSON (line {e.lineno}): {e.msg}") from None
 
 
-def _sentence_transformers_settings(path: Path) -> tuple[Path, dict[str, Any]]:
-    """Read a sentence-transformers folder: (transformer subfolder, EncoderConfig fields)."""
-    modules = _read_json(path / "modules.json")
-    if not isinstance(modules, list):
-        raise ValueError(f"{path / 'modules.json'}: expected a list of modules")
+ST_MODULE_PREFIXES: tuple[str, ...] = (
+    "sentence_transformers.models.",
+    "sentence_transformers.base.modules.",
+    "sentence_transformers.sentence_transformer.modules.",
+)
+"""Module type prefixes of sentence-transformers' own modules (v2 to v6 layouts)."""
+
+
+@dataclass
+class STFolder:
+    """What textcl reads from a sentence-transformers folder."""
+
+    model_dir: Path
+    settings: dict[str, Any]
+    dense: list[DenseLayer]
+
+
+def _st_module_kind(kind: str) -> str | None:
+    if any(kind.startswith(p) for p in ST_MODULE_PREFIXES):
+        return kind.rsplit(".", 1)[-1]
+    return None
+
+
+def _sentence_transformers_settings(path: Path) -> STFolder:
+    """Read a sentence-transformers folder: its transformer subfolder, the EncoderConfig
+    fields it implies (pooling, ``max_seq_length``, Normalize, prompts, ``truncate_dim``) and
+    its ``Dense`` modules, in order.
+
+    Supported modules: Transformer, Pooling (one mode), Dense, Dropout (a no-op at
+    inference) and a final Normalize. Anything else raises ``ValueError`` naming the module.
+    """
+    modules_file = path / "modules.json"
+    modules = _read_json(modules_file)
+    if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
+        raise ValueError(f"{modules_file}: expected a list of modules")
     model_dir = path
     settings: dict[str, Any] = {}
-    for module in modules:
-        kind = str(module.get("type", ""))
+    dense: list[DenseLayer] = []
+    stage = "start"  # start -> transformer -> pooling -> (dense)* -> normalize
+    for module in sorted(modules, key=lambda m: int(m.get("idx", 0))):
+        kind_full = str(module.get("type", ""))
         sub = path / str(module.get("path", ""))
-        if kind.endswith(".Transformer"):
+        label = f"{modules_file}: module {module.get('name', '?')!r} ({kind_full})"
+        kind = _st_module_kind(kind_full)
+        if stage == "normalize" and kind != "Dropout":
+            raise ValueError(f"{label} comes after Normalize: not supported by textcl")
+        if kind == "Transformer":
+            if stage != "start":
+                raise ValueError(f"{label}: a second Transformer is not supported")
+            stage = "transformer"
             model_dir = sub
             cfg_file = sub / "sentence_bert_config.json"
             if cfg_file.is_file():
                 st_cfg = _read_json(cfg_file)
+                if st_cfg.get("do_lower_case"):
+                    raise ValueError(
+                        f"{cfg_file}: do_lower_case=true (lower-casing before the tokenizer) "
+                        "is not supported by textcl"
+                    )
                 if st_cfg.get("max_seq_length"):
                     settings["max_length"] = int(st_cfg["max_seq_length"])
-        elif kind.endswith(".Pooling"):
-            pool_cfg = _read_json(sub / "config.json")
-            settings["pooling"] = _st_pooling_name(pool_cfg, sub / "config.json")
-        elif kind.endswith(".Normalize"):
+        elif kind == "Pooling":
+            if stage != "transformer":
+                raise ValueError(f"{label}: Pooling must follow the Transformer module")
+            stage = "pooling"
+            pool_file = sub / "config.json"
+            pool_cfg = _read_json(pool_file)
+            settings["pooling"] = _st_pooling_name(pool_cfg, pool_file)
+            if pool_cfg.get("include_prompt") is False:
+                settings["include_prompt"] = False
+        elif kind == "Dense":
+            if stage not in ("pooling", "dense"):
+                raise ValueError(f"{label}: Dense must come after Pooling")
+            stage = "dense"
+            dense.append(_read_st_dense(sub, label))
+        elif kind == "Normalize":
+            if stage not in ("pooling", "dense"):
+                raise ValueError(f"{label}: Normalize must come after Pooling")
+            stage = "normalize"
             settings["normalize"] = True
+        elif kind == "Dropout":
+            logger.debug("%s: Dropout is a no-op at inference; skipped", label)
         else:
             raise ValueError(
-                f"{path / 'modules.json'}: module type {kind!r} is not supported by textcl "
-                "(supported: Transformer, Pooling, Normalize)"
+                f"{label} is not supported by textcl "
+                "(supported: Transformer, Pooling, Dense, Dropout, Normalize)"
             )
-    return model_dir, settings
+    if stage in ("start", "transformer"):
+        raise ValueError(f"{modules_file}: no Transformer + Pooling modules: not supported")
+    st_config_file = path / "config_sentence_transformers.json"
+    if st_config_file.is_file():
+        st_config = _read_json(st_config_file)
+        if not isinstance(st_config, dict):
+            raise ValueError(f"{st_config_file}: expected a JSON object")
+        prompts = st_config.get("prompts") or {}
+        if not isinstance(prompts, dict):
+            raise ValueError(f"{st_config_file}: prompts must be an object of name: text")
+        if prompts:
+            settings["prompts"] = {str(k): str(v) for k, v in prompts.items() if v is not None}
+        if st_config.get("default_prompt_name") is not None:
+            settings["default_prompt_name"] = st_config["default_prompt_name"]
+        if st_config.get("truncate_dim") is not None:
+            settings["truncate_dim"] = st_config["truncate_dim"]
+        sim = st_config.get("similarity_fn_name")
+        if sim not in (None, "cosine"):
+            logger.warning(
+                "%s: the model is meant for %r similarity; textcl's evaluation uses cosine",
+                st_config_file,
+                sim,
+            )
+    return STFolder(model_dir, settings, dense)
+
+
+def _read_st_dense(folder: Path, label: str) -> DenseLayer:
+    """A sentence-transformers ``Dense`` module folder (``config.json`` + safetensors)."""
+    cfg = _read_json(folder / "config.json")
+    unsupported = {
+        k: cfg[k]
+        for k, default in (
+            ("use_residual", False),
+            ("module_input_name", "sentence_embedding"),
+            ("module_output_name", None),
+        )
+        if k in cfg and cfg[k] not in (default, "sentence_embedding")
+    }
+    if unsupported:
+        raise ValueError(f"{label}: Dense option(s) {unsupported} not supported by textcl")
+    try:
+        layer = DenseLayer(
+            int(cfg["in_features"]),
+            int(cfg["out_features"]),
+            bias=bool(cfg.get("bias", True)),
+            activation=dense_activation(cfg.get("activation_function"), label),
+        )
+    except KeyError as e:
+        raise ValueError(f"{folder / 'config.json'}: missing field {e.args[0]!r}") from None
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        other = [p.name for p in folder.glob("*.bin")]
+        raise ValueError(
+            f"{label}: no model.safetensors in {folder}"
+            + (
+                f" (found {other}: pickle weights are not loaded by textcl; convert them "
+                "to safetensors)"
+                if other
+                else ""
+            )
+        )
+    from safetensors.torch import load_file
+
+    state = load_file(str(weights))
+    try:
+        layer.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(f"{weights}: weights do not fit the Dense config ({e})") from None
+    return layer
 
 
 def _st_pooling_name(cfg: dict[str, Any], where: Path) -> str:
-    if isinstance(cfg.get("pooling_mode"), str):
-        mode = {"cls": "cls", "mean": "mean", "max": "max"}.get(cfg["pooling_mode"])
-        if mode is None:
-            raise ValueError(f"{where}: pooling_mode {cfg['pooling_mode']!r} is not supported")
+    """The textcl pooling for a sentence-transformers ``Pooling`` config (one mode only)."""
+    mode = cfg.get("pooling_mode")
+    if isinstance(mode, list) and len(mode) == 1:
+        mode = mode[0]
+    if isinstance(mode, str):
+        if mode not in ST_POOLING_MODES:
+            raise ValueError(
+                f"{where}: pooling_mode {mode!r} is not supported "
+                f"(supported: {', '.join(ST_POOLING_MODES)})"
+            )
         return mode
-    chosen = [
-        name
-        for key, name in (
-            ("pooling_mode_cls_token", "cls"),
-            ("pooling_mode_mean_tokens", "mean"),
-            ("pooling_mode_max_tokens", "max"),
+    if mode is not None:
+        raise ValueError(f"{where}: combined pooling modes {mode!r} are not supported by textcl")
+    chosen = [name for name, key in ST_POOLING_MODES.items() if cfg.get(key)]
+    if len(chosen) != 1:
+        raise ValueError(
+            f"{where}: expected exactly one pooling mode, got {chosen or 'none'} "
+            "(combined modes are not supported by textcl)"
         )
-        if cfg.get(key)
-    ]
-    others = [
-        k
-        for k in (
-            "pooling_mode_mean_sqrt_len_tokens",
-            "pooling_mode_weightedmean_tokens",
-            "pooling_mode_lasttoken",
-        )
-        if cfg.get(k)
-    ]
-    if len(chosen) != 1 or others:
-        raise ValueError(f"{where}: only a single cls/mean/max pooling mode is supported")
     return chosen[0]
 
 
@@ -241,6 +413,10 @@ class SentenceEncoder(nn.Module):
         head_mode: ``none``, ``train`` (MLP head at training time only) or ``always``.
         max_length: truncate sentences to this many tokens (default: the model's limit).
         normalize: L2-normalise the output of :meth:`encode` by default.
+        dense: ``Dense`` layers applied after pooling and head (from sentence-transformers
+            folders).
+        truncate_dim: keep the first ``truncate_dim`` output dimensions (before normalising).
+        prompts / default_prompt_name: named prompts prepended to texts by :meth:`encode`.
 
     ``forward(batch)`` maps a :data:`TokenBatch` to ``(B, H)`` embeddings with autograd (the
     training path); :meth:`encode` maps a list of strings to embeddings for inference.
@@ -257,6 +433,12 @@ class SentenceEncoder(nn.Module):
         head_mode: str = "none",
         max_length: int | None = None,
         normalize: bool = False,
+        *,
+        dense: Sequence[DenseLayer] | None = None,
+        truncate_dim: int | None = None,
+        prompts: Mapping[str, str] | None = None,
+        default_prompt_name: str | None = None,
+        include_prompt: bool = True,
     ) -> None:
         super().__init__()
         self.model = model
@@ -268,12 +450,32 @@ class SentenceEncoder(nn.Module):
             head_mode=head_mode,
             max_length=max_length,
             normalize=normalize,
+            truncate_dim=truncate_dim,
+            prompts=dict(prompts or {}),
+            default_prompt_name=default_prompt_name,
+            include_prompt=include_prompt,
         )
         self.max_length = config.max_length
+        self.include_prompt = bool(include_prompt)
         self.normalize = normalize
+        self.truncate_dim = config.truncate_dim
+        self.prompts = config.prompts
+        self.default_prompt_name = config.default_prompt_name
         self.head: ProjectionHead | None = (
             ProjectionHead(self.hidden_size) if head_mode != "none" else None
         )
+        self.dense = nn.ModuleList(list(dense or []))
+        width = self.hidden_size
+        for i, layer in enumerate(self.dense):
+            if not isinstance(layer, DenseLayer) or layer.in_features != width:
+                raise ValueError(
+                    f"dense[{i}] must be a DenseLayer taking {width} features, got {layer!r}"
+                )
+            width = layer.out_features
+        if self.truncate_dim is not None and self.truncate_dim > width:
+            raise ValueError(
+                f"truncate_dim {self.truncate_dim} is larger than the embedding size {width}"
+            )
         self._check_tokenizer_matches_model()
 
     # ------------------------------------------------------------------ properties
@@ -284,6 +486,10 @@ class SentenceEncoder(nn.Module):
             head_mode=self.head_mode,
             max_length=self.max_length,
             normalize=self.normalize,
+            truncate_dim=self.truncate_dim,
+            prompts=dict(self.prompts),
+            default_prompt_name=self.default_prompt_name,
+            include_prompt=self.include_prompt,
         )
 
     @property
@@ -296,9 +502,18 @@ class SentenceEncoder(nn.Module):
         return int(size)
 
     @property
+    def full_embedding_dim(self) -> int:
+        """Dimension of the vectors before ``truncate_dim`` (hidden size or last Dense's)."""
+        width = self.hidden_size
+        for layer in self.dense:
+            assert isinstance(layer, DenseLayer)
+            width = layer.out_features
+        return width
+
+    @property
     def embedding_dim(self) -> int:
-        """Dimension of the sentence vectors."""
-        return self.hidden_size
+        """Dimension of the sentence vectors :meth:`encode` returns by default."""
+        return self.truncate_dim or self.full_embedding_dim
 
     @property
     def device(self) -> torch.device:
@@ -421,11 +636,13 @@ class SentenceEncoder(nn.Module):
                 handle.remove()
         pooled = self.pooling(
             out.last_hidden_state,
-            batch["attention_mask"],
+            batch.get("pooling_mask", batch["attention_mask"]),
             out.hidden_states if self.pooling.needs_hidden_states else None,
         )
         if self.head is not None and (self.head_mode == "always" or self.training):
             pooled = self.head(pooled)
+        for layer in self.dense:
+            pooled = layer(pooled)
         return pooled
 
     # ------------------------------------------------------------------ encode
@@ -455,44 +672,156 @@ class SentenceEncoder(nn.Module):
 
         return order, gen()
 
+    @overload
     def encode(
         self,
-        texts: Sequence[str] | str,
+        texts: str | Iterable[str],
+        *,
+        output: Literal["torch"],
+        convert_to_tensor: bool = ...,
+        convert_to_numpy: bool = ...,
+        **kwargs: Any,
+    ) -> Tensor: ...
+
+    @overload
+    def encode(
+        self,
+        texts: str | Iterable[str],
+        *,
+        output: Output = ...,
+        convert_to_tensor: Literal[True],
+        convert_to_numpy: bool = ...,
+        **kwargs: Any,
+    ) -> Tensor: ...
+
+    @overload
+    def encode(
+        self,
+        texts: str | Iterable[str],
+        *,
+        output: Output = ...,
+        convert_to_tensor: bool = ...,
+        convert_to_numpy: Literal[False],
+        **kwargs: Any,
+    ) -> Tensor: ...
+
+    @overload
+    def encode(
+        self,
+        texts: str | Iterable[str],
+        *,
+        output: Literal["numpy"] = ...,
+        convert_to_tensor: Literal[False] = ...,
+        convert_to_numpy: Literal[True] = ...,
+        **kwargs: Any,
+    ) -> np.ndarray: ...
+
+    @overload
+    def encode(
+        self,
+        texts: str | Iterable[str],
+        *,
+        output: Output = ...,
+        convert_to_tensor: bool = ...,
+        convert_to_numpy: bool = ...,
+        **kwargs: Any,
+    ) -> np.ndarray | Tensor: ...
+
+    def encode(
+        self,
+        texts: str | Iterable[str],
         *,
         batch_size: int = 64,
         normalize: bool | None = None,
         max_length: int | None = None,
         device: str | torch.device | None = None,
         output: Output = "numpy",
-        precision: Precision = "fp32",
+        precision: str = "fp32",
         show_progress: bool | None = None,
         max_tokens: int | None = None,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        truncate_dim: int | None = None,
+        normalize_embeddings: bool | None = None,
+        show_progress_bar: bool | None = None,
+        convert_to_numpy: bool = True,
+        convert_to_tensor: bool = False,
+        output_value: str | None = "sentence_embedding",
+        **kwargs: Any,
     ) -> np.ndarray | Tensor:
         """Encode sentences to a ``(N, D)`` float32 array (``(D,)`` for a single string).
 
         Sentences are sorted by token length and batched (less padding), results come back
         in input order. Runs under ``torch.inference_mode`` in eval mode; the module's
-        train/eval mode is restored afterwards.
+        train/eval mode is restored afterwards. The keywords of
+        ``SentenceTransformer.encode`` are accepted, so sentence-transformers and MTEB callers
+        work unchanged; other keywords (MTEB's ``task_name``, ``prompt_type``, ...) are
+        ignored with a debug log line.
 
         Args:
-            texts: sentences (empty strings are valid).
+            texts: a string or any iterable of strings (list, tuple, 1-D numpy array,
+                generator); empty strings are valid.
             batch_size: sentences per forward pass.
-            normalize: L2-normalise; default: the encoder's ``normalize`` setting.
+            normalize: L2-normalise (after ``truncate_dim``); default: the encoder's
+                ``normalize`` setting. ``normalize_embeddings`` is sentence-transformers'
+                name for it (``True`` forces it on, like there).
             max_length: truncation in tokens; default: :attr:`effective_max_length`.
             device: run on this device (the module is moved there); default: where it is.
-            output: ``"numpy"`` or ``"torch"`` (a CPU tensor).
-            precision: ``fp32``, or ``bf16``/``fp16`` autocast (fp16 on CUDA only).
-            show_progress: progress bar; default: on from
+            output: ``"numpy"`` or ``"torch"`` (a CPU tensor). ``convert_to_tensor=True`` or
+                ``convert_to_numpy=False`` (sentence-transformers' names) also give a tensor.
+            precision: ``fp32`` (alias ``float32``), or ``bf16``/``fp16`` autocast (fp16 on
+                CUDA only). sentence-transformers' quantised precisions are refused.
+            show_progress: progress bar (alias ``show_progress_bar``); default: on from
                 :data:`SHOW_PROGRESS_MIN_BATCHES` batches.
             max_tokens: token-budget batching: also cap each batch at this many padded
                 tokens (see :meth:`length_sorted_batches`); ``None``: ``batch_size`` only.
+            prompt_name: prepend the prompt of this name (from :attr:`prompts`).
+            prompt: prepend this text (wins over ``prompt_name``); default: the prompt named
+                ``default_prompt_name`` if set.
+            truncate_dim: keep the first dimensions; default: the encoder's ``truncate_dim``.
+            output_value: only ``"sentence_embedding"`` (or ``None``) is supported.
         """
+        if kwargs:
+            logger.debug(IGNORED_ENCODE_KWARGS_LOG, sorted(kwargs))
+        if output_value not in (None, "sentence_embedding"):
+            raise ValueError(
+                f"output_value={output_value!r} is not supported: textcl returns sentence "
+                "embeddings only"
+            )
+        if precision == "float32":
+            precision = "fp32"
+        if precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(
+                f"unknown precision {precision!r}: expected fp32, bf16 or fp16 (textcl does "
+                "not quantise embeddings; sentence-transformers' int8/binary are not supported)"
+            )
+        if show_progress is None:
+            show_progress = show_progress_bar
+        if normalize_embeddings is not None:
+            if normalize is False and normalize_embeddings:
+                raise ValueError("normalize=False and normalize_embeddings=True disagree")
+            # sentence-transformers: False means "no extra normalisation" (a Normalize module
+            # still applies); True normalises.
+            normalize = True if normalize_embeddings else normalize
+        as_tensor = output == "torch" or convert_to_tensor or not convert_to_numpy
         single = isinstance(texts, str)
         items = check_texts([texts] if single else texts)
+        text_prompt = self._resolve_prompt(prompt, prompt_name)
+        prompt_length = 0
+        if text_prompt:
+            items = [text_prompt + t for t in items]
+            if not self.include_prompt:
+                prompt_length = self.prompt_length(text_prompt)
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if output not in ("numpy", "torch"):
             raise ValueError(f"output must be 'numpy' or 'torch', got {output!r}")
+        dim = self.full_embedding_dim
+        trunc = self.truncate_dim if truncate_dim is None else truncate_dim
+        if trunc is not None:
+            if isinstance(trunc, bool) or not isinstance(trunc, int) or trunc < 1:
+                raise ValueError(f"truncate_dim must be a positive integer, got {trunc!r}")
+            dim = min(dim, trunc)
         if device is not None:
             self.to(device)
         dev = self.device
@@ -501,7 +830,7 @@ class SentenceEncoder(nn.Module):
         n_batches = (len(items) + batch_size - 1) // batch_size
         show = n_batches >= SHOW_PROGRESS_MIN_BATCHES if show_progress is None else show_progress
 
-        result = torch.empty((len(items), self.embedding_dim), dtype=torch.float32)
+        result = torch.empty((len(items), dim), dtype=torch.float32)
         order_t = torch.tensor(order, dtype=torch.long)
         was_training = self.training
         self.eval()
@@ -510,8 +839,12 @@ class SentenceEncoder(nn.Module):
                 done = 0
                 with tqdm(total=len(items), disable=not show, desc="encode", unit="sent") as bar:
                     for batch in batches:
+                        if prompt_length:
+                            batch["pooling_mask"] = exclude_prompt_from_mask(
+                                batch["attention_mask"], prompt_length
+                            )
                         batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
-                        emb = self.forward(batch).float()
+                        emb = self.forward(batch).float()[:, :dim]
                         if norm:
                             emb = torch.nn.functional.normalize(emb, p=2, dim=-1)
                         n = emb.shape[0]
@@ -521,45 +854,77 @@ class SentenceEncoder(nn.Module):
         finally:
             self.train(was_training)
         out = result[0] if single else result
-        return out.numpy() if output == "numpy" else out
+        return out if as_tensor else out.numpy()
+
+    def prompt_length(self, prompt: str) -> int:
+        """Tokens a prompt occupies at the start of a sequence, leading special tokens
+        included, a trailing special token (``[SEP]``, EOS) excluded (sentence-transformers'
+        rule)."""
+        ids: list[int] = self.tokenizer([prompt], truncation=True)["input_ids"][0]
+        special = set(getattr(self.tokenizer, "all_special_ids", []) or [])
+        return len(ids) - 1 if ids and ids[-1] in special else len(ids)
+
+    def _resolve_prompt(self, prompt: str | None, prompt_name: str | None) -> str | None:
+        """sentence-transformers' rule: ``prompt``, else ``prompts[prompt_name]``, else the
+        default prompt."""
+        if prompt is not None:
+            if prompt_name is not None:
+                logger.warning("encode(): both prompt and prompt_name given; using prompt")
+            return prompt
+        if prompt_name is not None:
+            if prompt_name not in self.prompts:
+                raise ValueError(
+                    f"prompt_name {prompt_name!r} is not one of this encoder's prompts "
+                    f"{sorted(self.prompts)}"
+                )
+            return self.prompts[prompt_name]
+        if self.default_prompt_name is not None:
+            return self.prompts.get(self.default_prompt_name)
+        return None
 
     # ------------------------------------------------------------------ save / load
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the encoder to a folder, atomically (temp folder + rename).
+    def save(self, path: str | os.PathLike[str], *, card: Mapping[str, Any] | None = None) -> Path:
+        """Write the encoder to a folder, atomically (:func:`textcl.io.atomic_dir`).
 
-        The folder loads with :meth:`load` and with plain ``transformers.AutoModel`` /
-        ``AutoTokenizer.from_pretrained``; ``textcl_config.json`` holds pooling, head mode,
-        max length and normalisation, ``textcl_head.safetensors`` the head weights.
+        The folder loads with :meth:`load`, with plain ``transformers.AutoModel`` /
+        ``AutoTokenizer.from_pretrained`` and with ``sentence_transformers.SentenceTransformer``
+        (``modules.json``: Transformer, Pooling, a ``Dense`` for the head when
+        ``head_mode="always"``, the ``Dense`` layers read from a sentence-transformers
+        folder, Normalize when the encoder normalises). ``textcl_config.json`` (read first by
+        textcl) holds pooling, head mode, max length, normalisation, prompts and
+        ``truncate_dim``; ``textcl_head.safetensors`` the head weights. ``README.md`` is a
+        hub model card (:mod:`textcl.model_card`) built from ``card``: the training recipe,
+        scores and the base model, as the trainer passes them.
+
+        ``first_last_avg`` / ``last2_avg`` pooling has no sentence-transformers equivalent:
+        the folder then says ``mean`` to sentence-transformers, a warning is logged and the
+        model card says so.
         """
         from safetensors.torch import save_file
 
         from textcl import __version__
+        from textcl.io import atomic_dir, atomic_write_text, dumps_json
+        from textcl.model_card import render_model_card
 
         target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-        try:
+        notes: list[str] = []
+        with _quiet_transformers(), atomic_dir(target) as tmp:
             self.model.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
             if self.head is not None:
-                state = {
-                    k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()
-                }
-                save_file(state, str(tmp / HEAD_WEIGHTS_NAME))
-            cfg = {"format": 1, "textcl_version": __version__, **asdict(self.config)}
-            (tmp / TEXTCL_CONFIG_NAME).write_text(
-                json.dumps(cfg, indent=2) + "\n", encoding="utf-8"
-            )
-            if target.exists():
-                old = target.with_name(f".{target.name}.old-{os.getpid()}")
-                target.rename(old)
-                tmp.rename(target)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                tmp.rename(target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+                save_file(_cpu_state(self.head), str(tmp / HEAD_WEIGHTS_NAME))
+            notes, dense_dirs = _write_sentence_transformers_files(self, tmp)
+            cfg: dict[str, Any] = {
+                "format": 1,
+                "textcl_version": __version__,
+                **asdict(self.config),
+            }
+            if dense_dirs:
+                cfg["dense_modules"] = dense_dirs
+            atomic_write_text(tmp / TEXTCL_CONFIG_NAME, dumps_json(cfg))
+            atomic_write_text(tmp / "README.md", render_model_card(self, card or {}, notes=notes))
+        for note in notes:
+            logger.warning("%s: %s", target, note)
         return target
 
     @classmethod
@@ -583,7 +948,9 @@ class SentenceEncoder(nn.Module):
 
         Settings come, by priority: the arguments given here; the folder's
         ``textcl_config.json``; a sentence-transformers folder's ``modules.json`` (pooling,
-        ``max_seq_length``, Normalize); defaults (``mean`` pooling, no head, the model's
+        ``max_seq_length``, Dense, Normalize) and ``config_sentence_transformers.json``
+        (prompts, default prompt, ``truncate_dim``); unsupported modules raise
+        ``ValueError`` naming them; defaults (``mean`` pooling, no head, the model's
         max length, no normalisation). ``model_kwargs`` go to ``AutoModel.from_pretrained``.
         """
         from transformers import AutoModel, AutoTokenizer
@@ -600,18 +967,27 @@ class SentenceEncoder(nn.Module):
         src = resolve_source(name_or_path, role="model")  # local folder or hub id, decided once
         settings: dict[str, Any] = {}
         head_file: Path | None = None
+        dense: list[DenseLayer] = []
         if src.path is not None:
             local = src.path
+            if not local.is_dir():
+                raise ValueError(f"{local} is a file, not a model folder")
             model_dir = local
             if (local / TEXTCL_CONFIG_NAME).is_file():
-                settings = asdict(
-                    EncoderConfig.from_dict(
-                        _read_json(local / TEXTCL_CONFIG_NAME), str(local / TEXTCL_CONFIG_NAME)
-                    )
-                )
+                raw = _read_json(local / TEXTCL_CONFIG_NAME)
+                settings = asdict(EncoderConfig.from_dict(raw, str(local / TEXTCL_CONFIG_NAME)))
                 head_file = local / HEAD_WEIGHTS_NAME
+                dense = [
+                    _read_st_dense(local / str(d), f"{local / TEXTCL_CONFIG_NAME}: {d}")
+                    for d in raw.get("dense_modules") or []
+                ]
             elif _is_sentence_transformers_folder(local):
-                model_dir, settings = _sentence_transformers_settings(local)
+                st_folder = _sentence_transformers_settings(local)
+                model_dir, settings, dense = (
+                    st_folder.model_dir,
+                    st_folder.settings,
+                    st_folder.dense,
+                )
             if not (model_dir / "config.json").is_file():
                 raise ValueError(
                     f"{model_dir} is not a model folder: it has no config.json "
@@ -663,6 +1039,11 @@ class SentenceEncoder(nn.Module):
             head_mode=config.head_mode,
             max_length=config.max_length,
             normalize=config.normalize,
+            dense=dense,
+            truncate_dim=config.truncate_dim,
+            prompts=config.prompts,
+            default_prompt_name=config.default_prompt_name,
+            include_prompt=config.include_prompt,
         )
         if encoder.head is not None and head_file is not None and head_file.is_file():
             from safetensors.torch import load_file
@@ -673,3 +1054,128 @@ class SentenceEncoder(nn.Module):
         if device is not None:
             encoder.to(device)
         return encoder
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Silence transformers' info logging and progress bars (e.g. during save)."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover - transformers is a core dependency
+        yield
+        return
+    level = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _cpu_state(module: nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+
+
+ST_UNSUPPORTED_POOLING_NOTE = (
+    "pooling {pooling!r} has no sentence-transformers equivalent: "
+    "SentenceTransformer(folder) will use mean pooling of the last layer and will NOT "
+    "reproduce textcl's embeddings; load the folder with textcl (SentenceEncoder.load)"
+)
+
+
+def _write_sentence_transformers_files(
+    encoder: SentenceEncoder, folder: Path
+) -> tuple[list[str], list[str]]:
+    """Write ``modules.json`` and the module folders that make ``folder`` (already holding
+    the transformer and tokenizer at its root) a sentence-transformers folder.
+
+    Returns (notes about what sentence-transformers will not reproduce, the folders of the
+    extra Dense layers). The head is written as a ``Dense`` only when it is applied at
+    inference (``head_mode="always"``).
+    """
+    import transformers
+    from safetensors.torch import save_file
+
+    from textcl import __version__
+    from textcl.io import atomic_write_text, dumps_json
+
+    notes: list[str] = []
+    pooling = encoder.pooling.strategy
+    st_mode = pooling if pooling in ST_POOLING_MODES else "mean"
+    if pooling not in ST_POOLING_MODES:
+        notes.append(ST_UNSUPPORTED_POOLING_NOTE.format(pooling=pooling))
+    modules: list[dict[str, Any]] = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}
+    ]
+
+    def add(kind: str, sub: str) -> Path:
+        idx = len(modules)
+        path = f"{idx}_{sub}" if sub else ""
+        modules.append(
+            {
+                "idx": idx,
+                "name": str(idx),
+                "path": path,
+                "type": f"sentence_transformers.models.{kind}",
+            }
+        )
+        return folder / path
+
+    atomic_write_text(
+        folder / "sentence_bert_config.json",
+        dumps_json({"max_seq_length": encoder.effective_max_length, "do_lower_case": False}),
+    )
+    pool_dir = add("Pooling", "Pooling")
+    pool_dir.mkdir()
+    pool_cfg: dict[str, Any] = {"word_embedding_dimension": encoder.hidden_size}
+    pool_cfg.update({key: mode == st_mode for mode, key in ST_POOLING_MODES.items()})
+    pool_cfg["include_prompt"] = encoder.include_prompt
+    atomic_write_text(pool_dir / "config.json", dumps_json(pool_cfg))
+
+    layers: list[tuple[DenseLayer | ProjectionHead, bool]] = []
+    if encoder.head is not None and encoder.head_mode == "always":
+        layers.append((encoder.head, False))
+    layers.extend((layer, True) for layer in encoder.dense)  # type: ignore[misc]
+    dense_dirs: list[str] = []
+    for layer, extra in layers:
+        sub = add("Dense", "Dense")
+        sub.mkdir()
+        if isinstance(layer, ProjectionHead):
+            h = encoder.hidden_size
+            cfg: dict[str, Any] = {
+                "in_features": h,
+                "out_features": h,
+                "bias": True,
+                "activation_function": "torch.nn.modules.activation.Tanh",
+            }
+            state = {"linear." + k.split(".", 1)[1]: v for k, v in _cpu_state(layer).items()}
+        else:
+            cfg = layer.st_config()
+            state = {k: v for k, v in _cpu_state(layer).items() if k.startswith("linear.")}
+        atomic_write_text(sub / "config.json", dumps_json(cfg))
+        save_file(state, str(sub / "model.safetensors"))
+        if extra:
+            dense_dirs.append(sub.name)
+    if encoder.normalize:
+        add("Normalize", "Normalize").mkdir()
+    atomic_write_text(folder / "modules.json", dumps_json(modules))
+    st_config: dict[str, Any] = {
+        "__version__": {
+            "textcl": __version__,
+            "transformers": transformers.__version__,
+            "pytorch": torch.__version__,
+        },
+        "prompts": dict(encoder.prompts),
+        "default_prompt_name": encoder.default_prompt_name,
+        "similarity_fn_name": "cosine",
+    }
+    if encoder.truncate_dim is not None:
+        # Not read by sentence-transformers (pass SentenceTransformer(..., truncate_dim=));
+        # textcl reads it back from here for plain sentence-transformers folders.
+        st_config["truncate_dim"] = encoder.truncate_dim
+    atomic_write_text(folder / "config_sentence_transformers.json", dumps_json(st_config))
+    return notes, dense_dirs

@@ -12,10 +12,20 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-POOLING_STRATEGIES: tuple[str, ...] = ("cls", "mean", "max", "first_last_avg", "last2_avg")
+POOLING_STRATEGIES: tuple[str, ...] = (
+    "cls",
+    "mean",
+    "max",
+    "first_last_avg",
+    "last2_avg",
+    "weightedmean",
+    "lasttoken",
+    "mean_sqrt_len_tokens",
+)
 """Names accepted by :class:`Pooling`.
 
-* ``cls``: the first token's last-layer state ([CLS] / <s>).
+* ``cls``: the first non-padding token's last-layer state ([CLS] / <s>; position 0 for
+  right-padded batches, the first real token for left-padded ones).
 * ``mean``: mean of last-layer states over non-padding tokens (sentence-transformers' default).
 * ``max``: element-wise max of last-layer states over non-padding tokens.
 * ``first_last_avg``: mean over tokens of the average of the first and the last
@@ -24,7 +34,27 @@ POOLING_STRATEGIES: tuple[str, ...] = ("cls", "mean", "max", "first_last_avg", "
   embedding layer.
 * ``last2_avg``: mean over tokens of the average of the last two layers (SimCSE's
   ``avg_top2``).
+* ``weightedmean``: position-weighted mean of last-layer states (SGPT, Muennighoff 2022,
+  arXiv:2202.08904): the k-th real token (k = 1..n) has weight k,
+  ``sum_k k * h_k / sum_k k``; positions count real tokens only, so left padding does not
+  change a vector (sentence-transformers' ``weightedmean``).
+* ``lasttoken``: the last non-padding token's last-layer state (decoder models; SGPT,
+  E5-Mistral); right or left padding.
+* ``mean_sqrt_len_tokens``: ``sum_k h_k / sqrt(n)`` over the n real tokens
+  (sentence-transformers' ``mean_sqrt_len_tokens``).
 """
+
+ST_POOLING_MODES: dict[str, str] = {
+    "cls": "pooling_mode_cls_token",
+    "mean": "pooling_mode_mean_tokens",
+    "max": "pooling_mode_max_tokens",
+    "mean_sqrt_len_tokens": "pooling_mode_mean_sqrt_len_tokens",
+    "weightedmean": "pooling_mode_weightedmean_tokens",
+    "lasttoken": "pooling_mode_lasttoken",
+}
+"""textcl pooling names that sentence-transformers' ``Pooling`` module expresses, with the
+legacy boolean key of its ``1_Pooling/config.json``. ``first_last_avg`` and ``last2_avg``
+have no sentence-transformers equivalent."""
 
 
 def check_pooling_name(name: str) -> str:
@@ -84,10 +114,24 @@ class Pooling(nn.Module):
             )
         mask = attention_mask.to(last_hidden_state.dtype)
         strategy = self.strategy
-        if strategy == "cls":
-            return last_hidden_state[:, 0]
+        if strategy in ("cls", "lasttoken"):
+            present = attention_mask.bool()
+            if strategy == "cls":  # first real token (argmax returns the first maximum)
+                index = present.int().argmax(dim=1)
+            else:  # last real token
+                length = present.shape[1]
+                index = length - 1 - present.flip(1).int().argmax(dim=1)
+            rows = torch.arange(last_hidden_state.shape[0], device=last_hidden_state.device)
+            return last_hidden_state[rows, index]
         if strategy == "mean":
             return _masked_mean(last_hidden_state, mask)
+        if strategy == "mean_sqrt_len_tokens":
+            summed = (last_hidden_state * mask.unsqueeze(-1)).sum(dim=1)
+            return summed / mask.sum(dim=1, keepdim=True).clamp(min=1e-9).sqrt()
+        if strategy == "weightedmean":
+            weights = mask.cumsum(dim=1) * mask  # 1..n over real tokens, 0 on padding
+            summed = (last_hidden_state * weights.unsqueeze(-1)).sum(dim=1)
+            return summed / weights.sum(dim=1, keepdim=True).clamp(min=1e-9)
         if strategy == "max":
             fill = torch.finfo(last_hidden_state.dtype).min
             masked = last_hidden_state.masked_fill(~attention_mask.bool().unsqueeze(-1), fill)
@@ -107,7 +151,8 @@ class Pooling(nn.Module):
 class ProjectionHead(nn.Module):
     """SimCSE's MLP over the pooled vector: ``Linear(H, H) -> Tanh``.
 
-    Input ``(B, H)``, output ``(B, H)``.
+    Input ``(B, H)``, output ``(B, H)``. In a sentence-transformers folder it is a
+    ``Dense(H, H, activation_function=torch.nn.Tanh())`` module.
     """
 
     def __init__(self, hidden_size: int) -> None:
@@ -135,3 +180,81 @@ def check_head_mode(mode: str) -> str:
     if not isinstance(mode, str) or mode not in HEAD_MODES:
         raise ValueError(f"unknown head mode {mode!r}: expected one of {', '.join(HEAD_MODES)}")
     return mode
+
+
+DENSE_ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "Tanh": nn.Tanh,
+    "Identity": nn.Identity,
+    "ReLU": nn.ReLU,
+    "GELU": nn.GELU,
+    "Sigmoid": nn.Sigmoid,
+    "SiLU": nn.SiLU,
+    "ELU": nn.ELU,
+    "LeakyReLU": nn.LeakyReLU,
+    "Softplus": nn.Softplus,
+    "Mish": nn.Mish,
+    "Hardtanh": nn.Hardtanh,
+}
+"""Activations of sentence-transformers ``Dense`` modules that textcl reads, by class name
+(``torch.nn.modules.activation.Tanh`` -> ``Tanh``); each is built with its defaults, as
+sentence-transformers does."""
+
+
+def dense_activation(name: str | None, where: str = "Dense") -> nn.Module:
+    """Build the activation a sentence-transformers ``Dense`` config names (``None``: Identity).
+
+    Only the ``torch.nn`` classes in :data:`DENSE_ACTIVATIONS`; anything else raises
+    ``ValueError`` naming ``where``.
+    """
+    if name is None:
+        return nn.Identity()
+    short = str(name).rsplit(".", 1)[-1]
+    if not str(name).startswith("torch.") or short not in DENSE_ACTIVATIONS:
+        raise ValueError(
+            f"{where}: activation_function {name!r} is not supported by textcl "
+            f"(supported: torch.nn {', '.join(sorted(DENSE_ACTIVATIONS))})"
+        )
+    return DENSE_ACTIVATIONS[short]()
+
+
+def activation_path(module: nn.Module) -> str:
+    """The import path sentence-transformers writes for an activation module."""
+    cls = type(module)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+class DenseLayer(nn.Module):
+    """A sentence-transformers ``Dense`` module: ``activation(Linear(in, out)(x))``.
+
+    Weights are named as sentence-transformers names them (``linear.weight``,
+    ``linear.bias``), so its ``model.safetensors`` loads unchanged.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        activation: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        if in_features <= 0 or out_features <= 0:
+            raise ValueError(f"Dense sizes must be positive, got {in_features} -> {out_features}")
+        self.in_features = int(in_features)
+        self.out_features = int(out_features)
+        self.bias = bool(bias)
+        self.linear = nn.Linear(self.in_features, self.out_features, bias=self.bias)
+        self.activation_function: nn.Module = activation if activation is not None else nn.Tanh()
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.activation_function(self.linear(x))
+        return out
+
+    def st_config(self) -> dict[str, object]:
+        """The ``config.json`` sentence-transformers writes for this module."""
+        return {
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+            "bias": self.bias,
+            "activation_function": activation_path(self.activation_function),
+        }

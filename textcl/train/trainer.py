@@ -417,6 +417,28 @@ class Trainer:
             "ranks": ranks,
         }
 
+    def model_card_data(self) -> dict[str, Any]:
+        """The run facts the model card of ``best/`` and ``final/`` shows
+        (:mod:`textcl.model_card`)."""
+        cfg = self.config
+        try:
+            size: int | None = len(self.data)
+        except TypeError:  # a stream has no length
+            size = None
+        return {
+            "base_model": cfg.model,
+            "objective": cfg.objective,
+            "views": cfg.view_a if cfg.view_a == cfg.view_b else f"{cfg.view_a} / {cfg.view_b}",
+            "temperature": cfg.temperature,
+            "batch_size": cfg.batch_size,
+            "learning_rate": cfg.lr,
+            "steps": self.step,
+            "data": cfg.train_file,
+            "data_size": size,
+            "best_stsb_dev": self.best_metric,
+            "best_step": self.best_step,
+        }
+
     def save_checkpoint(self) -> Path | None:
         """Write ``checkpoints/step-XXXXXXXX`` atomically (rank 0); prune old ones.
 
@@ -548,7 +570,7 @@ class Trainer:
         if best:
             self.best_metric, self.best_step = score, self.step
             if self.is_main:
-                self.encoder.save(self.output_dir / "best")
+                self.encoder.save(self.output_dir / "best", card=self.model_card_data())
         barrier(self.env)
         self._log(
             {
@@ -632,7 +654,7 @@ class Trainer:
             final_metrics = self.evaluate() if cfg.eval_steps >= 0 else None
             final_dir = self.output_dir / "final"
             if self.is_main:
-                self.encoder.save(final_dir)
+                self.encoder.save(final_dir, card=self.model_card_data())
             self.save_checkpoint()
             if self.is_main:
                 summary = {
