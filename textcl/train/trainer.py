@@ -102,6 +102,7 @@ RESUMABLE_FIELDS = (
     "compile",
     "precision",
     "grad_cache_chunk",
+    "num_workers",
 )
 """Config fields that may change on ``--resume`` (cadence, length, where and how it runs).
 ``model`` and ``train_file`` may be moved: their content is checked (weights hash, data
@@ -567,7 +568,14 @@ class Trainer:
         if not isinstance(stored, dict):
             raise CorruptFileError(f"{checkpoint / STATE_JSON}: no run fingerprint")
         now = self.fingerprint()
-        changed = sorted(k for k in set(now) | set(stored) if now.get(k) != stored.get(k))
+        defaults = TrainConfig().to_dict()
+        changed = sorted(
+            k
+            for k in set(now) | set(stored)
+            if now.get(k) != stored.get(k)
+            # a config field added after the checkpoint was written, left at its default
+            and not (k not in stored and k in defaults and now[k] == defaults[k])
+        )
         if changed:
             what = "; ".join(f"{k}: {stored.get(k)!r} -> {now.get(k)!r}" for k in changed)
             raise FolderConflictError(
