@@ -426,3 +426,40 @@ def test_report_to_missing_tracker_is_a_clear_error(
     # none: no tb/ folder even where tensorboard is installed.
     train(quick(tiny_model_dir, corpus_file, tmp_path / "c", report_to="none", eval_steps=-1))
     assert not (tmp_path / "c" / "tb").exists()
+
+
+def test_report_to_tensorboard_logs_hparams_and_scalars(
+    tiny_model_dir: Path, corpus_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[str, Any]] = []
+
+    class Writer:
+        def __init__(self, log_dir: str) -> None:
+            calls.append(("init", log_dir))
+
+        def add_text(self, tag: str, text: str, step: int) -> None:
+            calls.append(("text", (tag, text)))
+
+        def add_scalar(self, tag: str, value: float, step: int) -> None:
+            calls.append(("scalar", (tag, step)))
+
+        def close(self) -> None:
+            calls.append(("close", None))
+
+    fake = types.ModuleType("torch.utils.tensorboard")
+    fake.SummaryWriter = Writer  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake)
+    out = tmp_path / "run"
+    train(
+        quick(tiny_model_dir, corpus_file, out, report_to="tensorboard"), evaluator=fake_evaluator
+    )
+    assert calls[0] == ("init", str(out / "tb")) and calls[-1] == ("close", None)
+    texts = [v for k, v in calls if k == "text"]
+    assert texts and texts[0][0] == "config" and '"lr": 0.001' in texts[0][1]
+    scalars = [v for k, v in calls if k == "scalar"]
+    assert ("train/loss", 4) in scalars and ("eval/stsb_dev_spearman", 2) in scalars
+    assert not any(tag.endswith(("/best", "/scales", "/time")) for tag, _ in scalars)
+    # Explicit tensorboard without it installed: a clear error, not a silent no-op.
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    with pytest.raises(InputError, match="tensorboard is not installed"):
+        train(quick(tiny_model_dir, corpus_file, tmp_path / "b", report_to="tensorboard"))

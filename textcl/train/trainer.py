@@ -311,6 +311,7 @@ class Trainer:
         self._paused = 0.0  # seconds of evaluation/checkpointing in the current log window
         self._clock = time.perf_counter()
         self._model_digest: str | None = None
+        self._data_sha256: str | None = None
         # Data is read (and checked) before the model is loaded: bad input fails fast.
         self.data = self._load_data()
         self.hashes = self._hashes()
@@ -550,19 +551,27 @@ class Trainer:
         hash), the recipe and the number of processes. Stored in every checkpoint."""
         cfg = self.config.to_dict()
         recipe = {k: v for k, v in cfg.items() if k not in RESUMABLE_FIELDS}
-        content = hashlib.sha256(np.ascontiguousarray(self.hashes).tobytes()).hexdigest()
-        if not isinstance(self.data, TextCorpus):  # pairs: every column counts
-            h = hashlib.sha256()
-            for i in range(len(self.data)):
-                h.update("\x1f".join(self.data[i]).encode("utf-8") + b"\x1e")
-            content = h.hexdigest()
         return {
             **recipe,
             "model_weights_sha256": self._model_digest,
             "data_items": len(self.hashes),
-            "data_sha256": content,
+            "data_sha256": self._data_digest(),
             "world_size": self.world_size,
         }
+
+    def _data_digest(self) -> str:
+        """sha256 of the training data's content (the corpus's per-sentence hashes; every
+        column of pairs), computed once."""
+        if self._data_sha256 is None:
+            if isinstance(self.data, TextCorpus):
+                raw = np.ascontiguousarray(self.hashes).tobytes()
+                self._data_sha256 = hashlib.sha256(raw).hexdigest()
+            else:
+                h = hashlib.sha256()
+                for i in range(len(self.data)):
+                    h.update("\x1f".join(self.data[i]).encode("utf-8") + b"\x1e")
+                self._data_sha256 = h.hexdigest()
+        return self._data_sha256
 
     def _check_fingerprint(self, checkpoint: Path, stored: Any) -> None:
         if not isinstance(stored, dict):
