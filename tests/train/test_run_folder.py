@@ -463,3 +463,24 @@ def test_report_to_tensorboard_logs_hparams_and_scalars(
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
     with pytest.raises(InputError, match="tensorboard is not installed"):
         train(quick(tiny_model_dir, corpus_file, tmp_path / "b", report_to="tensorboard"))
+
+
+def test_crafted_state_file_list_cannot_point_outside(
+    tiny_model_dir: Path, corpus_file: Path, tmp_path: Path
+) -> None:
+    """A crafted trainer_state.json (valid checksum recomputed by the crafter) naming a
+    file outside its checkpoint is refused before anything is read there."""
+    from textcl.io import write_json
+    from textcl.train.state import _digest
+
+    out = tmp_path / "run"
+    cfg = quick(tiny_model_dir, corpus_file, out, eval_steps=-1)
+    train(cfg)
+    ckpt = out / "checkpoints" / "step-00000004"
+    data = json.loads((ckpt / STATE_JSON).read_text())
+    for rel in ("../../../outside.txt", str(tmp_path / "abs.txt")):
+        body = {k: v for k, v in data.items() if k != "sha256"}
+        body["files"] = {**data["files"], rel: "0" * 64}
+        write_json(ckpt / STATE_JSON, {**body, "sha256": _digest(body)})
+        with pytest.raises(CorruptFileError, match="points outside the checkpoint"):
+            Trainer(cfg).train(resume=True)

@@ -218,6 +218,9 @@ def load_checkpoint_state(folder: PathLike) -> dict[str, Any]:
     if not isinstance(files, dict) or STATE_TENSORS not in files:
         raise CorruptFileError(f"{path}: no file list")
     for rel, digest in files.items():
+        parts = Path(rel).parts
+        if not isinstance(rel, str) or Path(rel).is_absolute() or ".." in parts or not parts:
+            raise CorruptFileError(f"{path}: file entry {rel!r} points outside the checkpoint")
         p = root / rel
         if not p.is_file():
             raise CorruptFileError(f"{p}: missing from the checkpoint")
