@@ -191,6 +191,45 @@ def test_report_without_optional_data_says_so(tmp_path: Path) -> None:
     assert f"{best['stsb_dev_spearman']:.2f} (step {best['step']})" in text
 
 
+def test_summary_names_a_custom_primary_metric(tmp_path: Path) -> None:
+    """A run whose evaluator picks best/ by its own metric (lower is better here)."""
+    records = [
+        {
+            "event": "eval",
+            "step": 2,
+            "epoch": 0,
+            "time": 1.0,
+            "val_loss": 3.0,
+            "primary_metric": "val_loss",
+            "best": True,
+        },
+        {
+            "event": "eval",
+            "step": 4,
+            "epoch": 0,
+            "time": 2.0,
+            "val_loss": 2.5,
+            "primary_metric": "val_loss",
+            "best": True,
+        },
+        {
+            "event": "eval",
+            "step": 6,
+            "epoch": 0,
+            "time": 3.0,
+            "val_loss": 2.7,
+            "primary_metric": "val_loss",
+            "best": False,
+        },
+    ]
+    run = report.load_run(make_run(tmp_path, records))
+    s = report.run_summary(run)
+    assert s["primary_metric"] == "val_loss"
+    assert (s["best_primary"], s["best_primary_step"]) == (2.5, 4)
+    text = report.render_report_html(run)
+    assert "best val_loss (picks best/)</td><td>2.5 (step 4)" in text
+
+
 def test_report_only_train_events(tmp_path: Path) -> None:
     records = [r for r in synthetic_records() if r["event"] == "train"]
     text = report.write_report(make_run(tmp_path, records)).read_text(encoding="utf-8")

@@ -216,7 +216,20 @@ def run_summary(run: RunData) -> dict[str, Any]:
     if evals:
         flagged = [r for r in evals if r.get("best") is True]
         best = flagged[-1] if flagged else max(evals, key=lambda r: r["stsb_dev_spearman"])
+    primary = next(
+        (
+            r["primary_metric"]
+            for r in reversed(run.eval_records)
+            if isinstance(r.get("primary_metric"), str)
+        ),
+        None,
+    )
+    flagged_all = [r for r in run.eval_records if r.get("best") is True]
+    best_primary = flagged_all[-1] if primary and flagged_all else None
     return {
+        "primary_metric": primary,
+        "best_primary": best_primary.get(primary) if best_primary and primary else None,
+        "best_primary_step": int(best_primary["step"]) if best_primary else None,
         "last_step": int(last["step"]) if last else None,
         "last_epoch": last.get("epoch") if last else None,
         "wall_time_s": max(
@@ -258,6 +271,20 @@ def _summary_section(run: RunData, s: Mapping[str, Any]) -> str:
             else "not logged",
         ),
         ("train / eval events", f"{s['n_train_events']} / {s['n_eval_events']}"),
+    ]
+    if s["primary_metric"] not in (None, "stsb_dev_spearman"):
+        # best/ was chosen by the evaluator's own primary metric
+        value = s["best_primary"]
+        rows.insert(
+            4,
+            (
+                f"best {metric_label(s['primary_metric'], run.eval_records)} (picks best/)",
+                f"{_fmt(value)} (step {s['best_primary_step']})"
+                if value is not None
+                else "not logged",
+            ),
+        )
+    rows += [
         ("checkpoints", ", ".join(p.name for p in run.checkpoints) or "none"),
         (
             "best/ and final/",
