@@ -7,12 +7,19 @@ One :class:`Trainer` runs one :class:`TrainConfig`:
   duplicate text inside a batch;
 * step: views -> encoder (autocast) -> InfoNCE -> backward (optionally through the gradient
   cache) -> clip -> AdamW -> linear schedule;
-* every ``eval_steps``: STS-B dev Spearman, alignment and uniformity; the best model is kept
-  in ``OUTPUT_DIR/best``;
+* every ``eval_steps``: the evaluator (default: STS-B dev Spearman, alignment and
+  uniformity); the best model by its primary metric is kept in ``OUTPUT_DIR/best``;
+* one run state, :class:`~textcl.train.state.TrainerState` (step, log history, best metric
+  and step, elapsed seconds), behind :class:`TrainResult`, ``results.json`` and
+  ``metrics.jsonl``;
 * checkpoints ``OUTPUT_DIR/checkpoints/step-XXXXXXXX/`` written atomically with the model,
-  optimizer, scheduler, scaler, RNG and view states; ``resume`` continues exactly;
+  the run state, optimizer, scheduler, scaler, RNG and view states as safetensors + JSON
+  (never a pickle), each file's sha256 recorded; ``resume`` checks them and the run's
+  fingerprint, then continues exactly;
+* the run folder belongs to one run: rank 0 holds its lock for the whole run, a new run
+  does not start over another run's checkpoints (``overwrite`` clears them);
 * ``OUTPUT_DIR/metrics.jsonl`` (one JSON object per line, ``event`` = ``train``/``eval``),
-  a tqdm bar, and TensorBoard scalars under ``OUTPUT_DIR/tb`` when tensorboard is installed.
+  a tqdm bar, and a tracker (``report_to``: TensorBoard under ``OUTPUT_DIR/tb``, wandb).
 """
 
 from __future__ import annotations
