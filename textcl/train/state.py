@@ -90,10 +90,11 @@ class TrainerState:
         if not isinstance(data, dict):
             raise CorruptFileError(f"{source}: the trainer state is not a JSON object")
         names = {f.name for f in fields(cls)}
-        missing = sorted(names - set(data))
+        missing = sorted(REQUIRED_FIELDS - set(data))
         if missing:
             raise CorruptFileError(f"{source}: trainer state lacks field(s) {missing}")
-        state = cls(**{k: data[k] for k in names})
+        # Fields added in later versions take their defaults.
+        state = cls(**{k: data[k] for k in names if k in data})
         for name in ("step", "epoch", "batch_in_epoch"):
             value = getattr(state, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -101,6 +102,9 @@ class TrainerState:
         if not isinstance(state.log_history, list):
             raise CorruptFileError(f"{source}: trainer state field 'log_history' is not a list")
         return state
+
+
+REQUIRED_FIELDS = frozenset({"run_id", "step", "epoch", "batch_in_epoch", "log_history"})
 
 
 # ---------------------------------------------------------------------- tagged JSON
