@@ -169,6 +169,7 @@ def main() -> int:
                 seed=seed,
                 device=args.device,
                 data_dir=str(root),
+                overwrite=True,  # a re-run with --output-dir redoes each run
             )
             t0 = time.perf_counter()
             result = train(config, evaluator=evaluate)

@@ -18,6 +18,8 @@ pytest.importorskip("matplotlib")
 from tests.test_plots import PNG_MAGIC, synthetic_records, write_jsonl
 from textcl import report
 from textcl.cli import main
+from textcl.evaluation.alignment import positive_mask
+from textcl.evaluation.runs import evaluate_run
 
 CONFIG = {
     "model": "tiny-bert",
@@ -36,10 +38,11 @@ RESULTS = {
     "versions": {"textcl": "0.1.0"},
     "wall_time_s": 12.5,
     "tasks": {
-        "sts12": {"spearman": 0.6841, "pearson": 0.7012, "n_pairs": 3108},
-        "stsb": {"spearman": 0.7655, "pearson": 0.7701, "n_pairs": 1379},
+        "sts12": {"spearman": 68.41, "pearson": 70.12, "n_pairs": 3108},
+        "stsb": {"spearman": 76.55, "pearson": 77.01, "n_pairs": 1379},
     },
-    "average": {"spearman": 0.7248, "pearson": 0.73565},
+    "average": 72.48,
+    "average_pearson": 73.565,
     "predictions": {
         "stsb": {"pred": [0.1, 0.5, 0.9, 0.3, 0.7], "gold": [0.5, 2.0, 4.8, 1.0, 3.9]},
     },
@@ -79,12 +82,13 @@ def test_report_contains_the_metrics_it_claims(tmp_path: Path) -> None:
     train = [r for r in records if r["event"] == "train"]
     evals = [r for r in records if r["event"] == "eval"]
     best = max(evals, key=lambda r: r["stsb_dev_spearman"])
+    t0 = min(r["time"] for r in records)  # times are shown as seconds since the first record
     assert f"{train[-1]['loss']:.4f} (step {train[-1]['step']})" in text
     assert f"{best['stsb_dev_spearman']:.2f} (step {best['step']})" in text
     # Every eval event is a row of the metrics table, with its values.
     for r in evals:
         row = (
-            f"<td>{r['step']}</td><td>{r['epoch']:.2f}</td><td>{r['time']:.1f}</td>"
+            f"<td>{r['step']}</td><td>{r['epoch']:.2f}</td><td>{r['time'] - t0:.1f}</td>"
             f"<td>{r['stsb_dev_spearman']:.2f}</td><td>{r['alignment']:.4f}</td>"
             f"<td>{r['uniformity']:.4f}</td>"
         )
@@ -105,7 +109,7 @@ def test_report_with_results_and_predictions(tmp_path: Path) -> None:
     run = make_run(tmp_path)
     (run / "sts_results.json").write_text(json.dumps(RESULTS), encoding="utf-8")
     text = report.write_report(run, output=tmp_path / "r.html").read_text(encoding="utf-8")
-    # Fractions are shown ×100.
+    # Shown as stored (textcl stores correlations ×100).
     assert "<td>sts12</td><td>68.41</td><td>70.12</td><td>3108</td>" in text
     assert "<td>stsb</td><td>76.55</td><td>77.01</td><td>1379</td>" in text
     assert "<td>72.48</td><td>73.56</td>" in text
@@ -117,20 +121,56 @@ def test_report_with_results_and_predictions(tmp_path: Path) -> None:
     assert "No STS results" not in text
 
 
-def test_report_results_already_x100_and_several_models(tmp_path: Path) -> None:
+def test_report_shows_stored_values_never_rescales(tmp_path: Path) -> None:
+    """A ×100 Spearman of 0.83 (a near-random model) is 0.83, not 83.00: the report used to
+    take every |value| <= 1 for a fraction."""
     run = make_run(tmp_path)
     before = json.loads(json.dumps(RESULTS))
     del before["predictions"]
     after = json.loads(json.dumps(before))
-    for t in after["tasks"].values():
-        t["spearman"] *= 100
-        t["pearson"] *= 100
-    after["tasks"]["stsb"]["spearman"] = 80.0
+    after["tasks"] = {
+        "sts12": {"spearman": 0.5, "pearson": 0.61, "n_pairs": 3108},
+        "stsb": {"spearman": 0.83, "pearson": -0.2, "n_pairs": 1379},
+    }
+    after["average"], after["average_pearson"] = 0.665, 0.205
     text = report.write_report(run, results=[("before", before), ("after", after)]).read_text(
         encoding="utf-8"
     )
     assert "before Spearman ×100" in text and "after Spearman ×100" in text
-    assert "<td>stsb</td><td>76.55</td><td>80.00</td>" in text
+    assert "<td>stsb</td><td>76.55</td><td>0.83</td><td>77.01</td><td>-0.20</td>" in text
+    assert "<td>72.48</td><td>0.67</td><td>73.56</td><td>0.20</td>" in text
+    assert "83.00" not in text
+
+
+def test_eval_table_labels_the_scale_the_records_declare(tmp_path: Path) -> None:
+    records = [
+        {
+            "event": "eval",
+            "step": 2,
+            "epoch": 0,
+            "time": 1.0,
+            "stsb_dev_spearman": 0.83,
+            "scales": {"stsb_dev_spearman": 100.0},
+        },
+        {
+            "event": "eval",
+            "step": 4,
+            "epoch": 0,
+            "time": 2.0,
+            "stsb_dev_spearman": 0.9,
+            "scales": {"stsb_dev_spearman": 100.0},
+        },
+    ]
+    text = report.write_report(make_run(tmp_path, records)).read_text(encoding="utf-8")
+    assert "<th>STS-B dev Spearman ×100</th>" in text
+    assert "<td>4</td><td>0.00</td><td>1.0</td><td>0.90</td>" in text
+    assert "best STS-B dev Spearman ×100</td><td>0.90 (step 4)" in text
+    # Without a declared scale the report claims none.
+    for r in records:
+        del r["scales"]
+    (tmp_path / "b").mkdir()
+    text = report.write_report(make_run(tmp_path / "b", records)).read_text(encoding="utf-8")
+    assert "<th>STS-B dev Spearman</th>" in text and "×100</th>" not in text
 
 
 def test_report_without_optional_data_says_so(tmp_path: Path) -> None:
@@ -151,11 +191,50 @@ def test_report_without_optional_data_says_so(tmp_path: Path) -> None:
     assert f"{best['stsb_dev_spearman']:.2f} (step {best['step']})" in text
 
 
+def test_summary_names_a_custom_primary_metric(tmp_path: Path) -> None:
+    """A run whose evaluator picks best/ by its own metric (lower is better here)."""
+    records = [
+        {
+            "event": "eval",
+            "step": 2,
+            "epoch": 0,
+            "time": 1.0,
+            "val_loss": 3.0,
+            "primary_metric": "val_loss",
+            "best": True,
+        },
+        {
+            "event": "eval",
+            "step": 4,
+            "epoch": 0,
+            "time": 2.0,
+            "val_loss": 2.5,
+            "primary_metric": "val_loss",
+            "best": True,
+        },
+        {
+            "event": "eval",
+            "step": 6,
+            "epoch": 0,
+            "time": 3.0,
+            "val_loss": 2.7,
+            "primary_metric": "val_loss",
+            "best": False,
+        },
+    ]
+    run = report.load_run(make_run(tmp_path, records))
+    s = report.run_summary(run)
+    assert s["primary_metric"] == "val_loss"
+    assert (s["best_primary"], s["best_primary_step"]) == (2.5, 4)
+    text = report.render_report_html(run)
+    assert "best val_loss (picks best/)</td><td>2.5 (step 4)" in text
+
+
 def test_report_only_train_events(tmp_path: Path) -> None:
     records = [r for r in synthetic_records() if r["event"] == "train"]
     text = report.write_report(make_run(tmp_path, records)).read_text(encoding="utf-8")
     assert "No eval events in metrics.jsonl" in text
-    assert "best STS-B dev Spearman ×100</td><td>not logged" in text
+    assert "best STS-B dev Spearman</td><td>not logged" in text
 
 
 def test_run_summary_resumed_run_later_eval_wins(tmp_path: Path) -> None:
@@ -168,7 +247,7 @@ def test_run_summary_resumed_run_later_eval_wins(tmp_path: Path) -> None:
     s = report.run_summary(report.load_run(make_run(tmp_path, records)))
     assert s["last_loss"] == 2.5 and s["last_step"] == 3
     assert s["best_dev_spearman"] == 55.0 and s["best_step"] == 2
-    assert s["wall_time_s"] == 10.0 and s["n_eval_events"] == 1
+    assert s["wall_time_s"] == 9.0 and s["n_eval_events"] == 1
 
 
 def test_unix_timestamps_become_seconds_since_first_record(tmp_path: Path) -> None:
@@ -183,10 +262,7 @@ def test_unix_timestamps_become_seconds_since_first_record(tmp_path: Path) -> No
     assert report.run_summary(run)["wall_time_s"] == 12.0
     text = report.render_report_html(run)
     assert "<td>20</td><td>0.20</td><td>7.5</td><td>50.00</td>" in text
-    # Elapsed seconds are kept as they are.
     assert report.relative_times(records[:0]) == []
-    small = [{**r, "time": r["time"] - t0 + 1.0} for r in records]
-    assert report.relative_times(small) == small
 
 
 def test_trainer_summary_results_json_is_not_taken_for_sts_results(tmp_path: Path) -> None:
@@ -280,7 +356,7 @@ def _oracle_stsb(model_dir: Path, sts: Path) -> dict[str, Any]:
     for x, y, gold in zip(a.astype(np.float64), b.astype(np.float64), sub.scores, strict=True):
         c = float(x @ y / (np.linalg.norm(x) * np.linalg.norm(y)))
         cos.append(c)
-        if gold >= 4.0:
+        if gold > 4.0:  # SimCSE's positives: gold score above 4, as alignment takes them
             pos.append(c)
     return {"spearman": float(spearmanr(cos, sub.scores)[0]) * 100, "pos": pos, "n": len(cos)}
 
@@ -299,7 +375,7 @@ def test_evaluate_run_matches_oracle(tmp_path: Path, tiny_model_dir: Path, mini_
     import numpy as np
 
     run = _run_with(tmp_path, tiny_model_dir, final="mean")
-    path, (pos, rand), source = report.evaluate_run(run, split="dev", data_dir=mini_sts)
+    path, (pos, rand), source = evaluate_run(run, split="dev", data_dir=mini_sts)
     assert path == run / "sts_results.json"
     saved = json.loads(path.read_text(encoding="utf-8"))
     oracle = _oracle_stsb(run / "final", mini_sts)
@@ -311,8 +387,14 @@ def test_evaluate_run_matches_oracle(tmp_path: Path, tiny_model_dir: Path, mini_
     assert len(oracle["pos"]) >= 10
     np.testing.assert_allclose(pos, oracle["pos"], atol=1e-4)
     assert rand.shape == pos.shape and np.isfinite(rand).all()
-    assert f"{len(pos)} pairs with gold score >= 4" in source and "run/final" in source
-    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]  # no temp file left
+    assert f"{len(pos)} pairs with gold score > 4" in source and "run/final" in source
+    # One threshold with alignment: pairs at exactly 4.0 are no positives (6 in this data).
+    from textcl.evaluation.data import read_stsb_file
+
+    gold = read_stsb_file(mini_sts / "STSBenchmark" / "sts-dev.csv").scores
+    assert len(pos) == int(positive_mask(gold).sum()) == int((gold > 4).sum())
+    assert int((gold == 4.0).sum()) > 0
+    assert not [p for p in run.iterdir() if ".tmp" in p.name]  # no temp file left
 
 
 def test_evaluate_run_prefers_best_and_custom_output(
@@ -320,9 +402,7 @@ def test_evaluate_run_prefers_best_and_custom_output(
 ) -> None:
     run = _run_with(tmp_path, tiny_model_dir, best="mean", final="cls")
     out = tmp_path / "elsewhere" / "res.json"
-    path, _, _ = report.evaluate_run(
-        report.load_run(run), tasks="stsb", split="dev", data_dir=mini_sts, output=out
-    )
+    path, _, _ = evaluate_run(run, tasks="stsb", split="dev", data_dir=mini_sts, output=out)
     assert path == out and not (run / "sts_results.json").exists()
     saved = json.loads(out.read_text(encoding="utf-8"))
     assert saved["model"] == "run/best" and saved["pooling"] == "mean"
@@ -335,7 +415,7 @@ def test_evaluate_run_without_encoder(tmp_path: Path) -> None:
     (run / "best").rmdir()
     (run / "final").rmdir()
     with pytest.raises(FileNotFoundError, match="neither best/ nor final/"):
-        report.evaluate_run(run)
+        evaluate_run(run)
 
 
 def test_cli_report_sts_end_to_end(

@@ -2,8 +2,10 @@
 
 Every ``plot_*`` function takes data (a path or loaded records / arrays), builds a fresh
 :class:`matplotlib.figure.Figure` (no ``pyplot`` state, no backend switch: nothing global
-changes), returns it, and also writes a PNG when ``out`` is given (atomically: temp file +
-rename). Install the extra with ``pip install 'textcl[plot]'``.
+changes), returns it, and also writes a PNG when ``out`` is given (atomically, through
+:mod:`textcl.io`). Plots draw: they never run a model (the similarities of
+:func:`plot_similarity_distribution` come from
+:func:`textcl.evaluation.runs.pair_cosine_similarities`). Install the extra with ``pip install 'textcl[plot]'``.
 
 - :func:`plot_training_curves` — loss, STS-B dev Spearman, alignment and uniformity against
   the step, from a run's ``metrics.jsonl``.
@@ -14,8 +16,7 @@ rename). Install the extra with ``pip install 'textcl[plot]'``.
 - :func:`plot_similarity_distribution` — cosine similarities of positive pairs vs random
   pairs (anisotropy: a squeezed, high random-pair distribution).
 
-Data helpers that need no matplotlib: :func:`read_metrics`, :func:`metric_series`,
-:func:`pair_cosine_similarities`.
+Data helpers that need no matplotlib: :func:`read_metrics`, :func:`metric_series`.
 """
 
 from __future__ import annotations
@@ -23,20 +24,19 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from textcl.errors import CorruptFileError
+from textcl.io import PathLike, atomic_write_bytes
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from textcl.encoder import SentenceEncoder
-
-PathLike = str | os.PathLike[str]
 MetricsSource = PathLike | Iterable[Mapping[str, Any]]
 
 TRAINING_CURVES: tuple[tuple[str, str, str], ...] = (
@@ -75,18 +75,8 @@ def new_figure(width: float, height: float) -> Figure:
 
 
 def save_figure(fig: Figure, path: PathLike, dpi: int = DEFAULT_DPI) -> Path:
-    """Write ``fig`` as a PNG to ``path`` atomically (temp file in the same folder + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=dpi)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``fig`` as a PNG to ``path`` atomically (:func:`textcl.io.atomic_write_bytes`)."""
+    return atomic_write_bytes(path, figure_to_png_bytes(fig, dpi))
 
 
 def figure_to_png_bytes(fig: Figure, dpi: int = DEFAULT_DPI) -> bytes:
@@ -109,8 +99,9 @@ def read_metrics(path: PathLike) -> list[dict[str, Any]]:
     """Read a run's ``metrics.jsonl``: one JSON object per line, blank lines skipped.
 
     Each record must be an object with an ``"event"`` (string) and an integer ``"step"``.
-    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` naming the file and
-    line number for a malformed line.
+    Raises ``FileNotFoundError`` for a missing file and
+    :class:`~textcl.errors.CorruptFileError` (a ``ValueError``) naming the file and line
+    number for a malformed line.
     """
     path = Path(path)
     if path.is_dir():
@@ -125,10 +116,13 @@ def read_metrics(path: PathLike) -> list[dict[str, Any]]:
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(
+                raise CorruptFileError(
                     f"{path}:{lineno}: not valid JSON ({e.msg}): {line[:80]!r}"
                 ) from None
-            _check_record(rec, f"{path}:{lineno}")
+            try:
+                _check_record(rec, f"{path}:{lineno}")
+            except ValueError as e:
+                raise CorruptFileError(str(e)) from None
             records.append(rec)
     return records
 
@@ -442,38 +436,3 @@ def plot_similarity_distribution(
     ax.grid(True, alpha=0.3)
     ax.set_title(title or "cosine similarity: positive vs random pairs", fontsize=10)
     return _finish(fig, out)
-
-
-def pair_cosine_similarities(
-    encoder: SentenceEncoder,
-    sentences_a: Sequence[str],
-    sentences_b: Sequence[str],
-    batch_size: int = 64,
-    seed: int = 0,
-    max_length: int | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Cosine similarities ``(pos, rand)`` for :func:`plot_similarity_distribution`.
-
-    ``pos[i] = cos(a_i, b_i)`` for the given pairs; ``rand`` pairs sentences of different
-    pairs: ``cos(a_{π(i)}, b_{π(i+1)})`` for a seeded random permutation ``π`` (so never a
-    sentence with its own partner). Both have one value per pair (shape ``(n,)``).
-    """
-    from textcl.encoder import check_texts
-
-    a = check_texts(sentences_a, "sentences_a")
-    b = check_texts(sentences_b, "sentences_b")
-    if len(a) != len(b):
-        raise ValueError(f"sentences_a has {len(a)} items but sentences_b has {len(b)}")
-    if len(a) < 2:
-        raise ValueError("need at least 2 pairs to form random pairs")
-    unique = list(dict.fromkeys([*a, *b]))
-    index = {s: i for i, s in enumerate(unique)}
-    emb = encoder.encode(unique, batch_size=batch_size, normalize=True, max_length=max_length)
-    emb = np.asarray(emb, dtype=np.float64)
-    emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-    ia = np.array([index[s] for s in a])
-    ib = np.array([index[s] for s in b])
-    pos = np.einsum("ij,ij->i", emb[ia], emb[ib])
-    perm = np.random.default_rng(seed).permutation(len(a))
-    rand = np.einsum("ij,ij->i", emb[ia[perm]], emb[ib[np.roll(perm, -1)]])
-    return pos, rand

@@ -2,11 +2,16 @@
 
 Reads the run folder's fixed formats — ``config.json``, ``metrics.jsonl`` (train and eval
 events), ``checkpoints/step-*/``, ``best/``, ``final/`` — plus optional STS results JSON
-files (``textcl eval --output``), and writes one HTML file with every picture embedded as
+files (``textcl eval --output``, ``textcl report --sts``), and writes one HTML file with every picture embedded as
 a base64 PNG: the config, a summary, the eval metrics table, the training curves, the
 alignment-uniformity trajectory of the evaluated checkpoints, the STS table and, when the
 results carry predictions, the predicted-vs-gold scatter plots. Sections without data say
 so instead of failing.
+
+The report renders what is stored, as stored: textcl stores correlations ×100 (STS results,
+``stsb_dev_spearman``) and every eval record names the scale of its metrics (``scales``);
+no value is rescaled by guessing. Evaluating a model now is
+:func:`textcl.evaluation.runs.evaluate_run`'s job, not the report's.
 """
 
 from __future__ import annotations
@@ -16,28 +21,24 @@ import datetime as _dt
 import html
 import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from textcl.plots import PathLike, read_metrics
+from textcl.errors import CorruptFileError
+from textcl.io import PathLike, atomic_write_text, read_json
+from textcl.plots import read_metrics
 
 RESULTS_FILENAMES: tuple[str, ...] = ("sts_results.json",)
 """STS results files picked up from the run folder when no ``results`` are given (not
 ``results.json``: that is the trainer's end-of-run summary, another format)."""
 
-POSITIVE_MIN_SCORE = 4.0
-"""STS-B pairs with a gold score at least this high are the "positive pairs" of the
-similarity-distribution plot (SimCSE, Gao et al. 2021, Section 5)."""
-
 EVAL_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("step", "step", "d"),
     ("epoch", "epoch", ".2f"),
     ("time", "time (s)", ".1f"),
-    ("stsb_dev_spearman", "STS-B dev Spearman ×100", ".2f"),
+    ("stsb_dev_spearman", "STS-B dev Spearman", ".2f"),
     ("alignment", "alignment", ".4f"),
     ("uniformity", "uniformity", ".4f"),
 )
@@ -69,25 +70,11 @@ class RunData:
         return [by_step[s] for s in sorted(by_step)]
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        with path.open(encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON (line {e.lineno}): {e.msg}") from None
-
-
-UNIX_TIME_MIN = 1e9
-"""A ``time`` at least this large (2001-09-09 as a Unix timestamp) is a timestamp, not an
-elapsed time: no run lasts 31 years."""
-
-
 def relative_times(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Records with Unix-timestamp ``time`` values (what textcl's trainer writes) turned into
-    seconds since the first logged record; records already holding elapsed seconds (every
-    ``time`` below :data:`UNIX_TIME_MIN`) are returned unchanged."""
+    """Records with their ``time`` (the Unix timestamp textcl's trainer writes) turned into
+    seconds since the first logged record."""
     times = [float(r["time"]) for r in records if _is_number(r.get("time"))]
-    if not times or max(times) < UNIX_TIME_MIN:
+    if not times:
         return records
     t0 = min(times)
     return [{**r, "time": r["time"] - t0} if _is_number(r.get("time")) else r for r in records]
@@ -107,9 +94,9 @@ def load_run(run_dir: PathLike) -> RunData:
         raise FileNotFoundError(f"{run_dir} has no metrics.jsonl: not a textcl training run")
     config = None
     if (run_dir / "config.json").is_file():
-        config = _read_json(run_dir / "config.json")
+        config = read_json(run_dir / "config.json", "run config")
         if not isinstance(config, dict):
-            raise ValueError(f"{run_dir / 'config.json'}: expected a JSON object")
+            raise CorruptFileError(f"{run_dir / 'config.json'}: expected a JSON object")
     ckpt_root = run_dir / "checkpoints"
     checkpoints = (
         sorted(p for p in ckpt_root.glob("step-*") if p.is_dir()) if ckpt_root.is_dir() else []
@@ -133,7 +120,7 @@ def load_sts_results(path: PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"STS results file not found: {path}")
-    data = _read_json(path)
+    data = read_json(path, "STS results")
     check_sts_results(data, str(path))
     return dict(data)
 
@@ -202,10 +189,20 @@ def _note(text: str) -> str:
     return f'<p class="note">{_esc(text)}</p>'
 
 
-def _sts_scale(results: Mapping[str, Any]) -> float:
-    """×100 for results stored as fractions (|average| <= 1), ×1 for results already ×100."""
-    vals = [t["spearman"] for t in results["tasks"].values()]
-    return 100.0 if max(abs(float(v)) for v in vals) <= 1.0 else 1.0
+def metric_label(key: str, records: Sequence[Mapping[str, Any]], name: str | None = None) -> str:
+    """``name`` (default: the eval table's header of ``key``) with the scale the records
+    declare for ``key`` (``scales``: ``×100`` for 100); no suffix when none is declared."""
+    if name is None:
+        name = next((h for k, h, _ in EVAL_COLUMNS if k == key), key)
+    scales = {
+        float(r["scales"][key])
+        for r in records
+        if isinstance(r.get("scales"), Mapping) and _is_number(r["scales"].get(key))
+    }
+    if len(scales) != 1:
+        return name if not scales else f"{name} (mixed scales)"
+    scale = scales.pop()
+    return name if scale == 1 else f"{name} ×{scale:g}"
 
 
 # ---------------------------------------------------------------------- summary
@@ -219,7 +216,20 @@ def run_summary(run: RunData) -> dict[str, Any]:
     if evals:
         flagged = [r for r in evals if r.get("best") is True]
         best = flagged[-1] if flagged else max(evals, key=lambda r: r["stsb_dev_spearman"])
+    primary = next(
+        (
+            r["primary_metric"]
+            for r in reversed(run.eval_records)
+            if isinstance(r.get("primary_metric"), str)
+        ),
+        None,
+    )
+    flagged_all = [r for r in run.eval_records if r.get("best") is True]
+    best_primary = flagged_all[-1] if primary and flagged_all else None
     return {
+        "primary_metric": primary,
+        "best_primary": best_primary.get(primary) if best_primary and primary else None,
+        "best_primary_step": int(best_primary["step"]) if best_primary else None,
         "last_step": int(last["step"]) if last else None,
         "last_epoch": last.get("epoch") if last else None,
         "wall_time_s": max(
@@ -237,6 +247,7 @@ def run_summary(run: RunData) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------- sections
 def _summary_section(run: RunData, s: Mapping[str, Any]) -> str:
+    sts = metric_label("stsb_dev_spearman", run.eval_records)
     rows = [
         ("last step", _fmt(s["last_step"], "d")),
         ("epochs", _fmt(s["last_epoch"], ".2f")),
@@ -248,18 +259,32 @@ def _summary_section(run: RunData, s: Mapping[str, Any]) -> str:
             else "not logged",
         ),
         (
-            "best STS-B dev Spearman ×100",
+            f"best {sts}",
             f"{_fmt(s['best_dev_spearman'], '.2f')} (step {s['best_step']})"
             if s["best_dev_spearman"] is not None
             else "not logged",
         ),
         (
-            "last STS-B dev Spearman ×100",
+            f"last {sts}",
             _fmt(s["last_dev_spearman"], ".2f")
             if s["last_dev_spearman"] is not None
             else "not logged",
         ),
         ("train / eval events", f"{s['n_train_events']} / {s['n_eval_events']}"),
+    ]
+    if s["primary_metric"] not in (None, "stsb_dev_spearman"):
+        # best/ was chosen by the evaluator's own primary metric
+        value = s["best_primary"]
+        rows.insert(
+            4,
+            (
+                f"best {metric_label(s['primary_metric'], run.eval_records)} (picks best/)",
+                f"{_fmt(value)} (step {s['best_primary_step']})"
+                if value is not None
+                else "not logged",
+            ),
+        )
+    rows += [
         ("checkpoints", ", ".join(p.name for p in run.checkpoints) or "none"),
         (
             "best/ and final/",
@@ -287,7 +312,7 @@ def _eval_section(run: RunData) -> str:
         return out + _note("No eval events in metrics.jsonl.")
     cols = [c for c in EVAL_COLUMNS if any(c[0] in r for r in evals)]
     missing = [c[1] for c in EVAL_COLUMNS if c not in cols]
-    headers = [c[1] for c in cols] + ["best"]
+    headers = [metric_label(c[0], evals, c[1]) for c in cols] + ["best"]
     rows = []
     for r in evals:
         cells = [_esc(_fmt(r.get(k), spec)) for k, _, spec in cols]
@@ -349,21 +374,16 @@ def _alignment_section(run: RunData) -> str:
             points,
             connect=True,
             title="checkpoints in training order",
-            score_label="STS-B dev Spearman ×100",
+            score_label=metric_label("stsb_dev_spearman", evals),
         ),
         "alignment-uniformity trajectory (arrows: training order)",
     )
 
 
 def _average(res: Mapping[str, Any]) -> Mapping[str, Any]:
-    """The results' average as ``{"spearman", "pearson"}``: ``"average"`` is either that
-    mapping or a number (:func:`textcl.evaluation.evaluate_sts`, with ``"average_pearson"``)."""
-    avg = res.get("average")
-    if isinstance(avg, Mapping):
-        return avg
-    if _is_number(avg):
-        return {"spearman": avg, "pearson": res.get("average_pearson")}
-    return {}
+    """The results' average as ``{"spearman", "pearson"}`` (what
+    :func:`textcl.evaluation.evaluate_sts` writes: ``"average"``, ``"average_pearson"``)."""
+    return {"spearman": res.get("average"), "pearson": res.get("average_pearson")}
 
 
 def _sts_section(results: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
@@ -382,19 +402,15 @@ def _sts_section(results: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
         sp, pe, n = [], [], ""
         for _, res in results:
             d = res["tasks"].get(t, {})
-            scale = _sts_scale(res)
-            sp.append(_fmt(d["spearman"] * scale, ".2f") if _is_number(d.get("spearman")) else "")
-            pe.append(_fmt(d["pearson"] * scale, ".2f") if _is_number(d.get("pearson")) else "")
+            sp.append(_fmt(d["spearman"], ".2f") if _is_number(d.get("spearman")) else "")
+            pe.append(_fmt(d["pearson"], ".2f") if _is_number(d.get("pearson")) else "")
             n = n or _fmt(d.get("n_pairs"), "d")
         rows.append([_esc(t), *map(_esc, sp), *map(_esc, pe), _esc(n)])
     avg_sp, avg_pe = [], []
     for _, res in results:
         avg = _average(res)
-        scale = _sts_scale(res)
-        avg_sp.append(
-            _fmt(avg["spearman"] * scale, ".2f") if _is_number(avg.get("spearman")) else ""
-        )
-        avg_pe.append(_fmt(avg["pearson"] * scale, ".2f") if _is_number(avg.get("pearson")) else "")
+        avg_sp.append(_fmt(avg["spearman"], ".2f") if _is_number(avg.get("spearman")) else "")
+        avg_pe.append(_fmt(avg["pearson"], ".2f") if _is_number(avg.get("pearson")) else "")
     if any(avg_sp):
         rows.append([f"<b>{_esc('average')}</b>", *map(_esc, avg_sp), *map(_esc, avg_pe), ""])
     out += _table(headers, rows, "num")
@@ -491,18 +507,6 @@ def render_report_html(
     return "\n".join(p for p in parts if p) + "\n"
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_report(
     run_dir: PathLike,
     output: PathLike | None = None,
@@ -515,7 +519,8 @@ def write_report(
 
     ``results``: STS results files or ``(name, results dict)`` pairs; ``None`` picks up
     :data:`RESULTS_FILENAMES` from the run folder. ``similarity``: optional ``(pos, rand)``
-    cosine arrays (see :func:`textcl.plots.pair_cosine_similarities`). Returns the path.
+    cosine arrays (see :func:`textcl.evaluation.runs.pair_cosine_similarities`). Returns
+    the path.
     """
     run = load_run(run_dir)
     loaded: list[tuple[str, Mapping[str, Any]]] = []
@@ -527,67 +532,5 @@ def write_report(
             loaded.append((Path(src).name, load_sts_results(src)))
     text = render_report_html(run, loaded, similarity, similarity_source, title)
     out = Path(output) if output is not None else run.run_dir / "report.html"
-    _write_text_atomic(out, text)
+    atomic_write_text(out, text)
     return out
-
-
-def evaluate_run(
-    run: RunData | PathLike,
-    tasks: str | Sequence[str] = ("stsb",),
-    split: str = "test",
-    data_dir: PathLike | None = None,
-    batch_size: int = 64,
-    output: PathLike | None = None,
-) -> tuple[Path, tuple[Any, Any], str]:
-    """Evaluate the run's ``best/`` (else ``final/``) encoder on STS now.
-
-    ``run``: a :class:`RunData` or a run folder. ``tasks`` / ``split`` / ``data_dir`` /
-    ``batch_size`` go to :func:`textcl.evaluation.evaluate_sts`.
-
-    Writes the results (with predictions) to ``output`` (default ``RUN_DIR/sts_results.json``)
-    and computes the positive-vs-random cosine similarities on the STS-B pairs of ``split``
-    with a gold score >= 4 (SimCSE's "positive pairs"). Returns ``(results path, (pos, rand),
-    description)``.
-    """
-    from textcl.encoder import SentenceEncoder
-    from textcl.evaluation import evaluate_sts
-    from textcl.evaluation.data import load_sts_task
-    from textcl.plots import pair_cosine_similarities
-
-    if not isinstance(run, RunData):
-        run = load_run(run)
-    model_dir = run.best_dir or run.final_dir
-    if model_dir is None:
-        raise FileNotFoundError(
-            f"{run.run_dir} has neither best/ nor final/: no trained encoder to evaluate"
-        )
-    encoder = SentenceEncoder.load(model_dir)
-    model_name = f"{run.run_dir.name}/{model_dir.name}"
-    results = evaluate_sts(
-        encoder,
-        tasks=tasks if isinstance(tasks, str) else list(tasks),
-        split=split,
-        data_dir=data_dir,
-        batch_size=batch_size,
-        return_predictions=True,
-        model_name=model_name,
-    )
-    out = Path(output) if output is not None else run.run_dir / RESULTS_FILENAMES[0]
-    _write_text_atomic(out, json.dumps(results, indent=2) + "\n")
-
-    # STS-B has test/dev/train; any other split name (SICK-R's "all") reads STS-B test.
-    stsb = load_sts_task("stsb", split if split in ("test", "dev", "train") else "test", data_dir)
-    keep = stsb.scores >= POSITIVE_MIN_SCORE
-    if int(keep.sum()) < 2:
-        raise ValueError(
-            f"STS-B {stsb.split} has {int(keep.sum())} pairs with gold score >= "
-            f"{POSITIVE_MIN_SCORE:g}; need at least 2 for the similarity distribution"
-        )
-    a = [s for s, k in zip(stsb.sentences1, keep, strict=True) if k]
-    b = [s for s, k in zip(stsb.sentences2, keep, strict=True) if k]
-    sims = pair_cosine_similarities(encoder, a, b, batch_size=batch_size)
-    source = (
-        f"{model_name} on STS-B {stsb.split}: {len(a)} pairs with gold score >= "
-        f"{POSITIVE_MIN_SCORE:g} vs random pairs"
-    )
-    return out, sims, source

@@ -7,6 +7,7 @@ import csv
 import hashlib
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,7 +17,14 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from tests.evaluation._synth import patch_counts, write_stsb
-from textcl.evaluation.alignment import alignment, alignment_uniformity, uniformity
+from textcl.evaluation.alignment import (
+    POSITIVE_THRESHOLD,
+    alignment,
+    alignment_uniformity,
+    positive_mask,
+    uniformity,
+)
+from textcl.evaluation.runs import pair_cosine_similarities
 
 
 def _unit(v: np.ndarray) -> list[float]:
@@ -196,3 +204,37 @@ def test_alignment_uniformity_with_sentence_encoder(
     a = tiny_encoder.encode([r[5] for r in pos])
     b = tiny_encoder.encode([r[6] for r in pos])
     assert out["alignment"] == pytest.approx(alignment(a, b), abs=1e-5)
+
+
+def test_pair_cosine_similarities_match_numpy(tiny_encoder: Any, sentences: list[str]) -> None:
+    a, b = sentences[:8], sentences[8:]
+    pos, rand = pair_cosine_similarities(tiny_encoder, a, b, seed=3)
+    ea = tiny_encoder.encode(a)
+    eb = tiny_encoder.encode(b)
+    ea = ea / np.linalg.norm(ea, axis=1, keepdims=True)
+    eb = eb / np.linalg.norm(eb, axis=1, keepdims=True)
+    np.testing.assert_allclose(pos, (ea * eb).sum(1), atol=1e-5)
+    perm = np.random.default_rng(3).permutation(8)
+    want = [ea[perm[i]] @ eb[perm[(i + 1) % 8]] for i in range(8)]
+    np.testing.assert_allclose(rand, want, atol=1e-5)
+    # Random pairs never pair a sentence with its own partner.
+    assert all(perm[i] != perm[(i + 1) % 8] for i in range(8))
+    with pytest.raises(ValueError, match="8 items but sentences_b has 7"):
+        pair_cosine_similarities(tiny_encoder, a, b[:7])
+
+
+def test_one_positive_threshold_for_alignment_and_report() -> None:
+    """SimCSE's positives are pairs "above 4": a gold score of exactly 4 is not one, for
+    alignment and the report's similarity plot alike (the report used to take >= 4)."""
+    assert POSITIVE_THRESHOLD == 4.0
+    np.testing.assert_array_equal(
+        positive_mask([3.9, 4.0, 4.0001, 5.0]), [False, False, True, True]
+    )
+    import inspect
+
+    from textcl import report
+    from textcl.evaluation import runs
+
+    assert "positive_mask" in inspect.getsource(runs.evaluate_run)
+    assert ">=" not in inspect.getsource(runs.evaluate_run)
+    assert "POSITIVE" not in inspect.getsource(report)  # the report no longer decides it

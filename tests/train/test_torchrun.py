@@ -92,8 +92,7 @@ def test_two_process_training_equals_one_process(
         json.loads(x)["loss"] for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()
     ]
     assert log("one") == pytest.approx(log("two"), rel=1e-5)
-    state = torch.load(
-        tmp_path / "two" / "checkpoints" / "step-00000003" / "trainer_state.pt",
-        weights_only=False,
-    )
-    assert state["world_size"] == 2 and len(state["ranks"]) == 2
+    from textcl.train.state import load_checkpoint_state
+
+    state = load_checkpoint_state(tmp_path / "two" / "checkpoints" / "step-00000003")
+    assert state["fingerprint"]["world_size"] == 2 and len(state["ranks"]) == 2

@@ -50,10 +50,10 @@ def run(args: argparse.Namespace) -> int:
     similarity = None
     source = ""
     if args.sts:
-        from textcl.report import evaluate_run
+        from textcl.evaluation.runs import evaluate_run
 
         res_path, similarity, source = evaluate_run(
-            run_data,
+            run_data.run_dir,
             tasks=[t.strip() for t in args.tasks.split(",") if t.strip()],
             split=args.split,
             data_dir=args.data,

@@ -255,11 +255,12 @@ def plan_epoch(
         hashes: ``(N,)`` one hash per item; items with equal hashes never share a batch.
         batch_size: items per batch (>= 2: a contrastive batch needs negatives).
         seed, epoch: the permutation is a function of both (reshuffled each epoch).
-        drop_last: drop a final batch smaller than ``batch_size``.
+        drop_last: drop every batch smaller than ``batch_size`` (the last one, and those
+            that deferred duplicates left short): then every batch is full.
 
     Returns a list of batches (lists of item indices). Each item appears exactly once,
     except that batches of a single item are dropped (they have no negatives) and, with
-    ``drop_last``, the incomplete last batch. A deferred duplicate joins the first later
+    ``drop_last``, every incomplete batch. A deferred duplicate joins the first later
     batch that does not contain its text.
     """
     if batch_size < 2:
@@ -307,6 +308,8 @@ def plan_epoch(
             flush()  # what is left duplicates this batch's texts: start a new batch
     if current:
         flush()
-    if drop_last and batches and len(batches[-1]) < batch_size:
-        batches.pop()
+    if drop_last:
+        # Deferred duplicates can leave short batches before the end (e.g. 4,4,3,2,4):
+        # with drop_last every batch is full (torchrun splits each evenly over ranks).
+        return [b for b in batches if len(b) == batch_size]
     return [b for b in batches if len(b) >= 2]

@@ -31,7 +31,13 @@ from textcl.evaluation.data import PathLike, load_sts_task
 from textcl.evaluation.sts import encode_unique
 
 POSITIVE_THRESHOLD = 4.0
-"""SimCSE: STS-B dev pairs with a gold score above this are the positive pairs."""
+"""SimCSE: STS-B pairs with a gold score above this (strictly) are the positive pairs, for
+alignment and for the report's positive-vs-random similarity plot alike."""
+
+
+def positive_mask(scores: Any, threshold: float = POSITIVE_THRESHOLD) -> np.ndarray:
+    """Which pairs are positives: gold score ``> threshold`` (SimCSE's "above 4")."""
+    return np.asarray(scores, dtype=np.float64) > threshold
 
 
 def _as_matrix(z: Any, name: str) -> np.ndarray:
@@ -155,7 +161,7 @@ def alignment_uniformity(
     task = load_sts_task("stsb", "dev", data_dir)
     s1, s2 = task.sentences1, task.sentences2
     scores = task.scores
-    positive = np.flatnonzero(scores > threshold)
+    positive = np.flatnonzero(positive_mask(scores, threshold))
     if positive.size == 0:
         raise ValueError(f"STS-B dev ({task.source}): no pair with a gold score above {threshold}")
     sentences, index = _unique([*s1, *s2])

@@ -12,6 +12,7 @@ from textcl.pooling import HEAD_MODES, POOLING_STRATEGIES
 
 OBJECTIVES = ("unsup", "sup")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+REPORT_TO = ("auto", "none", "tensorboard", "wandb")
 
 
 @dataclass
@@ -76,6 +77,12 @@ class TrainConfig:
     compile: bool = False
     """``torch.compile`` the transformer (opt-in)."""
     drop_last: bool = False
+    overwrite: bool = False
+    """Start a new run in a folder that holds another run: its checkpoints, best/, final/
+    and logs are removed first (without it, such a folder is refused)."""
+    report_to: str = "auto"
+    """Experiment tracker: ``auto`` (TensorBoard when installed), ``tensorboard``,
+    ``wandb`` (offline with ``WANDB_MODE=offline``) or ``none``."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -90,6 +97,8 @@ class TrainConfig:
             raise bad("pooling", f"expected one of {', '.join(POOLING_STRATEGIES)}")
         if self.head not in HEAD_MODES:
             raise bad("head", f"expected one of {', '.join(HEAD_MODES)}")
+        if self.report_to not in REPORT_TO:
+            raise bad("report_to", f"expected one of {', '.join(REPORT_TO)}")
         if self.precision not in PRECISIONS:
             raise bad("precision", f"expected one of {', '.join(PRECISIONS)}")
         if not self.temperature > 0:
@@ -145,8 +154,9 @@ class TrainConfig:
 
     def save(self, path: str | os.PathLike[str], **extra: Any) -> None:
         """Write the config (plus ``extra`` keys such as step and metrics) as JSON."""
-        payload = {"config": self.to_dict(), **extra}
-        Path(path).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        from textcl.io import write_json
+
+        write_json(path, {"config": self.to_dict(), **extra})
 
 
 def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -7,28 +7,35 @@ One :class:`Trainer` runs one :class:`TrainConfig`:
   duplicate text inside a batch;
 * step: views -> encoder (autocast) -> InfoNCE -> backward (optionally through the gradient
   cache) -> clip -> AdamW -> linear schedule;
-* every ``eval_steps``: STS-B dev Spearman, alignment and uniformity; the best model is kept
-  in ``OUTPUT_DIR/best``;
+* every ``eval_steps``: the evaluator (default: STS-B dev Spearman, alignment and
+  uniformity); the best model by its primary metric is kept in ``OUTPUT_DIR/best``;
+* one run state, :class:`~textcl.train.state.TrainerState` (step, log history, best metric
+  and step, elapsed seconds), behind :class:`TrainResult`, ``results.json`` and
+  ``metrics.jsonl``;
 * checkpoints ``OUTPUT_DIR/checkpoints/step-XXXXXXXX/`` written atomically with the model,
-  optimizer, scheduler, scaler, RNG and view states; ``resume`` continues exactly;
+  the run state, optimizer, scheduler, scaler, RNG and view states as safetensors + JSON
+  (never a pickle), each file's sha256 recorded; ``resume`` checks them and the run's
+  fingerprint, then continues exactly;
+* the run folder belongs to one run: rank 0 holds its lock for the whole run, a new run
+  does not start over another run's checkpoints (``overwrite`` clears them);
 * ``OUTPUT_DIR/metrics.jsonl`` (one JSON object per line, ``event`` = ``train``/``eval``),
-  a tqdm bar, and TensorBoard scalars under ``OUTPUT_DIR/tb`` when tensorboard is installed.
+  a tqdm bar, and a tracker (``report_to``: TensorBoard under ``OUTPUT_DIR/tb``, wandb).
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 import logging
 import math
 import os
 import random
 import shutil
-import tempfile
 import time
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -47,25 +54,112 @@ from textcl.distributed import (
     sync_gradients,
 )
 from textcl.encoder import SentenceEncoder, TokenBatch, autocast_context
+from textcl.errors import CorruptFileError, FolderConflictError, InputError
+from textcl.io import (
+    FolderLock,
+    atomic_dir,
+    atomic_write_text,
+    dumps_json,
+    read_json,
+    remove_stale_tmp,
+    sha256_file,
+    write_json,
+)
 from textcl.losses import InfoNCE
 from textcl.train.config import TrainConfig
+from textcl.train.state import (
+    LEGACY_STATE_FILE,
+    STATE_JSON,
+    TrainerState,
+    load_checkpoint_state,
+    rng_state,
+    save_checkpoint_state,
+    set_rng_state,
+)
 from textcl.views import bind_view, build_view
 from textcl.views.base import View
 
 logger = logging.getLogger(__name__)
 
-Evaluator = Callable[[SentenceEncoder], dict[str, float]]
-"""Maps an encoder to metrics, e.g. ``{"stsb_dev_spearman": 76.1, "alignment": ...}``."""
-
 BEST_METRIC = "stsb_dev_spearman"
+"""The primary metric of :func:`sts_dev_evaluator` (and of plain-callable evaluators)."""
 CHECKPOINTS = "checkpoints"
-STATE_FILE = "trainer_state.pt"
+STATE_FILE = STATE_JSON
 METRICS_FILE = "metrics.jsonl"
+RUN_OUTPUTS = (CHECKPOINTS, "best", "final", METRICS_FILE, "results.json", "tb", "config.json")
+"""What a run writes in its folder (``overwrite`` removes exactly these)."""
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".ckpt")
+
+RESUMABLE_FIELDS = (
+    "output_dir",
+    "max_steps",
+    "epochs",
+    "eval_steps",
+    "eval_at_start",
+    "eval_batch_size",
+    "save_steps",
+    "save_total_limit",
+    "logging_steps",
+    "data_dir",
+    "device",
+    "report_to",
+    "overwrite",
+    "train_file",
+    "model",
+    "compile",
+    "precision",
+    "grad_cache_chunk",
+    "num_workers",
+)
+"""Config fields that may change on ``--resume`` (cadence, length, where and how it runs).
+``model`` and ``train_file`` may be moved: their content is checked (weights hash, data
+identity) instead of their path."""
+
+
+@runtime_checkable
+class Evaluator(Protocol):
+    """Maps an encoder to metrics, e.g. ``{"stsb_dev_spearman": 76.1, "alignment": ...}``,
+    and declares which metric picks the best checkpoint.
+
+    A plain callable ``encoder -> metrics`` works too: its primary metric is
+    :data:`BEST_METRIC` (greater is better), and it must return it.
+    """
+
+    primary_metric: str
+    greater_is_better: bool
+
+    def __call__(self, encoder: SentenceEncoder) -> Mapping[str, float]: ...
+
+
+EvaluatorLike = Evaluator | Callable[[SentenceEncoder], Mapping[str, float]]
+
+
+class MetricEvaluator:
+    """Wrap a plain ``encoder -> metrics`` callable with its primary metric and direction.
+
+    ``MetricEvaluator(my_eval, "val_loss", greater_is_better=False)``; ``scales`` says
+    how each stored value is scaled (e.g. ``{"stsb_dev_spearman": 100}``: ×100).
+    """
+
+    def __init__(
+        self,
+        fn: Callable[[SentenceEncoder], Mapping[str, float]],
+        primary_metric: str,
+        greater_is_better: bool = True,
+        scales: Mapping[str, float] | None = None,
+    ) -> None:
+        self.fn = fn
+        self.primary_metric = primary_metric
+        self.greater_is_better = greater_is_better
+        self.scales = dict(scales or {})
+
+    def __call__(self, encoder: SentenceEncoder) -> Mapping[str, float]:
+        return self.fn(encoder)
 
 
 @dataclass
 class TrainResult:
-    """What a finished run produced."""
+    """What a finished run produced (from its :class:`TrainerState`)."""
 
     output_dir: Path
     steps: int
@@ -75,11 +169,22 @@ class TrainResult:
     final_metrics: dict[str, float] | None
     start_metrics: dict[str, float] | None = None
     """Metrics of the starting model (with ``eval_at_start``)."""
+    state: TrainerState | None = None
+    """The run state the result was read from."""
 
 
-def sts_dev_evaluator(data_dir: str | None = None, batch_size: int = 128) -> Evaluator:
+def _numbers(record: Mapping[str, Any] | None) -> dict[str, float] | None:
+    if record is None:
+        return None
+    return {
+        k: v for k, v in record.items() if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+
+
+def sts_dev_evaluator(data_dir: str | None = None, batch_size: int = 128) -> MetricEvaluator:
     """The SimCSE protocol's evaluator: STS-B dev Spearman (x100, cosine, ``all``), plus
-    alignment and uniformity (Wang & Isola 2020) on STS-B dev."""
+    alignment and uniformity (Wang & Isola 2020) on STS-B dev. Primary metric:
+    ``stsb_dev_spearman`` (greater is better)."""
 
     def evaluate(encoder: SentenceEncoder) -> dict[str, float]:
         from textcl.evaluation import evaluate_sts
@@ -103,7 +208,9 @@ def sts_dev_evaluator(data_dir: str | None = None, batch_size: int = 128) -> Eva
         metrics.update({k: float(v) for k, v in au.items()})
         return metrics
 
-    return evaluate
+    return MetricEvaluator(
+        evaluate, BEST_METRIC, greater_is_better=True, scales={BEST_METRIC: 100.0}
+    )
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -117,32 +224,6 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "fp32"
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
-def _rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -150,12 +231,39 @@ def seed_everything(seed: int) -> None:
 
 
 def find_latest_checkpoint(output_dir: str | os.PathLike[str]) -> Path | None:
-    """The newest complete ``step-XXXXXXXX`` checkpoint under ``output_dir``, or None."""
+    """The newest ``step-XXXXXXXX`` checkpoint under ``output_dir``, or None (checkpoint
+    folders appear complete or not at all: they are written atomically). An old-format
+    checkpoint is returned too: resuming from it fails with a clear message."""
     root = Path(output_dir) / CHECKPOINTS
     if not root.is_dir():
         return None
-    done = [p for p in root.glob("step-*") if (p / STATE_FILE).is_file()]
-    return max(done, key=lambda p: int(p.name.split("-")[1])) if done else None
+    done = [
+        p
+        for p in root.glob("step-*")
+        if _step_of(p) is not None
+        and ((p / STATE_JSON).is_file() or (p / LEGACY_STATE_FILE).is_file())
+    ]
+    return max(done, key=lambda p: _step_of(p) or 0) if done else None
+
+
+def _step_of(path: Path) -> int | None:
+    try:
+        return int(path.name.split("-", 1)[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def _weights_digest(model: str) -> str | None:
+    """sha256 over the weight files of a local model folder (None for a hub id)."""
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        return None
+    h = hashlib.sha256()
+    for p in sorted(path.rglob("*")):
+        if p.is_file() and p.suffix in WEIGHT_SUFFIXES:
+            h.update(p.relative_to(path).as_posix().encode() + b"\0")
+            h.update(sha256_file(p).encode())
+    return h.hexdigest()
 
 
 class Trainer:
@@ -164,7 +272,8 @@ class Trainer:
     Args:
         config: the run.
         evaluator: metrics for an encoder (default :func:`sts_dev_evaluator`); its
-            ``stsb_dev_spearman`` picks the best checkpoint.
+            ``primary_metric`` (``greater_is_better``) picks the best checkpoint; a plain
+            callable's primary metric is ``stsb_dev_spearman`` (greater is better).
         step_callback: called as ``step_callback(trainer, step)`` after each optimizer step
             (after logging, evaluation and checkpointing).
     """
@@ -173,7 +282,7 @@ class Trainer:
         self,
         config: TrainConfig,
         *,
-        evaluator: Evaluator | None = None,
+        evaluator: EvaluatorLike | None = None,
         step_callback: Callable[[Trainer, int], None] | None = None,
     ) -> None:
         config.validate()
@@ -185,7 +294,11 @@ class Trainer:
             raise ValueError("config field 'output_dir': give a folder for the run")
         self.config = config
         self.output_dir = Path(config.output_dir)
-        self.evaluator = evaluator or sts_dev_evaluator(config.data_dir, config.eval_batch_size)
+        self.evaluator: EvaluatorLike = evaluator or sts_dev_evaluator(
+            config.data_dir, config.eval_batch_size
+        )
+        self.primary_metric: str = getattr(self.evaluator, "primary_metric", BEST_METRIC)
+        self.greater_is_better = bool(getattr(self.evaluator, "greater_is_better", True))
         self.step_callback = step_callback
         # Under torchrun: one process per device, gloo on CPU / nccl on CUDA.
         self.env: DistEnv = init_distributed(config.device)
@@ -198,16 +311,62 @@ class Trainer:
                 f"config field 'batch_size': {config.batch_size} sentences cannot be split "
                 f"evenly over {self.world_size} processes"
             )
-        self.step = 0
-        self.epoch = 0
-        self.batch_in_epoch = 0
-        self.best_metric: float | None = None
-        self.best_step: int | None = None
-        self.last_metrics: dict[str, float] | None = None
+        self.state = TrainerState(
+            best_metric_name=self.primary_metric, greater_is_better=self.greater_is_better
+        )
+        self._trackers: list[Any] = []
+        self._paused = 0.0  # seconds of evaluation/checkpointing in the current log window
+        self._clock = time.perf_counter()
+        self._model_digest: str | None = None
+        self._data_sha256: str | None = None
         # Data is read (and checked) before the model is loaded: bad input fails fast.
         self.data = self._load_data()
         self.hashes = self._hashes()
+        distinct = len(np.unique(self.hashes))
+        if config.batch_size > distinct:
+            raise InputError(
+                f"config field 'batch_size': {config.batch_size} is more than the {distinct} "
+                f"distinct item(s) of {config.train_file}; a batch holds no duplicate, so "
+                f"lower batch_size to at most {distinct} or add data"
+            )
         self._plans: dict[int, list[list[int]]] = {}
+
+    # The run state lives in self.state; these read and write it.
+    @property
+    def step(self) -> int:
+        return self.state.step
+
+    @step.setter
+    def step(self, value: int) -> None:
+        self.state.step = value
+
+    @property
+    def epoch(self) -> int:
+        return self.state.epoch
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self.state.epoch = value
+
+    @property
+    def batch_in_epoch(self) -> int:
+        return self.state.batch_in_epoch
+
+    @batch_in_epoch.setter
+    def batch_in_epoch(self, value: int) -> None:
+        self.state.batch_in_epoch = value
+
+    @property
+    def best_metric(self) -> float | None:
+        return self.state.best_metric
+
+    @property
+    def best_step(self) -> int | None:
+        return self.state.best_step
+
+    @property
+    def last_metrics(self) -> dict[str, float] | None:
+        return self.state.last_metrics
 
     # ------------------------------------------------------------------ data
     def _load_data(self) -> Any:
@@ -240,7 +399,7 @@ class Trainer:
                 )
             }
             if not self._plans[epoch]:
-                raise ValueError(
+                raise InputError(
                     f"{self.config.train_file}: {len(self.hashes)} distinct item(s) cannot fill "
                     f"one batch of {self.config.batch_size}; lower batch_size"
                 )
@@ -392,6 +551,76 @@ class Trainer:
             )
         return value
 
+    # ------------------------------------------------------------------ run identity
+    def fingerprint(self) -> dict[str, Any]:
+        """What must not change when a run is resumed: the starting model (source and a
+        sha256 of its weight files), the training data's identity (items and a content
+        hash), the recipe and the number of processes. Stored in every checkpoint."""
+        cfg = self.config.to_dict()
+        recipe = {k: v for k, v in cfg.items() if k not in RESUMABLE_FIELDS}
+        return {
+            **recipe,
+            "model_weights_sha256": self._model_digest,
+            "data_items": len(self.hashes),
+            "data_sha256": self._data_digest(),
+            "world_size": self.world_size,
+        }
+
+    def _data_digest(self) -> str:
+        """sha256 of the training data's content (the corpus's per-sentence hashes; every
+        column of pairs), computed once."""
+        if self._data_sha256 is None:
+            if isinstance(self.data, TextCorpus):
+                raw = np.ascontiguousarray(self.hashes).tobytes()
+                self._data_sha256 = hashlib.sha256(raw).hexdigest()
+            else:
+                h = hashlib.sha256()
+                for i in range(len(self.data)):
+                    h.update("\x1f".join(self.data[i]).encode("utf-8") + b"\x1e")
+                self._data_sha256 = h.hexdigest()
+        return self._data_sha256
+
+    def _check_fingerprint(self, checkpoint: Path, stored: Any) -> None:
+        if not isinstance(stored, dict):
+            raise CorruptFileError(f"{checkpoint / STATE_JSON}: no run fingerprint")
+        now = self.fingerprint()
+        defaults = TrainConfig().to_dict()
+        changed = sorted(
+            k
+            for k in set(now) | set(stored)
+            if now.get(k) != stored.get(k)
+            # a config field added after the checkpoint was written, left at its default
+            and not (k not in stored and k in defaults and now[k] == defaults[k])
+        )
+        if changed:
+            what = "; ".join(f"{k}: {stored.get(k)!r} -> {now.get(k)!r}" for k in changed)
+            raise FolderConflictError(
+                f"{checkpoint}: cannot resume, the run changed ({what}). Resume with the "
+                "run's own model, data and recipe, or start a new run (--overwrite or "
+                "another --output-dir)"
+            )
+
+    def _claim_folder(self, resuming: bool) -> None:
+        """A new run may not start over another run's checkpoints (``overwrite`` clears
+        them); called with the folder's lock held."""
+        root = self.output_dir
+        found = [n for n in (CHECKPOINTS, "best", "final") if (root / n).exists()]
+        if CHECKPOINTS in found and not any((root / CHECKPOINTS).iterdir()):
+            found.remove(CHECKPOINTS)
+        if resuming or not found:
+            return
+        if not self.config.overwrite:
+            raise FolderConflictError(
+                f"{root}: holds another run ({', '.join(found)}); continue it with --resume, "
+                "clear it with --overwrite, or use another --output-dir"
+            )
+        for name in RUN_OUTPUTS:
+            path = root / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+
     # ------------------------------------------------------------------ checkpoints
     def _rank_state(self) -> dict[str, Any]:
         """What differs between ranks: RNG and view generator states."""
@@ -400,20 +629,17 @@ class Trainer:
             for name, v in (("view_a", self.view_a), ("view_b", self.view_b))
             if hasattr(v, "state_dict")
         }
-        return {"views": views, "rng": _rng_state()}
+        return {"views": views, "rng": rng_state()}
 
-    def _state(self, ranks: list[dict[str, Any]]) -> dict[str, Any]:
+    def _payload(self, ranks: list[dict[str, Any]]) -> dict[str, Any]:
+        self._sync_elapsed()
         return {
-            "step": self.step,
-            "epoch": self.epoch,
-            "batch_in_epoch": self.batch_in_epoch,
-            "best_metric": self.best_metric,
-            "best_step": self.best_step,
-            "last_metrics": self.last_metrics,
+            "state": self.state.to_dict(),
+            "fingerprint": self.fingerprint(),
+            "config": self.config.to_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "world_size": self.world_size,
             "ranks": ranks,
         }
 
@@ -440,7 +666,8 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> Path | None:
-        """Write ``checkpoints/step-XXXXXXXX`` atomically (rank 0); prune old ones.
+        """Write ``checkpoints/step-XXXXXXXX`` atomically (rank 0); prune this run's old
+        ones beyond ``save_total_limit``.
 
         Collective under torchrun: every rank calls it (rank 0 collects their RNG states).
         """
@@ -455,12 +682,9 @@ class Trainer:
             barrier(self.env)
             return None
         root = self.output_dir / CHECKPOINTS
-        root.mkdir(parents=True, exist_ok=True)
         target = root / f"step-{self.step:08d}"
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=root))
-        try:
+        with atomic_dir(target) as tmp:
             self.encoder.save(tmp / "model")
-            torch.save(self._state(ranks), tmp / STATE_FILE)
             self.config.save(
                 tmp / "config.json",
                 step=self.step,
@@ -469,42 +693,54 @@ class Trainer:
                 best_metric=self.best_metric,
                 best_step=self.best_step,
             )
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        done = sorted(
-            (p for p in root.glob("step-*") if (p / STATE_FILE).is_file()),
-            key=lambda p: int(p.name.split("-")[1]),
-        )
-        for old in done[: -self.config.save_total_limit]:
-            shutil.rmtree(old, ignore_errors=True)
+            save_checkpoint_state(tmp, self._payload(ranks))  # last: it lists the files
+        self._prune_checkpoints(root)
         barrier(self.env)
         return target
 
+    def _prune_checkpoints(self, root: Path) -> None:
+        mine: list[tuple[int, Path]] = []
+        for p in root.glob("step-*"):
+            step = _step_of(p)
+            if step is None or not (p / STATE_JSON).is_file():
+                continue
+            try:
+                run_id = read_json(p / STATE_JSON)["payload"]["state"]["run_id"]
+            except (CorruptFileError, KeyError, TypeError):
+                continue  # not ours to judge: leave it
+            if run_id == self.state.run_id:
+                mine.append((step, p))
+        mine.sort()
+        for _, old in mine[: -self.config.save_total_limit]:
+            shutil.rmtree(old, ignore_errors=True)
+
     def _load_state(self, checkpoint: Path) -> None:
-        state = torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=False)
-        self.step = int(state["step"])
-        self.epoch = int(state["epoch"])
-        self.batch_in_epoch = int(state["batch_in_epoch"])
-        self.best_metric = state["best_metric"]
-        self.best_step = state["best_step"]
-        self.last_metrics = state["last_metrics"]
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        if state["world_size"] != self.world_size:
-            raise ValueError(
-                f"{checkpoint} was written by {state['world_size']} process(es); resume it with "
-                f"the same number (now {self.world_size}) to continue exactly"
-            )
-        mine = state["ranks"][self.rank]
-        for name, view in (("view_a", self.view_a), ("view_b", self.view_b)):
-            if name in mine["views"] and hasattr(view, "load_state_dict"):
-                view.load_state_dict(mine["views"][name])
-        _set_rng_state(mine["rng"])
+        payload = load_checkpoint_state(checkpoint)
+        source = str(checkpoint / STATE_JSON)
+        try:
+            self._check_fingerprint(checkpoint, payload.get("fingerprint"))
+            state = TrainerState.from_dict(payload["state"], source)
+            if _step_of(checkpoint) not in (None, state.step):
+                raise CorruptFileError(
+                    f"{source}: holds step {state.step}, not the folder's {checkpoint.name}"
+                )
+            self.optimizer.load_state_dict(payload["optimizer"])
+            self.scheduler.load_state_dict(payload["scheduler"])
+            self.scaler.load_state_dict(payload["scaler"])
+            mine = payload["ranks"][self.rank]
+            for name, view in (("view_a", self.view_a), ("view_b", self.view_b)):
+                if name in mine["views"] and hasattr(view, "load_state_dict"):
+                    view.load_state_dict(mine["views"][name])
+            set_rng_state(mine["rng"])
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
+            if isinstance(e, CorruptFileError | FolderConflictError):
+                raise
+            raise CorruptFileError(
+                f"{source}: damaged trainer state ({type(e).__name__}: {e})"
+            ) from None
+        state.best_metric_name = self.primary_metric
+        state.greater_is_better = self.greater_is_better
+        self.state = state
 
     def _resolve_resume(self, resume: str | os.PathLike[str] | bool | None) -> Path | None:
         if resume is None or resume is False:
@@ -515,63 +751,82 @@ class Trainer:
                 raise FileNotFoundError(f"{self.output_dir}: no checkpoint to resume from")
             return found
         path = Path(resume)
-        if not (path / STATE_FILE).is_file():
-            raise FileNotFoundError(f"{path}: not a textcl checkpoint (no {STATE_FILE})")
+        if not ((path / STATE_JSON).is_file() or (path / LEGACY_STATE_FILE).is_file()):
+            raise FileNotFoundError(f"{path}: not a textcl checkpoint (no {STATE_JSON})")
         return path
 
     # ------------------------------------------------------------------ logging
+    def _sync_elapsed(self) -> None:
+        now = time.perf_counter()
+        self.state.elapsed_s += now - self._clock
+        self._clock = now
+
     def _log(self, record: dict[str, Any]) -> None:
+        """Append ``record`` to the run state's log history, ``metrics.jsonl`` and the
+        trackers (``report_to``)."""
+        self._sync_elapsed()
+        record = {**record, "elapsed_s": round(self.state.elapsed_s, 3)}
+        self.state.log_history.append(record)
         if not self.is_main:
             return
         with open(self.output_dir / METRICS_FILE, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record) + "\n")
-        if self._tb is not None:
-            for key, value in record.items():
-                if key not in ("step", "event", "epoch", "time") and isinstance(
-                    value, (int, float)
-                ):
-                    self._tb.add_scalar(f"{record['event']}/{key}", value, record["step"])
+            fh.write(dumps_json(record, indent=None) + "\n")
+        for tracker in self._trackers:
+            tracker.log(record)
 
-    def _truncate_log(self, step: int) -> None:
-        """Drop records after ``step`` (written by an interrupted run past its checkpoint)."""
-        path = self.output_dir / METRICS_FILE
-        if not self.is_main or not path.is_file():
-            return
-        kept = [
-            line
-            for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step
-        ]
-        _atomic_write_text(path, "".join(line + "\n" for line in kept))
+    def _write_log(self) -> None:
+        """``metrics.jsonl`` rewritten from the run state (at a start or a resume: records
+        of an interrupted run past its checkpoint are dropped, a damaged log is replaced)."""
+        if self.is_main:
+            atomic_write_text(
+                self.output_dir / METRICS_FILE,
+                "".join(dumps_json(r, indent=None) + "\n" for r in self.state.log_history),
+            )
 
-    def _open_tensorboard(self) -> Any:
-        if not self.is_main:
-            return None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            return None
-        return SummaryWriter(log_dir=str(self.output_dir / "tb"))
+    def _open_trackers(self) -> list[Any]:
+        """The experiment trackers of ``report_to`` (rank 0 only)."""
+        if not self.is_main or self.config.report_to == "none":
+            return []
+        kind = self.config.report_to
+        if kind in ("auto", "tensorboard"):
+            try:
+                return [_TensorBoard(self.output_dir / "tb", self.config)]
+            except ImportError:
+                if kind == "tensorboard":
+                    raise InputError(
+                        "config field 'report_to': tensorboard is not installed "
+                        "(pip install tensorboard) or use --report-to none"
+                    ) from None
+                return []
+        return [_WandB(self.output_dir, self.config)]
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> dict[str, float]:
-        """Run the evaluator; keep the best model in ``OUTPUT_DIR/best``."""
+        """Run the evaluator; keep the best model (by the evaluator's primary metric) in
+        ``OUTPUT_DIR/best``."""
         start = time.perf_counter()
         metrics: dict[str, float] = {}
         if self.is_main:  # the other ranks wait: evaluation is cheap next to training
             metrics = {k: float(v) for k, v in self.evaluator(self.encoder).items()}
+            if self.primary_metric not in metrics:
+                raise InputError(
+                    f"the evaluator returned no {self.primary_metric!r} (its primary metric, "
+                    f"which picks best/); it returned {sorted(metrics)}. Give the evaluator a "
+                    "'primary_metric' attribute (e.g. wrap it in MetricEvaluator)"
+                )
         if self.env.is_distributed:
             from textcl.distributed import broadcast_object
 
             metrics = broadcast_object(metrics, self.env)
-        self.last_metrics = metrics
-        score = metrics.get(BEST_METRIC)
-        best = score is not None and (self.best_metric is None or score > self.best_metric)
+        self.state.last_metrics = metrics
+        score = metrics.get(self.primary_metric)
+        best = score is not None and self.state.is_better(score)
         if best:
-            self.best_metric, self.best_step = score, self.step
+            self.state.best_metric, self.state.best_step = score, self.step
             if self.is_main:
                 self.encoder.save(self.output_dir / "best", card=self.model_card_data())
         barrier(self.env)
+        scales = dict(getattr(self.evaluator, "scales", {}) or {})
         self._log(
             {
                 "event": "eval",
@@ -579,6 +834,8 @@ class Trainer:
                 "epoch": self.epoch,
                 "time": time.time(),
                 **metrics,
+                "primary_metric": self.primary_metric,
+                "scales": {k: scales.get(k, 1.0) for k in metrics},
                 "best": bool(best),
                 "eval_time_s": round(time.perf_counter() - start, 3),
             }
@@ -588,21 +845,51 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def train(self, resume: str | os.PathLike[str] | bool | None = None) -> TrainResult:
         """Train; ``resume``: a checkpoint folder, ``True`` (latest, must exist) or
-        ``"auto"`` (latest if any)."""
+        ``"auto"`` (latest if any).
+
+        Rank 0 holds the run folder's lock for the whole run: a second ``train`` into the
+        same folder fails at once (:class:`~textcl.errors.FolderBusyError`); a new run into
+        a folder holding another run refuses (:class:`~textcl.errors.FolderConflictError`)
+        unless ``overwrite``; a resume must match the run's fingerprint.
+        """
+        if self.output_dir.exists() and not self.output_dir.is_dir():
+            raise InputError(f"config field 'output_dir': {self.output_dir} is not a folder")
+        lock = FolderLock(self.output_dir, "training run") if self.is_main else None
+        if lock is not None:
+            lock.acquire()
+        try:
+            return self._train_locked(resume)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _train_locked(self, resume: str | os.PathLike[str] | bool | None) -> TrainResult:
         cfg = self.config
+        self._clock = time.perf_counter()
+        if self.is_main:
+            remove_stale_tmp(self.output_dir)  # left by a killed run; we hold the lock
         checkpoint = self._resolve_resume(resume)
         if self.is_main:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
+            self._claim_folder(resuming=checkpoint is not None)
+        barrier(self.env)
+        if checkpoint is not None:
+            load_checkpoint_state(checkpoint)  # refuse a damaged/old one before the model loads
+        self._model_digest = _weights_digest(cfg.model)
         self._build(checkpoint)
         if checkpoint is not None:
             self._load_state(checkpoint)
-            self._truncate_log(self.step)
             logger.info("resumed from %s at step %d", checkpoint, self.step)
-        elif self.is_main and (self.output_dir / METRICS_FILE).exists():
-            (self.output_dir / METRICS_FILE).unlink()
+        else:
+            self.state = TrainerState(
+                run_id=uuid.uuid4().hex,
+                best_metric_name=self.primary_metric,
+                greater_is_better=self.greater_is_better,
+            )
+        self._clock = time.perf_counter()
+        self._write_log()
         if self.is_main:
             cfg.save(self.output_dir / "config.json")
-        self._tb = self._open_tensorboard()
+        self._trackers = self._open_trackers()
         total = self.total_steps()
         save_every = cfg.save_steps or (cfg.eval_steps if cfg.eval_steps > 0 else None)
         if cfg.eval_at_start and self.step == 0 and cfg.eval_steps >= 0:
@@ -612,6 +899,7 @@ class Trainer:
             total=total, initial=self.step, desc="train", unit="step", disable=not self.is_main
         )
         window_start, window_sentences, window_losses = time.perf_counter(), 0, []
+        self._paused = 0.0
         try:
             while self.step < total:
                 plan = self.plan(self.epoch)
@@ -625,8 +913,9 @@ class Trainer:
                     window_losses.append(loss)
                     bar.update(1)
                     if self.step % cfg.logging_steps == 0 or self.step == total:
-                        elapsed = max(time.perf_counter() - window_start, 1e-9)
-                        rate = window_sentences / elapsed
+                        # Training time only: evaluations and checkpoints are left out.
+                        elapsed = time.perf_counter() - window_start - self._paused
+                        rate = window_sentences / max(elapsed, 1e-9)
                         mean_loss = float(np.mean(window_losses))
                         bar.set_postfix(loss=f"{mean_loss:.4g}", sent_s=f"{rate:.1f}")
                         self._log(
@@ -641,13 +930,16 @@ class Trainer:
                             }
                         )
                         window_start, window_sentences, window_losses = time.perf_counter(), 0, []
+                        self._paused = 0.0
                     last = self.step == total
+                    paused_from = time.perf_counter()
                     if cfg.eval_steps > 0 and self.step % cfg.eval_steps == 0 and not last:
                         self.evaluate()
                     if save_every and self.step % save_every == 0 and not last:
                         self.save_checkpoint()
                     if self.step_callback is not None:
                         self.step_callback(self, self.step)
+                    self._paused += time.perf_counter() - paused_from
                 if self.batch_in_epoch >= len(plan):
                     self.epoch += 1
                     self.batch_in_epoch = 0
@@ -657,59 +949,102 @@ class Trainer:
                 self.encoder.save(final_dir, card=self.model_card_data())
             self.save_checkpoint()
             if self.is_main:
-                summary = {
-                    "steps": self.step,
-                    "best": {"step": self.best_step, BEST_METRIC: self.best_metric},
-                    "final": final_metrics,
-                }
-                _atomic_write_text(
-                    self.output_dir / "results.json", json.dumps(summary, indent=2) + "\n"
-                )
+                write_json(self.output_dir / "results.json", self.summary(final_metrics))
         finally:
             bar.close()
-            if self._tb is not None:
-                self._tb.close()
+            for tracker in self._trackers:
+                tracker.close()
+            self._trackers = []
+        return self.result(final_metrics)
+
+    def summary(self, final_metrics: Mapping[str, float] | None) -> dict[str, Any]:
+        """``results.json``: the run's outcome, from the run state."""
+        return {
+            "steps": self.step,
+            "elapsed_s": round(self.state.elapsed_s, 3),
+            "primary_metric": self.primary_metric,
+            "greater_is_better": self.greater_is_better,
+            "best": {
+                "step": self.best_step,
+                self.primary_metric: self.best_metric,
+                "metrics": _numbers(self.state.best_record()),
+            },
+            "final": dict(final_metrics) if final_metrics is not None else None,
+        }
+
+    def result(self, final_metrics: Mapping[str, float] | None = None) -> TrainResult:
+        """The :class:`TrainResult` of the run state."""
         best_dir = self.output_dir / "best" if self.best_step is not None else None
-        best_metrics = None
-        if best_dir is not None:
-            best_metrics = self._best_record()
         return TrainResult(
-            start_metrics=self._eval_record(0),
             output_dir=self.output_dir,
             steps=self.step,
-            final_dir=final_dir,
+            final_dir=self.output_dir / "final",
             best_dir=best_dir,
-            best_metrics=best_metrics,
-            final_metrics=final_metrics,
+            best_metrics=_numbers(self.state.best_record()) if best_dir is not None else None,
+            final_metrics=dict(final_metrics) if final_metrics is not None else None,
+            start_metrics=_numbers(self.state.eval_record(0)),
+            state=self.state,
         )
 
-    def _eval_record(self, step: int) -> dict[str, float] | None:
-        path = self.output_dir / METRICS_FILE
-        if not path.is_file():
-            return None
-        for line in path.read_text(encoding="utf-8").splitlines():
-            rec = json.loads(line)
-            if rec.get("event") == "eval" and rec.get("step") == step:
-                return {k: v for k, v in rec.items() if isinstance(v, (int, float))}
-        return None
 
-    def _best_record(self) -> dict[str, float] | None:
-        path = self.output_dir / METRICS_FILE
-        if not path.is_file():
-            return None
-        best: dict[str, float] | None = None
-        for line in path.read_text(encoding="utf-8").splitlines():
-            rec = json.loads(line)
-            if rec.get("event") == "eval" and rec.get("best"):
-                best = {k: v for k, v in rec.items() if isinstance(v, (int, float))}
-        return best
+class _TensorBoard:
+    """Scalars under ``OUTPUT_DIR/tb``; the config as hyper-parameters (text)."""
+
+    def __init__(self, log_dir: Path, config: TrainConfig) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(log_dir))
+        self.writer.add_text("config", "```\n" + dumps_json(config.to_dict()) + "```", 0)
+
+    def log(self, record: Mapping[str, Any]) -> None:
+        for key, value in record.items():
+            if key in ("step", "event", "epoch", "time", "best", "elapsed_s"):
+                continue
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                self.writer.add_scalar(f"{record['event']}/{key}", value, record["step"])
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class _WandB:
+    """Weights & Biases (optional; offline runs follow ``WANDB_MODE``)."""
+
+    def __init__(self, output_dir: Path, config: TrainConfig) -> None:
+        try:
+            import wandb
+        except ImportError:
+            raise InputError(
+                "config field 'report_to': wandb is not installed (pip install wandb) or use "
+                "--report-to none"
+            ) from None
+        self.wandb = wandb
+        self.run = wandb.init(
+            project=os.environ.get("WANDB_PROJECT", "textcl"),
+            name=output_dir.name,
+            dir=str(output_dir),
+            config=config.to_dict(),
+        )
+
+    def log(self, record: Mapping[str, Any]) -> None:
+        values = {
+            f"{record['event']}/{k}": v
+            for k, v in record.items()
+            if k not in ("step", "event", "time", "best")
+            and isinstance(v, int | float)
+            and not isinstance(v, bool)
+        }
+        self.run.log(values, step=int(record["step"]))
+
+    def close(self) -> None:
+        self.run.finish()
 
 
 def train(
     config: TrainConfig,
     *,
     resume: str | os.PathLike[str] | bool | None = None,
-    evaluator: Evaluator | None = None,
+    evaluator: EvaluatorLike | None = None,
 ) -> TrainResult:
     """Train one run (see :class:`Trainer`)."""
     return Trainer(config, evaluator=evaluator).train(resume=resume)
