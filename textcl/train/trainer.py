@@ -661,7 +661,8 @@ class Trainer:
             "steps": self.step,
             "data": cfg.train_file,
             "data_size": size,
-            "best_stsb_dev": self.best_metric,
+            # The card's score line is STS-B dev; a custom primary metric is not it.
+            "best_stsb_dev": self.best_metric if self.primary_metric == BEST_METRIC else None,
             "best_step": self.best_step,
         }
 
