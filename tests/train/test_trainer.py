@@ -294,12 +294,12 @@ def test_dropout_override_makes_views_deterministic(
     tiny_model_dir: Path, corpus_file: Path, tmp_path: Path
 ) -> None:
     trainer = Trainer(make_config(tiny_model_dir, corpus_file, tmp_path / "r", dropout=0.0))
-    trainer._build(None)
+    trainer.setup()
     enc = trainer.encoder.train()
     batch = enc.tokenize(list(TINY_SENTENCES[:4]))
     assert torch.equal(enc(batch), enc(batch))  # ConSERT's --no_dropout
     trainer = Trainer(make_config(tiny_model_dir, corpus_file, tmp_path / "s"))
-    trainer._build(None)
+    trainer.setup()
     enc = trainer.encoder.train()
     assert not torch.equal(enc(batch), enc(batch))  # SimCSE: dropout is the augmentation
 
@@ -308,7 +308,7 @@ def test_merged_forward_equals_separate_forwards(
     tiny_model_dir: Path, corpus_file: Path, tmp_path: Path
 ) -> None:
     trainer = Trainer(make_config(tiny_model_dir, corpus_file, tmp_path / "r", dropout=0.0))
-    trainer._build(None)
+    trainer.setup()
     trainer.encoder.train()
     base = trainer.encoder.tokenize(list(TINY_SENTENCES[:5]), max_length=16)
     from textcl.views import TokenMask, bind_view
@@ -320,3 +320,26 @@ def test_merged_forward_equals_separate_forwards(
     short = trainer.encoder.tokenize(list(TINY_SENTENCES[:5]), max_length=6)
     apart = trainer.embed([base, short])  # different lengths: one forward each
     torch.testing.assert_close(apart[1], trainer.encoder(short))
+
+
+def test_non_finite_loss_raises_before_the_update(
+    tiny_model_dir: Path, corpus_file: Path, tmp_path: Path
+) -> None:
+    """A NaN loss stops the run BEFORE optimizer.step(): weights, optimizer state and the
+    schedule are unchanged (the old order applied the NaN update first)."""
+    trainer = Trainer(make_config(tiny_model_dir, corpus_file, tmp_path / "r", max_grad_norm=0.0))
+    trainer.setup()
+    inputs = trainer.make_inputs(trainer.local_rows(trainer.plan(0)[0]))
+    trainer.train_step(inputs)  # one good step: the optimizer has state
+    before = {k: v.clone() for k, v in trainer.encoder.state_dict().items()}
+    opt_steps = [s["step"].clone() for s in trainer.optimizer.state.values()]
+    lr = trainer.scheduler.get_last_lr()
+    criterion = trainer.objective.loss
+    trainer.objective.loss = lambda *z: criterion(*z) * float("nan")
+    with pytest.raises(FloatingPointError, match=r"loss is nan at step 1.*no update"):
+        trainer.train_step(inputs)
+    after = trainer.encoder.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert [s["step"] for s in trainer.optimizer.state.values()] == opt_steps
+    assert trainer.scheduler.get_last_lr() == lr
+    assert all(p.grad is None for p in trainer.encoder.parameters())

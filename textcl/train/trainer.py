@@ -40,14 +40,12 @@ from textcl.distributed import (
     DistEnv,
     all_reduce_mean,
     barrier,
-    broadcast_parameters,
-    distributed_info_nce,
     init_distributed,
     shard_batch,
-    sync_gradients,
 )
 from textcl.encoder import SentenceEncoder, TokenBatch, autocast_context
 from textcl.losses import InfoNCE
+from textcl.objective import Embed, LossStep, embed_batches
 from textcl.train.config import TrainConfig
 from textcl.views import bind_view, build_view
 from textcl.views.base import View
@@ -269,7 +267,10 @@ class Trainer:
         return [{k: v.to(self.device, non_blocking=True) for k, v in b.items()} for b in batches]
 
     # ------------------------------------------------------------------ model
-    def _build(self, resume_from: Path | None) -> None:
+    def setup(self, resume_from: Path | None = None) -> None:
+        """Build the encoder (from ``resume_from``'s model when given), its DDP wrapper under
+        torchrun, the views, the objective (loss, gradient cache), optimizer, schedule and
+        scaler. :meth:`train` calls it; call it yourself to use :meth:`train_step` directly."""
         cfg = self.config
         # Each rank draws its own dropout masks and view noise.
         seed_everything(cfg.seed + 7919 * self.rank)
@@ -281,9 +282,22 @@ class Trainer:
             for module in self.encoder.model.modules():
                 if isinstance(module, torch.nn.Dropout):
                     module.p = cfg.dropout
-        broadcast_parameters(self.encoder, self.env)  # e.g. a new head: rank 0's wins
         if cfg.compile:
             self.encoder.model.compile()
+        # The module the step runs: under torchrun DDP (its constructor copies rank 0's
+        # parameters to every rank, e.g. a new head; its backward averages the gradients,
+        # bucketed and overlapped with the backward pass). self.encoder stays the plain
+        # encoder (evaluation, saving).
+        self.model: Embed = self.encoder
+        if self.env.is_distributed:
+            self.model = torch.nn.parallel.DistributedDataParallel(
+                self.encoder,
+                device_ids=[self.device] if self.device.type == "cuda" else None,
+                # Parameters outside the forward (e.g. BERT's pooler under mean pooling, a
+                # head used only at inference) get no gradient; DDP must not wait for them.
+                find_unused_parameters=True,
+                broadcast_buffers=False,
+            )
         view_seed = cfg.seed + 1000 + 7919 * self.rank
         self.view_a: View = bind_view(build_view(cfg.view_a, seed=view_seed), self.encoder)
         self.view_b: View = bind_view(build_view(cfg.view_b, seed=view_seed + 500), self.encoder)
@@ -291,7 +305,13 @@ class Trainer:
             temperature=cfg.temperature,
             symmetric=cfg.symmetric,
             hard_negative_weight=cfg.hard_negative_weight,
+            dist=self.env,
         )
+        self.objective: LossStep = LossStep(self.loss_fn)
+        if cfg.grad_cache_chunk is not None:
+            from textcl.gradcache import CachedLoss
+
+            self.objective = CachedLoss(self.loss_fn, cfg.grad_cache_chunk)
         decay: list[torch.nn.Parameter] = []
         no_decay: list[torch.nn.Parameter] = []
         for name, p in self.encoder.named_parameters():
@@ -325,8 +345,7 @@ class Trainer:
     def compute_loss(self, reps: Sequence[Tensor]) -> Tensor:
         """InfoNCE of ``reps = [z_a, z_b(, z_neg)]``; across ranks, each rank's anchors
         are contrasted with the positives and hard negatives of the global batch."""
-        z_neg = reps[2] if len(reps) > 2 else None
-        return distributed_info_nce(self.loss_fn, reps[0], reps[1], z_neg, self.env)
+        return self.objective.compute(reps)
 
     def _can_fuse(self, params: Sequence[torch.nn.Parameter]) -> bool:
         """Fused AdamW: CPU and CUDA, floating-point parameters on one device type."""
@@ -335,61 +354,37 @@ class Trainer:
         )
 
     def embed(self, inputs: Sequence[TokenBatch]) -> list[Tensor]:
-        """The embeddings of each token batch of ``inputs``.
-
-        Batches of one shape (the two views of unsupervised SimCSE, any length-preserving
-        view) go through the encoder as ONE ``(k*B, L)`` batch, as in the SimCSE reference
-        code: half the per-layer kernel launches and Python dispatch, and larger GEMMs.
-        Dropout masks are drawn independently per row either way. Batches of different
-        lengths (supervised pairs) keep one forward pass each, so no padding is added.
-        """
-        first = inputs[0]
-        rows = first["input_ids"].shape[0]
-        mergeable = (
-            len(inputs) > 1
-            and all(v.dim() > 0 and v.shape[0] == rows for v in first.values())
-            and all(
-                b.keys() == first.keys() and all(b[k].shape == first[k].shape for k in first)
-                for b in inputs[1:]
-            )
-        )
-        if not mergeable:
-            return [self.encoder(b) for b in inputs]
-        merged = {k: torch.cat([b[k] for b in inputs]) for k in first}
-        return list(self.encoder(merged).chunk(len(inputs)))
+        """The embeddings of each token batch of ``inputs`` (same-shaped batches in one
+        forward pass: :func:`textcl.objective.embed_batches`)."""
+        return embed_batches(self.model, inputs)
 
     def train_step(self, inputs: Sequence[TokenBatch]) -> float:
-        """One optimizer step over ``inputs``; returns the loss."""
+        """One optimizer step over ``inputs``; returns the loss (the mean over ranks).
+
+        Raises ``FloatingPointError`` on a non-finite loss BEFORE the optimizer step: the
+        weights, optimizer and schedule are left as they were.
+        """
         cfg = self.config
         self.optimizer.zero_grad(set_to_none=True)
-        if cfg.grad_cache_chunk is not None:
-            from textcl.gradcache import grad_cache_backward
-
-            loss = grad_cache_backward(
-                self.encoder,
-                inputs,
-                self.compute_loss,
-                cfg.grad_cache_chunk,
-                autocast=lambda: autocast_context(self.device, self.precision),
-                scaler=self.scaler if self.scaler.is_enabled() else None,
+        loss = self.objective(
+            self.model,
+            inputs,
+            autocast=lambda: autocast_context(self.device, self.precision),
+            scaler=self.scaler if self.scaler.is_enabled() else None,
+        )
+        value = all_reduce_mean(loss, self.env)
+        if not math.isfinite(value):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise FloatingPointError(
+                f"loss is {value} at step {self.step + 1}; lower lr or use fp32/bf16 "
+                "(no update was applied)"
             )
-        else:
-            with autocast_context(self.device, self.precision):
-                reps = self.embed(inputs)
-                loss = self.compute_loss(reps)
-            self.scaler.scale(loss).backward()
-        sync_gradients(self.encoder, self.env)  # the mean over ranks (DDP's averaging)
         if cfg.max_grad_norm > 0:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.encoder.parameters(), cfg.max_grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        value = all_reduce_mean(loss.detach(), self.env)
-        if not math.isfinite(value):
-            raise FloatingPointError(
-                f"loss is {value} at step {self.step + 1}; lower lr or use fp32/bf16"
-            )
         return value
 
     # ------------------------------------------------------------------ checkpoints
@@ -571,7 +566,7 @@ class Trainer:
         checkpoint = self._resolve_resume(resume)
         if self.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-        self._build(checkpoint)
+        self.setup(checkpoint)
         if checkpoint is not None:
             self._load_state(checkpoint)
             self._truncate_log(self.step)
