@@ -254,10 +254,9 @@ def test_supervised_triples_and_pairs(tiny_model_dir: Path, tmp_path: Path) -> N
     seen: list[int] = []
 
     class Spy(Trainer):
-        def make_inputs(self, rows):  # type: ignore[no-untyped-def]
-            inputs = super().make_inputs(rows)
+        def train_step(self, inputs):  # type: ignore[no-untyped-def]
             seen.append(len(inputs))
-            return inputs
+            return super().train_step(inputs)
 
     cfg = make_config(
         tiny_model_dir,
@@ -311,9 +310,9 @@ def test_merged_forward_equals_separate_forwards(
     trainer.setup()
     trainer.encoder.train()
     base = trainer.encoder.tokenize(list(TINY_SENTENCES[:5]), max_length=16)
-    from textcl.views import TokenMask, bind_view
+    from textcl.views import TokenMask
 
-    masked = bind_view(TokenMask(0.3, seed=0), trainer.encoder)(base)
+    masked = TokenMask(0.3, seed=0, mask_token_id=trainer.encoder.tokenizer.mask_token_id)(base)
     merged = trainer.embed([base, masked])
     for got, batch in zip(merged, [base, masked], strict=True):
         torch.testing.assert_close(got, trainer.encoder(batch), rtol=1e-5, atol=1e-6)
@@ -343,3 +342,52 @@ def test_non_finite_loss_raises_before_the_update(
     assert [s["step"] for s in trainer.optimizer.state.values()] == opt_steps
     assert trainer.scheduler.get_last_lr() == lr
     assert all(p.grad is None for p in trainer.encoder.parameters())
+
+
+@pytest.mark.slow
+def test_dataloader_workers_give_the_same_run(
+    tiny_model_dir: Path, corpus_file: Path, tmp_path: Path
+) -> None:
+    """Tokenization and token-level views in 2 DataLoader worker processes: the same batches,
+    noise and weights as in the training process (views are seeded per batch)."""
+    kw: dict[str, Any] = dict(
+        max_steps=4, eval_steps=-1, view_a="shuffle+token_cutoff:0.2", view_b="mask:0.3"
+    )
+    runs = [
+        train(make_config(tiny_model_dir, corpus_file, tmp_path / f"w{n}", num_workers=n, **kw))
+        for n in (0, 2)
+    ]
+    w0, w2 = weights(runs[0].final_dir), weights(runs[1].final_dir)
+    for k in w0:
+        assert torch.equal(w0[k], w2[k]), k
+    loss = lambda out: [r["loss"] for r in read_log(out) if r["event"] == "train"]  # noqa: E731
+    assert loss(tmp_path / "w0") == loss(tmp_path / "w2")
+
+
+def test_num_workers_is_validated(tiny_model_dir: Path, corpus_file: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="num_workers"):
+        make_config(tiny_model_dir, corpus_file, tmp_path / "r", num_workers=-1)
+
+
+@pytest.mark.slow  # ~130 s on a busy 2-core box: inductor compiles forward and backward
+def test_compile_matches_eager_on_cpu(
+    tiny_model_dir: Path, corpus_file: Path, tmp_path: Path
+) -> None:
+    """``compile=True`` (torch.compile of the transformer, inductor on CPU): a few steps with
+    dropout off and a feature-cutoff view (the inputs_embeds path) give finite losses equal to
+    eager within float tolerance."""
+    pytest.importorskip("torch._inductor")
+    kw: dict[str, Any] = dict(
+        max_steps=3, eval_steps=-1, dropout=0.0, view_b="feature_cutoff:0.2", head="none"
+    )
+    eager = train(make_config(tiny_model_dir, corpus_file, tmp_path / "eager", **kw))
+    compiled = train(
+        make_config(tiny_model_dir, corpus_file, tmp_path / "compiled", compile=True, **kw)
+    )
+    loss = lambda out: [r["loss"] for r in read_log(out) if r["event"] == "train"]  # noqa: E731
+    got, ref = loss(tmp_path / "compiled"), loss(tmp_path / "eager")
+    assert len(got) == 3 and all(np.isfinite(got))
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
+    w1, w2 = weights(eager.final_dir), weights(compiled.final_dir)
+    for k in w1:
+        torch.testing.assert_close(w1[k], w2[k], rtol=1e-3, atol=1e-4, msg=k)

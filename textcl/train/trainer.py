@@ -46,8 +46,9 @@ from textcl.distributed import (
 from textcl.encoder import SentenceEncoder, TokenBatch, autocast_context
 from textcl.losses import InfoNCE
 from textcl.objective import Embed, LossStep, embed_batches
+from textcl.train.batches import BatchCollator, PlannedBatches, make_loader
 from textcl.train.config import TrainConfig
-from textcl.views import bind_view, build_view
+from textcl.views import ViewContext, build_view
 from textcl.views.base import View
 
 logger = logging.getLogger(__name__)
@@ -255,16 +256,23 @@ class Trainer:
 
     def make_inputs(self, rows: Sequence[int]) -> list[TokenBatch]:
         """Token batches, one per role: ``[view_a, view_b]`` (unsup) or
-        ``[anchor, positive(, hard_negative)]`` (sup), on the training device."""
-        cfg = self.config
-        if cfg.objective == "unsup":
-            base = self.encoder.tokenize(self.data.texts(rows), max_length=cfg.max_length)
-            batches = [self.view_a(base), self.view_b(base)]
-        else:
-            columns = list(zip(*(self.data[i] for i in rows), strict=True))
-            toks = [self.encoder.tokenize(list(c), max_length=cfg.max_length) for c in columns]
-            batches = [self.view_a(toks[0])] + [self.view_b(t) for t in toks[1:]]
+        ``[anchor, positive(, hard_negative)]`` (sup), on the training device (the
+        collator's work, in this process, with the views' generators as they are)."""
+        return self.to_device(self.collator.collate(rows))
+
+    def to_device(self, batches: Sequence[TokenBatch]) -> list[TokenBatch]:
         return [{k: v.to(self.device, non_blocking=True) for k, v in b.items()} for b in batches]
+
+    def loader(self, epoch: int) -> Any:
+        """The DataLoader of ``epoch``'s remaining batches (from ``batch_in_epoch``):
+        tokenization and token-level views in ``num_workers`` processes."""
+        return make_loader(
+            PlannedBatches(epoch, self.plan(epoch), self.batch_in_epoch, self.env),
+            self.collator,
+            num_workers=self.config.num_workers,
+            pin_memory=self.device.type == "cuda",
+            seed=self.config.seed + epoch,
+        )
 
     # ------------------------------------------------------------------ model
     def setup(self, resume_from: Path | None = None) -> None:
@@ -299,8 +307,17 @@ class Trainer:
                 broadcast_buffers=False,
             )
         view_seed = cfg.seed + 1000 + 7919 * self.rank
-        self.view_a: View = bind_view(build_view(cfg.view_a, seed=view_seed), self.encoder)
-        self.view_b: View = bind_view(build_view(cfg.view_b, seed=view_seed + 500), self.encoder)
+        context = ViewContext.from_encoder(self.encoder)
+        self.view_a: View = build_view(cfg.view_a, seed=view_seed, context=context)
+        self.view_b: View = build_view(cfg.view_b, seed=view_seed + 500, context=context)
+        self.collator = BatchCollator(
+            self.data,
+            cfg.objective,
+            self.encoder.tokenizer,
+            cfg.max_length,
+            self.view_a,
+            self.view_b,
+        )
         self.loss_fn = InfoNCE(
             temperature=cfg.temperature,
             symmetric=cfg.symmetric,
@@ -588,10 +605,11 @@ class Trainer:
         try:
             while self.step < total:
                 plan = self.plan(self.epoch)
-                while self.batch_in_epoch < len(plan) and self.step < total:
+                for cpu_inputs in self.loader(self.epoch):
+                    if self.step >= total:
+                        break
                     batch = plan[self.batch_in_epoch]
-                    inputs = self.make_inputs(self.local_rows(batch))
-                    loss = self.train_step(inputs)
+                    loss = self.train_step(self.to_device(cpu_inputs))
                     self.batch_in_epoch += 1
                     self.step += 1
                     window_sentences += len(batch)

@@ -32,11 +32,6 @@ def require_special_tokens_mask(batch: TokenBatch, view: str) -> Tensor:
     return special.bool()
 
 
-def editable(batch: TokenBatch, special: Tensor) -> Tensor:
-    """Bool ``(B, L)``: real (attended), non-special tokens; the only ones a view may touch."""
-    return batch["attention_mask"].bool() & ~special
-
-
 def per_token_keys(batch: TokenBatch) -> list[str]:
     """Keys holding one value per token slot ``(B, L)``, other than ``position_ids``.
 
