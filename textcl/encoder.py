@@ -7,10 +7,10 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Required, TypedDict, cast
 
 import numpy as np
 import torch
@@ -28,12 +28,34 @@ from textcl.pooling import (
 
 logger = logging.getLogger(__name__)
 
-TokenBatch = dict[str, Tensor]
-"""A padded token batch: ``input_ids`` and ``attention_mask`` ``(B, L)`` always;
-optionally ``token_type_ids`` and ``position_ids`` ``(B, L)`` (passed to the model),
-``special_tokens_mask`` ``(B, L)`` (1 for special tokens and padding; read by views, never
-passed to the model) and ``embedding_mask`` (a float multiplier broadcastable to
-``(B, L, H)`` applied to the input embeddings, used by cutoff views)."""
+
+class TokenBatch(TypedDict, total=False):
+    """A padded token batch, as :meth:`SentenceEncoder.tokenize` returns and views map.
+
+    ``input_ids`` and ``attention_mask`` ``(B, L)`` always; ``token_type_ids`` and
+    ``position_ids`` ``(B, L)`` are passed to the model; ``special_tokens_mask`` ``(B, L)``
+    (1 for special tokens and padding) is read by views, never passed to the model;
+    ``embedding_mask`` (a float multiplier broadcastable to ``(B, L, H)``, set by cutoff
+    views) scales the word embeddings, which the model then gets as ``inputs_embeds``.
+    """
+
+    input_ids: Required[Tensor]
+    attention_mask: Required[Tensor]
+    token_type_ids: Tensor
+    position_ids: Tensor
+    special_tokens_mask: Tensor
+    embedding_mask: Tensor
+
+
+def as_token_batch(tensors: Mapping[str, Tensor]) -> TokenBatch:
+    """``tensors`` typed as a :class:`TokenBatch` (a new dict; keys are not checked)."""
+    return cast(TokenBatch, dict(tensors))
+
+
+def batch_tensors(batch: TokenBatch) -> dict[str, Tensor]:
+    """``batch`` typed as a plain ``dict[str, Tensor]`` (the same object), for code that
+    walks its keys generically (slicing, moving, per-token keys)."""
+    return cast(dict[str, Tensor], batch)
 
 
 def padding_position_offset(model: Any) -> int | None:
@@ -74,7 +96,7 @@ def tokenize_texts(tokenizer: Any, texts: Sequence[str], max_length: int) -> Tok
         return_tensors="pt",
         return_special_tokens_mask=True,
     )
-    batch: TokenBatch = {k: v for k, v in enc.items() if isinstance(v, Tensor)}
+    batch = as_token_batch({k: v for k, v in enc.items() if isinstance(v, Tensor)})
     # Padding counts as "special" for views: neither may be altered.
     batch["special_tokens_mask"] = (
         batch["special_tokens_mask"].bool() | ~batch["attention_mask"].bool()
@@ -423,7 +445,8 @@ class SentenceEncoder(nn.Module):
         Applies ``embedding_mask`` to the word embeddings (passed as ``inputs_embeds``) and
         the projection head according to ``head_mode`` and the training flag.
         """
-        kwargs: dict[str, Any] = {k: batch[k] for k in MODEL_INPUT_KEYS if k in batch}
+        tensors = batch_tensors(batch)
+        kwargs: dict[str, Any] = {k: tensors[k] for k in MODEL_INPUT_KEYS if k in tensors}
         embedding_mask = batch.get("embedding_mask")
         if embedding_mask is None:
             kwargs["input_ids"] = batch["input_ids"]
@@ -537,7 +560,12 @@ class SentenceEncoder(nn.Module):
                 done = 0
                 with tqdm(total=len(items), disable=not show, desc="encode", unit="sent") as bar:
                     for batch in batches:
-                        batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
+                        batch = as_token_batch(
+                            {
+                                k: v.to(dev, non_blocking=True)
+                                for k, v in batch_tensors(batch).items()
+                            }
+                        )
                         emb = self.forward(batch).float()
                         if norm:
                             emb = torch.nn.functional.normalize(emb, p=2, dim=-1)

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from textcl.encoder import TokenBatch
+from textcl.encoder import TokenBatch, as_token_batch, batch_tensors
 from textcl.objective import AutocastFactory, Embed, LossStep
 
 __all__ = ["CachedLoss", "RngState", "batch_rows", "grad_cache_backward", "slice_batch"]
@@ -53,9 +53,10 @@ def batch_rows(batch: TokenBatch, where: str = "batch") -> int:
             raise TypeError(f"{where}[{key!r}] is {type(value).__name__}, not a Tensor")
         if value.dim() == 0:
             raise ValueError(f"{where}[{key!r}] is a scalar tensor: no batch dimension to chunk")
-    first = "input_ids" if "input_ids" in batch else next(iter(batch))
-    rows = int(batch[first].shape[0])
-    for key, value in batch.items():
+    tensors = batch_tensors(batch)
+    first = "input_ids" if "input_ids" in tensors else next(iter(tensors))
+    rows = int(tensors[first].shape[0])
+    for key, value in tensors.items():
         if value.shape[0] not in (rows, 1):
             raise ValueError(
                 f"{where}[{key!r}] has {value.shape[0]} rows but {where}[{first!r}] has {rows}"
@@ -66,7 +67,9 @@ def batch_rows(batch: TokenBatch, where: str = "batch") -> int:
 def slice_batch(batch: TokenBatch, start: int, stop: int, rows: int | None = None) -> TokenBatch:
     """Rows ``[start, stop)`` of every tensor of ``batch`` (broadcast 1-row tensors kept whole)."""
     n = batch_rows(batch) if rows is None else rows
-    return {k: (v[start:stop] if v.shape[0] == n else v) for k, v in batch.items()}
+    return as_token_batch(
+        {k: (v[start:stop] if v.shape[0] == n else v) for k, v in batch_tensors(batch).items()}
+    )
 
 
 class RngState:
@@ -157,7 +160,7 @@ def grad_cache_backward(
             parts: list[Tensor] = []
             for start, stop in chunks:
                 part = slice_batch(batch, start, stop, n)
-                input_states.append(RngState(list(part.values())))
+                input_states.append(RngState(list(batch_tensors(part).values())))
                 with ctx():
                     parts.append(embed(part))
             states.append(input_states)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from textcl.encoder import TokenBatch
+from textcl.encoder import TokenBatch, as_token_batch, batch_tensors
 
 Embed = Callable[[TokenBatch], Tensor]
 """Maps a token batch ``(b, L)`` to embeddings ``(b, D)`` with autograd (an encoder or its
@@ -27,14 +27,15 @@ __all__ = ["AutocastFactory", "Embed", "LossStep", "embed_batches"]
 
 
 def _mergeable(inputs: Sequence[TokenBatch]) -> bool:
-    first = inputs[0]
+    first = batch_tensors(inputs[0])
     rows = first["input_ids"].shape[0]
+    others = [batch_tensors(b) for b in inputs[1:]]
     return (
         len(inputs) > 1
         and all(v.dim() > 0 and v.shape[0] == rows for v in first.values())
         and all(
             b.keys() == first.keys() and all(b[k].shape == first[k].shape for k in first)
-            for b in inputs[1:]
+            for b in others
         )
     )
 
@@ -52,8 +53,8 @@ def embed_batches(embed: Embed, inputs: Sequence[TokenBatch]) -> list[Tensor]:
         raise ValueError("inputs is empty: pass at least one token batch")
     if not _mergeable(inputs):
         return [embed(b) for b in inputs]
-    first = inputs[0]
-    merged: TokenBatch = {k: torch.cat([b[k] for b in inputs]) for k in first}
+    parts = [batch_tensors(b) for b in inputs]
+    merged = as_token_batch({k: torch.cat([b[k] for b in parts]) for k in parts[0]})
     return list(embed(merged).chunk(len(inputs)))
 
 

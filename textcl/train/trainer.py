@@ -43,7 +43,13 @@ from textcl.distributed import (
     init_distributed,
     shard_batch,
 )
-from textcl.encoder import SentenceEncoder, TokenBatch, autocast_context
+from textcl.encoder import (
+    SentenceEncoder,
+    TokenBatch,
+    as_token_batch,
+    autocast_context,
+    batch_tensors,
+)
 from textcl.losses import InfoNCE
 from textcl.objective import Embed, LossStep, embed_batches
 from textcl.train.batches import BatchCollator, PlannedBatches, make_loader
@@ -261,7 +267,13 @@ class Trainer:
         return self.to_device(self.collator.collate(rows))
 
     def to_device(self, batches: Sequence[TokenBatch]) -> list[TokenBatch]:
-        return [{k: v.to(self.device, non_blocking=True) for k, v in b.items()} for b in batches]
+        """``batches`` on the training device."""
+        return [
+            as_token_batch(
+                {k: v.to(self.device, non_blocking=True) for k, v in batch_tensors(b).items()}
+            )
+            for b in batches
+        ]
 
     def loader(self, epoch: int) -> Any:
         """The DataLoader of ``epoch``'s remaining batches (from ``batch_in_epoch``):

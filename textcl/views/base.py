@@ -129,7 +129,7 @@ class Dropout:
     """
 
     def __call__(self, batch: TokenBatch) -> TokenBatch:
-        return dict(batch)
+        return batch.copy()
 
     def __repr__(self) -> str:
         return "Dropout()"

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from textcl.encoder import TokenBatch
+from textcl.encoder import TokenBatch, as_token_batch, batch_tensors
 from textcl.views._batch import (
     combine_embedding_mask,
     random_ranks,
@@ -33,14 +33,14 @@ from textcl.views.registry import register_view
 
 def _drop_tokens(batch: TokenBatch, cut: torch.Tensor) -> TokenBatch:
     """Zero the embeddings and the attention of the slots in bool ``cut`` ``(B, L)``."""
-    out = dict(batch)
+    out = batch_tensors(batch.copy())
     device = batch["input_ids"].device
     cut = cut.to(device)
     keep = (~cut).float().unsqueeze(-1)  # (B, L, 1)
     out["embedding_mask"] = combine_embedding_mask(batch, keep)
     attention = batch["attention_mask"]
     out["attention_mask"] = attention.masked_fill(cut, 0)
-    return out
+    return as_token_batch(out)
 
 
 class _TokenDrop(RandomView):
@@ -60,7 +60,7 @@ class _TokenDrop(RandomView):
     def __call__(self, batch: TokenBatch) -> TokenBatch:
         require_special_tokens_mask(batch, self.name)
         if self.rate == 0.0:
-            return dict(batch)
+            return batch.copy()
         return _drop_tokens(batch, self._choose(editable_mask(batch).cpu()))
 
     def __repr__(self) -> str:
@@ -155,7 +155,7 @@ class FeatureCutoff(RandomView):
     def __call__(self, batch: TokenBatch) -> TokenBatch:
         require_special_tokens_mask(batch, "feature_cutoff")
         if self.rate == 0.0:
-            return dict(batch)
+            return batch.copy()
         if self.hidden_size is None:
             raise ValueError(
                 "feature_cutoff does not know the encoder's hidden size: pass hidden_size= "
@@ -165,9 +165,9 @@ class FeatureCutoff(RandomView):
         hidden = self.hidden_size
         ranks = random_ranks(torch.ones((n_rows, hidden), dtype=torch.bool), self.generator)
         keep = (ranks >= int(hidden * self.rate)).float().unsqueeze(1)  # (B, 1, H)
-        out = dict(batch)
+        out = batch_tensors(batch.copy())
         out["embedding_mask"] = combine_embedding_mask(batch, keep.to(batch["input_ids"].device))
-        return out
+        return as_token_batch(out)
 
     def __repr__(self) -> str:
         return f"FeatureCutoff(rate={self.rate}, seed={self.seed}, hidden_size={self.hidden_size})"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from textcl.encoder import TokenBatch
+from textcl.encoder import TokenBatch, as_token_batch, batch_tensors
 from textcl.views.base import RandomView, check_rate, editable_mask
 from textcl.views.registry import register_view
 
@@ -53,7 +53,7 @@ class TokenMask(RandomView):
         allowed = editable_mask(batch).cpu()
         draw = torch.rand(allowed.shape, generator=self.generator) < self.rate
         chosen = (draw & allowed).to(batch["input_ids"].device)
-        out = dict(batch)
+        out = batch_tensors(batch.copy())
         if self.mode == "token":
             if self.mask_token_id is None:
                 raise ValueError(
@@ -66,7 +66,7 @@ class TokenMask(RandomView):
             if "special_tokens_mask" in batch:
                 # A token nothing attends to behaves like padding for later views.
                 out["special_tokens_mask"] = batch["special_tokens_mask"].masked_fill(chosen, 1)
-        return out
+        return as_token_batch(out)
 
     def __repr__(self) -> str:
         return f"TokenMask(rate={self.rate}, mode={self.mode!r}, seed={self.seed})"

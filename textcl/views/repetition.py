@@ -7,7 +7,7 @@ import logging
 import torch
 from torch import Tensor
 
-from textcl.encoder import TokenBatch
+from textcl.encoder import TokenBatch, as_token_batch, batch_tensors
 from textcl.views._batch import (
     embedding_mask_3d,
     is_per_token_mask,
@@ -91,7 +91,7 @@ class WordRepetition(RandomView):
     def __call__(self, batch: TokenBatch) -> TokenBatch:
         special = require_special_tokens_mask(batch, "repetition").cpu()
         if self.rate == 0.0:
-            return dict(batch)
+            return batch.copy()
         ids = batch["input_ids"]
         device = ids.device
         attention = batch["attention_mask"].bool().cpu()
@@ -119,9 +119,9 @@ class WordRepetition(RandomView):
         gather_index = index.clamp(min=0).to(device)
         padding_dev = padding.to(device)
 
-        out = dict(batch)
+        out = batch_tensors(batch.copy())
         for key in per_token_keys(batch):
-            value = batch[key]
+            value = batch_tensors(batch)[key]
             if key == "input_ids":
                 fill = self._pad_id(ids.cpu(), padding)
             elif key == "attention_mask":
@@ -148,7 +148,7 @@ class WordRepetition(RandomView):
             idx3 = gather_index.to(full.device).unsqueeze(-1).expand(-1, -1, full.shape[2])
             rows_mask = torch.gather(full, 1, idx3)
             out["embedding_mask"] = rows_mask.masked_fill(is_pad.to(full.device).unsqueeze(-1), 1)
-        return out
+        return as_token_batch(out)
 
     def __repr__(self) -> str:
         return f"WordRepetition(rate={self.rate}, seed={self.seed})"
