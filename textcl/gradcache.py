@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from textcl.encoder import TokenBatch, as_token_batch, batch_tensors
-from textcl.objective import AutocastFactory, Embed, LossStep
+from textcl.objective import AutocastFactory, Embed, Inputs, LossStep, Scaler
 
 __all__ = ["CachedLoss", "RngState", "batch_rows", "grad_cache_backward", "slice_batch"]
 
@@ -251,21 +251,16 @@ class CachedLoss(LossStep):
         self.chunk_size = _check_chunk_size(chunk_size)
         self.check_replay = check_replay
 
-    def __call__(
-        self,
-        embed: Embed,
-        inputs: Sequence[TokenBatch],
-        *,
-        autocast: AutocastFactory | None = None,
-        scaler: torch.amp.GradScaler | None = None,
+    def step(
+        self, embed: Embed, inputs: Inputs, autocast: AutocastFactory, scaler: Scaler
     ) -> Tensor:
         return grad_cache_backward(
             embed,
             inputs,
             self.compute,
             self.chunk_size,
-            autocast=autocast,
-            scaler=scaler,
+            autocast,
+            scaler,
             check_replay=self.check_replay,
         )
 

@@ -22,8 +22,11 @@ Embed = Callable[[TokenBatch], Tensor]
 """Maps a token batch ``(b, L)`` to embeddings ``(b, D)`` with autograd (an encoder or its
 DDP wrapper)."""
 AutocastFactory = Callable[[], contextlib.AbstractContextManager[Any]]
+Inputs = Sequence[TokenBatch]
+"""One token batch per role, e.g. ``[view_a, view_b]`` or ``[anchor, positive, negative]``."""
+Scaler = torch.amp.GradScaler | None
 
-__all__ = ["AutocastFactory", "Embed", "LossStep", "embed_batches"]
+__all__ = ["AutocastFactory", "Embed", "Inputs", "LossStep", "Scaler", "embed_batches"]
 
 
 def _mergeable(inputs: Sequence[TokenBatch]) -> bool:
@@ -87,7 +90,13 @@ class LossStep:
         scaler: torch.amp.GradScaler | None = None,
     ) -> Tensor:
         ctx = autocast if autocast is not None else contextlib.nullcontext
-        with ctx():
+        return self.step(embed, inputs, ctx, scaler)
+
+    def step(
+        self, embed: Embed, inputs: Inputs, autocast: AutocastFactory, scaler: Scaler
+    ) -> Tensor:
+        """The step behind ``__call__`` (subclasses change how, not the call)."""
+        with autocast():
             loss = self.compute(embed_batches(embed, inputs))
         (scaler.scale(loss) if scaler is not None else loss).backward()
         return loss.detach()
