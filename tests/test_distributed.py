@@ -25,6 +25,7 @@ from textcl.distributed import (
     init_distributed,
     is_main,
     shard_batch,
+    wrap_ddp,
 )
 from textcl.losses import InfoNCE
 
@@ -56,12 +57,16 @@ CASES: dict[str, list[int]] = {
 }
 
 
-def _ddp(encoder: nn.Module) -> nn.Module:
-    """The trainer's wrapper: DDP averages gradients; parameters outside the forward
-    (BERT's pooler under mean pooling) get none."""
-    return nn.parallel.DistributedDataParallel(
-        encoder, find_unused_parameters=True, broadcast_buffers=False
-    )
+def _ddp(encoder: nn.Module, calls: list[int]) -> nn.Module:
+    """The trainer's DDP wrapper; ``calls`` counts its bucket all-reduces."""
+    import torch.distributed as dist
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+    ddp = wrap_ddp(encoder, DistEnv(rank=dist.get_rank(), world_size=dist.get_world_size()))
+    # No annotations: DDP checks that a hook's annotations (if any) are GradBucket/Future.
+    counting = lambda state, bucket: (calls.append(1), allreduce_hook(state, bucket))[1]  # noqa: E731
+    ddp.register_comm_hook(None, counting)
+    return ddp
 
 
 def _grads(model: nn.Module) -> dict[str, Tensor]:
@@ -114,13 +119,14 @@ def _worker(rank: int, port: int, model_dir: str, out_dir: str) -> None:
                 for items in (ANCHORS, POSITIVES, NEGATIVES)
             )
             inputs = [a, b] if criterion.symmetric else [a, b, n]
+            calls: list[int] = []
             if case == "grad_cache":
                 # Gradient cache through DDP: chunk backwards under no_sync, one final sync.
-                ddp = _ddp(encoder)
+                ddp = _ddp(encoder, calls)
                 loss = CachedLoss(criterion, chunk_size=3)(ddp, inputs)
                 del ddp
             elif case.startswith("ddp"):
-                ddp = _ddp(encoder)
+                ddp = _ddp(encoder, calls)
                 loss = LossStep(criterion)(ddp, inputs)  # DDP averages the gradients
                 del ddp
             else:
@@ -133,6 +139,7 @@ def _worker(rank: int, port: int, model_dir: str, out_dir: str) -> None:
             results[case] = {
                 "loss": all_reduce_mean(loss, env),
                 "grads": _grads(encoder),
+                "allreduces": len(calls),
             }
 
         # gather_with_grad on uneven sizes: values and summed gradients.
@@ -218,6 +225,17 @@ def test_two_ranks_equal_single_process(
             torch.testing.assert_close(
                 got["grads"][name], g, atol=1e-5, rtol=1e-4, msg=f"rank {rank} {name}"
             )
+
+
+def test_ddp_syncs_once_per_step_through_the_gradient_cache(
+    spawned: list[dict[str, Any]],
+) -> None:
+    """6 replayed chunks (3 inputs x 2 chunks of 3 rows): the chunk backwards run under
+    DDP's no_sync, so DDP all-reduces its buckets once, as in the plain DDP step."""
+    for result in spawned:
+        plain = result["ddp"]["allreduces"]
+        assert plain >= 1
+        assert result["grad_cache"]["allreduces"] == plain
 
 
 def test_plain_gather_would_be_wrong(spawned: list[dict[str, Any]], tiny_model_dir: Path) -> None:

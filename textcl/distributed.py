@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 T = TypeVar("T")
 
@@ -225,6 +225,41 @@ def all_reduce_mean(value: float | Tensor, env: DistEnv | None) -> float:
 def _comm_device(env: DistEnv) -> torch.device:
     # nccl communicates CUDA tensors only; gloo CPU tensors (it also accepts CUDA ones).
     return env.device if env.backend == "nccl" else torch.device("cpu")
+
+
+def wrap_ddp(module: nn.Module, env: DistEnv) -> nn.Module:
+    """``module`` in ``DistributedDataParallel`` for training under torchrun.
+
+    DDP copies rank 0's parameters and buffers to every rank at construction (e.g. a freshly
+    initialised head) and averages gradients over ranks in backward, bucketed and overlapped
+    with it. Settings:
+
+    * ``find_unused_parameters=True``: parameters outside the forward (BERT's pooler under
+      mean pooling, a head used only at inference) get no gradient, and DDP must not wait
+      for them; they keep ``grad=None`` on every rank, as in one process.
+    * no buffer broadcast in forward: ranks may run different numbers of forward passes per
+      step (same-shaped inputs are merged into one pass, and shapes differ per rank), and a
+      collective inside forward would then deadlock. The buffers (position/token-type ids)
+      are constants, synchronised once at construction.
+    """
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    params = inspect.signature(DistributedDataParallel).parameters
+    # torch >= 2.13 renamed the switch (broadcast_buffers warns there); older: broadcast_buffers.
+    no_buffer_sync: dict[str, Any] = (
+        {"forward_sync_buffers": False}
+        if "forward_sync_buffers" in params
+        else {"broadcast_buffers": False}
+    )
+    return DistributedDataParallel(
+        module,
+        device_ids=[env.device] if env.device.type == "cuda" else None,
+        process_group=env.group,
+        find_unused_parameters=True,
+        **no_buffer_sync,
+    )
 
 
 def shard_batch(items: Sequence[T], env: DistEnv | None) -> list[T]:

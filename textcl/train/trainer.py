@@ -42,6 +42,7 @@ from textcl.distributed import (
     barrier,
     init_distributed,
     shard_batch,
+    wrap_ddp,
 )
 from textcl.encoder import (
     SentenceEncoder,
@@ -310,14 +311,7 @@ class Trainer:
         # encoder (evaluation, saving).
         self.model: Embed = self.encoder
         if self.env.is_distributed:
-            self.model = torch.nn.parallel.DistributedDataParallel(
-                self.encoder,
-                device_ids=[self.device] if self.device.type == "cuda" else None,
-                # Parameters outside the forward (e.g. BERT's pooler under mean pooling, a
-                # head used only at inference) get no gradient; DDP must not wait for them.
-                find_unused_parameters=True,
-                broadcast_buffers=False,
-            )
+            self.model = wrap_ddp(self.encoder, self.env)
         view_seed = cfg.seed + 1000 + 7919 * self.rank
         context = ViewContext.from_encoder(self.encoder)
         self.view_a: View = build_view(cfg.view_a, seed=view_seed, context=context)
