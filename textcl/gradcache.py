@@ -15,6 +15,10 @@ GradCache splits the *encoder* work instead:
 By the chain rule the accumulated gradients equal those of the plain step that embeds the
 same chunks, in the same order, with autograd, concatenates them and backpropagates the loss.
 
+Use it as a wrapper around a loss, :class:`CachedLoss` (``CachedLoss(InfoNCE(...), 64)``),
+called like the plain :class:`textcl.objective.LossStep`; :func:`grad_cache_backward` is the
+function behind it.
+
 **RNG order.** Both passes walk ``for input in inputs: for chunk in input:``; the random draws of
 chunk ``k`` of input ``i`` (dropout masks) therefore come from the same place in the RNG stream
 as in a plain step that embeds in that order. With ``chunk_size >= batch size`` that is exactly

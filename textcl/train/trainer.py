@@ -5,8 +5,9 @@ One :class:`Trainer` runs one :class:`TrainConfig`:
 * data: raw sentences (``unsup``: two views of each sentence) or pairs/triples (``sup``:
   anchor, positive and optional hard negative), planned into batches per epoch with no
   duplicate text inside a batch;
-* step: views -> encoder (autocast) -> InfoNCE -> backward (optionally through the gradient
-  cache) -> clip -> AdamW -> linear schedule;
+* step: DataLoader collator (tokenize + views, :mod:`textcl.train.batches`) -> objective
+  (encoder under autocast -> InfoNCE -> backward, plain or through the gradient cache; the
+  encoder in DDP under torchrun) -> non-finite check -> clip -> AdamW -> linear schedule;
 * every ``eval_steps``: STS-B dev Spearman, alignment and uniformity; the best model is kept
   in ``OUTPUT_DIR/best``;
 * checkpoints ``OUTPUT_DIR/checkpoints/step-XXXXXXXX/`` written atomically with the model,
