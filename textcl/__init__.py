@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0.dev0"
-
 from textcl.encoder import EncoderConfig, SentenceEncoder, TokenBatch
 from textcl.pooling import HEAD_MODES, POOLING_STRATEGIES, Pooling, ProjectionHead
+from textcl.version import __version__
 
 __all__ = [
     "HEAD_MODES",

@@ -650,13 +650,13 @@ class SentenceEncoder(nn.Module):
             if value is not None and value not in allowed:
                 raise ValueError(f"unknown {name} {value!r}: expected one of {', '.join(allowed)}")
 
-        source = str(name_or_path)
-        local = Path(source).expanduser()
+        from textcl.sources import resolve_source
+
+        src = resolve_source(name_or_path, role="model")  # local folder or hub id, decided once
         settings: dict[str, Any] = {}
         head_file: Path | None = None
-        if local.exists():
-            if not local.is_dir():
-                raise ValueError(f"{local} is a file, not a model folder")
+        if src.path is not None:
+            local = src.path
             model_dir = local
             if (local / TEXTCL_CONFIG_NAME).is_file():
                 settings = asdict(
@@ -673,17 +673,10 @@ class SentenceEncoder(nn.Module):
                     "(expected a folder written by save_pretrained / SentenceEncoder.save)"
                 )
         else:
-            if source.startswith(("/", ".", "~")) or source.count("/") > 1 or not source.strip():
-                raise ValueError(
-                    f"{source}: no such folder, and not a hub id of the form owner/name"
-                )
             try:
-                snapshot = _hub_snapshot(source)
+                snapshot = _hub_snapshot(str(src.hub_id))
             except Exception as e:  # network, auth or missing repo
-                raise ValueError(
-                    f"could not load {source!r}: it is not a local folder and the Hugging Face hub "
-                    f"download failed ({type(e).__name__}: {e})"
-                ) from e
+                raise src.hub_error(e) from e
             return cls.from_pretrained(
                 snapshot,
                 pooling=pooling,
@@ -731,7 +724,7 @@ class SentenceEncoder(nn.Module):
 
             encoder.head.load_state_dict(load_file(str(head_file)))
         elif encoder.head is not None:
-            logger.info("%s: no saved projection head; initialised a new one", source)
+            logger.info("%s: no saved projection head; initialised a new one", src.spec)
         if device is not None:
             encoder.to(device)
         return encoder

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 import textcl.data.pairs as pairs_mod
 from textcl.data.pairs import PairDataset, check_columns
+from textcl.sources import SourceError
 
 COLS = ("sent0", "sent1", "hard_neg")
 NLI_TRIPLES = "nli/snli_dev_triples_sent0_sent1_hardneg.csv"
@@ -201,9 +202,9 @@ def test_bad_jsonl_rows_skipped_and_counted(tmp_path: Path) -> None:
 
 # ----------------------------------------------------------------------------- file errors
 def test_missing_file_and_unknown_type(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"nope\.csv"):
+    with pytest.raises(SourceError, match=r"nope\.csv"):
         PairDataset.from_source(tmp_path / "nope.csv")
-    with pytest.raises(FileNotFoundError, match=r"nope\.jsonl"):
+    with pytest.raises(SourceError, match=r"nope\.jsonl"):
         PairDataset.from_source("nope.jsonl")
     odd = _write(tmp_path / "t.xlsx", "sent0,sent1\na,b\n")
     with pytest.raises(ValueError, match=r"t\.xlsx: unknown file type"):
@@ -300,7 +301,7 @@ def test_from_hub_id(monkeypatch: pytest.MonkeyPatch) -> None:
         raise ConnectionError("offline")
 
     monkeypatch.setattr(pairs_mod, "_load_hub_dataset", offline)
-    with pytest.raises(FileNotFoundError, match=r"owner/other: no such file.*ConnectionError"):
+    with pytest.raises(SourceError, match=r"owner/other: no such file.*ConnectionError"):
         PairDataset.from_source("owner/other")
 
 

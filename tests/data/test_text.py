@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from textcl.data.text import TextCorpus, plan_epoch
+from textcl.sources import SourceError
 
 
 def write(path: Path, text: str | bytes) -> Path:
@@ -50,7 +51,7 @@ def test_hashes_equal_for_equal_text(tmp_path: Path) -> None:
 
 
 def test_missing_file_names_path(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"nope\.txt"):
+    with pytest.raises(SourceError, match=r"nope\.txt: no such file or folder"):
         TextCorpus.from_source(tmp_path / "nope.txt")
 
 
@@ -129,3 +130,45 @@ def test_plan_epoch_covers_distinct_items_and_reshuffles() -> None:
 def test_plan_epoch_rejects_batch_of_one() -> None:
     with pytest.raises(ValueError, match="batch_size"):
         plan_epoch(np.arange(4, dtype=np.uint64), 1, 0, 0)
+
+
+def test_hub_dataset_streaming(monkeypatch: pytest.MonkeyPatch) -> None:
+    """streaming=True reads a hub dataset row by row through datasets streaming (mocked
+    here): no download of the dataset files, same sentences as a local source."""
+    from typing import Any
+
+    from textcl.data import text
+
+    calls: list[tuple[str, str]] = []
+    rows = [{"text": "a", "n": 1}, {"text": " "}, {"text": None}, {"text": " b "}, {"text": "a"}]
+
+    def fake_stream(name: str, split: str) -> Any:
+        calls.append((name, split))
+        return (dict(r) for r in rows)  # a one-pass iterable, as an IterableDataset
+
+    def no_download(name: str, split: str) -> Any:
+        raise AssertionError("streaming must not download the dataset")
+
+    monkeypatch.setattr(text, "_stream_hub_dataset", fake_stream)
+    monkeypatch.setattr(text, "_load_hub_dataset", no_download)
+    corpus = TextCorpus.from_source("owner/wiki1m", split="dev", streaming=True)
+    assert list(corpus) == ["a", "b", "a"] and corpus.n_blank == 2
+    assert calls == [("owner/wiki1m", "dev")] and corpus.source == "hub:owner/wiki1m"
+    h = corpus.hashes
+    assert h[0] == h[2] != h[1]
+    with pytest.raises(SourceError, match="no such file"):
+        TextCorpus.from_source("./local.txt", streaming=True)  # paths never go to the hub
+
+    rows.append({"body": "x"})
+    with pytest.raises(ValueError, match=r"hub:owner/wiki1m: row 5 has no text column 'text'"):
+        TextCorpus.from_source("owner/wiki1m", streaming=True)
+    rows[-1] = {"text": 3}
+    with pytest.raises(ValueError, match=r"row 5 column 'text' is int"):
+        TextCorpus.from_source("owner/wiki1m", streaming=True)
+
+    def offline(name: str, split: str) -> Any:
+        raise ConnectionError("offline")
+
+    monkeypatch.setattr(text, "_stream_hub_dataset", offline)
+    with pytest.raises(SourceError, match=r"owner/x: no such file.*hub download failed"):
+        TextCorpus.from_source("owner/x", streaming=True)

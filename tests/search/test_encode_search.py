@@ -13,15 +13,17 @@ import textcl.search.encode as enc_mod
 from tests.helpers import build_tiny_bert
 from tests.search.conftest import CORPUS
 from textcl import SentenceEncoder
+from textcl.errors import CorruptFileError
 from textcl.search import EmbeddingIndex, Manifest, encode_corpus, exact_search, search
+from textcl.sources import SourceError
 
 
 def _index_files(folder: Path) -> dict[str, bytes]:
-    """Every file of an index except the timing log."""
+    """Every file of an index except the timing log and the lock file."""
     return {
         p.name: p.read_bytes()
         for p in sorted(folder.iterdir())
-        if p.is_file() and p.name != "encode_log.jsonl"
+        if p.is_file() and p.name not in ("encode_log.jsonl", ".textcl.lock")
     }
 
 
@@ -129,7 +131,7 @@ def test_finished_job_rerun_is_a_noop(
 ) -> None:
     out = tmp_path / "idx"
     first = encode_corpus(tiny_model_dir, corpus_txt, out, shard_size=8, show_progress=False)
-    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != ".textcl.lock"}
 
     def no_load(*a: Any, **k: Any) -> None:
         raise AssertionError("a finished job must not load the model")
@@ -137,7 +139,9 @@ def test_finished_job_rerun_is_a_noop(
     monkeypatch.setattr(enc_mod, "load_encoder", no_load)
     again = encode_corpus(tiny_model_dir, corpus_txt, out, shard_size=8, show_progress=False)
     assert again == first
-    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    assert {
+        p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != ".textcl.lock"
+    } == before
 
 
 def test_other_settings_on_existing_index_error_unless_overwrite(
@@ -172,7 +176,7 @@ def test_empty_corpus(tiny_model_dir: Path, tmp_path: Path) -> None:
 
 
 def test_missing_corpus_and_bad_type(tiny_model_dir: Path, tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"nope.txt"):
+    with pytest.raises(SourceError, match=r"nope.txt"):
         encode_corpus(tiny_model_dir, tmp_path / "nope.txt", tmp_path / "idx")
     (tmp_path / "c.csv").write_text("a\n", encoding="utf-8")
     with pytest.raises(ValueError, match="unsupported corpus file type"):
@@ -201,7 +205,7 @@ def test_corrupt_manifest(built: Path) -> None:
     path = built / "manifest.json"
     good = path.read_text(encoding="utf-8")
     path.write_text(good[:-20], encoding="utf-8")
-    with pytest.raises(ValueError, match="corrupt manifest, not valid JSON"):
+    with pytest.raises(CorruptFileError, match=r"manifest\.json: index manifest is not valid JSON"):
         search(built, "a cat")
     data = json.loads(good)
     del data["dimension"]
@@ -224,10 +228,18 @@ def test_corrupt_manifest(built: Path) -> None:
 
 
 def test_missing_and_tampered_shards(built: Path) -> None:
-    (built / "shard-00001.jsonl").write_bytes(b"tampered\n")
-    EmbeddingIndex(built)  # shapes still fine
-    with pytest.raises(ValueError, match="checksum"):
+    texts = built / "shard-00001.jsonl"
+    good = texts.read_bytes()
+    texts.write_bytes(good.replace(b"a", b"b"))  # same size: only the sha256 tells
+    EmbeddingIndex(built)  # sizes and shapes still fine
+    with pytest.raises(CorruptFileError, match=r"shard-00001\.jsonl: shard 1 texts file's sha256"):
         EmbeddingIndex(built, verify=True)
+    texts.write_bytes(b"tampered\n")  # another size: found on every open
+    with pytest.raises(
+        CorruptFileError, match=r"shard-00001\.jsonl: shard 1 texts file has 9 bytes"
+    ):
+        EmbeddingIndex(built)
+    texts.write_bytes(good)
     (built / "shard-00002.npy").unlink()
     with pytest.raises(FileNotFoundError, match=r"shard-00002.npy"):
         search(built, "a cat")

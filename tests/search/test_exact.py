@@ -93,11 +93,30 @@ def test_errors() -> None:
 def test_score_budget_shrinks_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     import textcl.search.exact as exact_mod
 
-    monkeypatch.setattr(exact_mod, "SCORE_BUDGET", 20)  # 4 queries -> 5-row chunks
+    # Spy on the (Q, C) score blocks the search actually builds: with the budget at 20
+    # scores, 4 queries must be scored against 5-row corpus chunks (97 = 19 * 5 + 2), and
+    # with the default budget the whole corpus is one chunk. The results stay exact.
+    widths: list[int] = []
+    real = exact_mod._select_topk
+
+    def spy(scores: np.ndarray, index: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if index.ndim == 1:  # a fresh chunk (merges pass 2-D indices)
+            widths.append(scores.shape[1])
+        return real(scores, index, k)
+
+    monkeypatch.setattr(exact_mod, "_select_topk", spy)
     rng = np.random.default_rng(3)
     x = rng.standard_normal((97, 8)).astype(np.float32)
     q = rng.standard_normal((4, 8)).astype(np.float32)
     want_s, want_i = oracle(q, x, 6)
     got_s, got_i = exact_search(q, x, top_k=6)
+    assert widths == [97]  # control: no budget pressure, one chunk
+    widths.clear()
+    monkeypatch.setattr(exact_mod, "SCORE_BUDGET", 20)  # 4 queries -> 5-row chunks
+    got_s, got_i = exact_search(q, x, top_k=6)
+    assert widths == [5] * 19 + [2]
     np.testing.assert_array_equal(got_i, want_i)
     np.testing.assert_allclose(got_s, want_s, rtol=1e-5, atol=1e-5)
+    widths.clear()
+    exact_search(q, x, top_k=6, chunk_size=3)  # chunk_size below the budget wins
+    assert widths == [3] * 32 + [1]

@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 HELP = "evaluate an encoder on STS12-16, STS-B and SICK-R (Spearman of cosine similarity ×100)"
@@ -63,33 +58,6 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
-def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
-    """Write ``data`` as JSON to ``path`` atomically (temp file in the same folder +
-    ``os.replace``); NaN becomes ``null``."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(_json_safe(data), f, indent=2)
-            f.write("\n")
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
-
-
 def run(args: argparse.Namespace) -> int:
     from textcl import SentenceEncoder
     from textcl.evaluation import evaluate_sts, expand_tasks, format_sts_table
@@ -114,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
     results["max_length"] = encoder.effective_max_length
     print(format_sts_table(results))
     if args.output:
-        out = write_json_atomic(args.output, results)
+        from textcl.io import write_json
+
+        out = write_json(args.output, results)
         print(f"results written to {out}")
     return 0

@@ -33,6 +33,12 @@ def register(subparsers: Any) -> None:
         help="search through a FAISS index built with `textcl index build` "
         "(optionally name its kind: flat, ivf, hnsw)",
     )
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="check every file's sha256 against the manifest before searching (otherwise "
+        "sizes always, and each file's sha256 on its first use)",
+    )
     p.add_argument("--nprobe", type=int, default=None, help="FAISS IVF cells searched")
     p.add_argument("--ef-search", type=int, default=None, help="FAISS HNSW candidate list")
     p.add_argument("--batch-size", type=int, default=64)
@@ -86,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
         model=args.model,
         top_k=args.top_k,
         faiss=args.faiss,
+        verify=args.verify,
         batch_size=args.batch_size,
         device=args.device,
         nprobe=args.nprobe,

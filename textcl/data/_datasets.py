@@ -1,4 +1,5 @@
-"""Loading Hugging Face ``datasets`` from disk or the hub, shared by the data readers.
+"""Loading Hugging Face ``datasets`` from disk or the hub (downloaded or streamed), shared by
+the data readers and search corpora.
 
 Kept in one place (and looked up through each reader's module globals) so tests can replace
 the download without the network.
@@ -27,3 +28,11 @@ def load_hub_dataset(name: str, split: str) -> Any:  # pragma: no cover - needs 
     import datasets
 
     return datasets.load_dataset(name, split=split)
+
+
+def stream_hub_dataset(name: str, split: str) -> Any:  # pragma: no cover - needs the network
+    """Stream ``split`` of a hub dataset (``datasets`` streaming: rows arrive as dicts while
+    downloading, nothing else of the repository is fetched)."""
+    import datasets
+
+    return datasets.load_dataset(name, split=split, streaming=True)

@@ -38,6 +38,7 @@ from typing import Any
 
 from textcl.data._datasets import load_hub_dataset as _load_hub_dataset
 from textcl.data._datasets import load_saved_dataset as _load_saved_dataset
+from textcl.sources import resolve_source
 
 logger = logging.getLogger(__name__)
 
@@ -272,7 +273,8 @@ class PairDataset:
             split: the split to take from a hub dataset or a saved ``DatasetDict``.
 
         Raises:
-            FileNotFoundError: no such file (and not a hub id that loads).
+            SourceError: no such file (and not a hub id that loads); see
+                :func:`textcl.sources.resolve_source`.
             ValueError: an empty file, bad UTF-8 (file and line), a column missing from the
                 header, a malformed row (file and line) unless ``skip_bad_rows``, or no valid
                 rows at all.
@@ -283,8 +285,10 @@ class PairDataset:
             return cls._collect(
                 _dataset_rows(source, cols, describe), cols, describe, skip_bad_rows
             )
-        path = Path(source).expanduser()
-        if path.is_file():
+        src = resolve_source(source, role="data")
+        if src.kind == "file":
+            path = src.path
+            assert path is not None
             fmt, gz = _file_format(path)
             text = _read_text(path, gz)
             if fmt == "jsonl":
@@ -292,33 +296,23 @@ class PairDataset:
             else:
                 rows = _csv_rows(path, text, "," if fmt == "csv" else "\t", cols)
             return cls._collect(rows, cols, str(path), skip_bad_rows)
-        if path.is_dir():
-            if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
-                dataset = _load_saved_dataset(path, split)
-                return cls._collect(
-                    _dataset_rows(dataset, cols, str(path)), cols, str(path), skip_bad_rows
-                )
+        if src.kind == "dataset":
+            assert src.path is not None
+            dataset = _load_saved_dataset(src.path, split)
+            describe = str(src.path)
+            return cls._collect(
+                _dataset_rows(dataset, cols, describe), cols, describe, skip_bad_rows
+            )
+        if src.kind == "folder":
             raise ValueError(
-                f"{path}: is a folder; pass a {'/'.join(FILE_SUFFIXES)} file or a folder "
+                f"{src.path}: is a folder; pass a {'/'.join(FILE_SUFFIXES)} file or a folder "
                 "written by datasets.Dataset.save_to_disk"
             )
-        text_source = str(source)
-        looks_like_path = (
-            text_source.startswith(("/", ".", "~"))
-            or text_source.count("/") > 1
-            or text_source.lower().removesuffix(".gz").endswith(FILE_SUFFIXES)
-            or not text_source.strip()
-        )
-        if looks_like_path:
-            raise FileNotFoundError(f"training data not found: {path}")
         try:
-            dataset = _load_hub_dataset(text_source, split)
+            dataset = _load_hub_dataset(str(src.hub_id), split)
         except Exception as e:
-            raise FileNotFoundError(
-                f"{text_source}: no such file or folder, and loading it as a Hugging Face hub "
-                f"dataset failed ({type(e).__name__}: {e})"
-            ) from e
-        describe = f"hub:{text_source}"
+            raise src.hub_error(e) from e
+        describe = f"hub:{src.hub_id}"
         return cls._collect(_dataset_rows(dataset, cols, describe), cols, describe, skip_bad_rows)
 
     @classmethod

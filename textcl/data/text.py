@@ -26,12 +26,26 @@ import numpy as np
 
 from textcl.data._datasets import load_hub_dataset as _load_hub_dataset
 from textcl.data._datasets import load_saved_dataset as _load_saved_dataset
+from textcl.data._datasets import stream_hub_dataset as _stream_hub_dataset
+from textcl.errors import InputError
+from textcl.sources import resolve_source
 
 TEXT_SUFFIXES = (".txt", ".text")
 
 
-def _hash64(text: str) -> int:
+def text_hash64(text: str) -> int:
+    """64-bit hash of a sentence (blake2b, little-endian): equal text, equal hash. Used to
+    keep exact duplicates out of one batch and to fingerprint training data."""
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+_hash64 = text_hash64  # old private name, kept until every caller uses text_hash64
+
+
+def _string_features(column: str) -> Any:
+    import datasets
+
+    return datasets.Features({column: datasets.Value("string")})
 
 
 class TextCorpus:
@@ -60,43 +74,48 @@ class TextCorpus:
         source: str | os.PathLike[str] | Any,
         text_column: str = "text",
         split: str = "train",
+        streaming: bool = False,
     ) -> TextCorpus:
         """A corpus from a text file, a folder of ``.txt`` files, a ``datasets.Dataset``, a
         folder written by ``Dataset.save_to_disk``, or a Hugging Face hub dataset id.
 
-        Raises ``FileNotFoundError`` for a missing path and ``ValueError`` for an empty
-        corpus, a file that is not UTF-8 (with file and line) or a missing text column.
+        Which of those ``source`` is, is decided by :func:`textcl.sources.resolve_source`.
+        With ``streaming=True`` a hub dataset is streamed (``datasets`` streaming, as
+        ``textcl encode`` reads hub corpora): only the ``text_column`` of ``split`` is read,
+        row by row, and kept in memory, instead of downloading the dataset files first.
+        Raises :class:`~textcl.sources.SourceError` for a missing path or a hub id that does
+        not load, and ``ValueError`` for an empty corpus, a file that is not UTF-8 (with file and line) or a missing text column.
         """
         corpus = cls()
         if not isinstance(source, (str, os.PathLike)):
             corpus._scan_dataset(source, text_column, describe=type(source).__name__)
             return corpus
-        path = Path(source).expanduser()
-        if path.is_file():
-            corpus._scan_files([path])
-        elif path.is_dir():
-            if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
-                corpus._scan_dataset(_load_saved_dataset(path, split), text_column, str(path))
-            else:
-                files = sorted(
-                    p for p in path.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES
-                )
-                if not files:
-                    raise ValueError(
-                        f"{path}: folder holds no text files ({', '.join(TEXT_SUFFIXES)})"
-                    )
-                corpus._scan_files(files)
-        elif str(source).startswith(("/", ".", "~")) or str(source).count("/") > 1:
-            raise FileNotFoundError(f"training data not found: {path}")
+        src = resolve_source(source, role="data")
+        if src.kind == "file":
+            assert src.path is not None
+            corpus._scan_files([src.path])
+        elif src.kind == "dataset":
+            assert src.path is not None
+            corpus._scan_dataset(_load_saved_dataset(src.path, split), text_column, str(src.path))
+        elif src.kind == "folder":
+            path = src.path
+            assert path is not None
+            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES)
+            if not files:
+                raise ValueError(f"{path}: folder holds no text files ({', '.join(TEXT_SUFFIXES)})")
+            corpus._scan_files(files)
+        elif streaming:
+            try:
+                rows = iter(_stream_hub_dataset(str(src.hub_id), split))
+            except Exception as e:
+                raise src.hub_error(e) from e
+            corpus._scan_stream(rows, text_column, f"hub:{src.hub_id}")
         else:
             try:
-                dataset = _load_hub_dataset(str(source), split)
+                dataset = _load_hub_dataset(str(src.hub_id), split)
             except Exception as e:
-                raise FileNotFoundError(
-                    f"{source}: no such file or folder, and loading it as a Hugging Face hub "
-                    f"dataset failed ({type(e).__name__}: {e})"
-                ) from e
-            corpus._scan_dataset(dataset, text_column, f"hub:{source}")
+                raise src.hub_error(e) from e
+            corpus._scan_dataset(dataset, text_column, f"hub:{src.hub_id}")
         return corpus
 
     def _scan_files(self, files: Sequence[Path]) -> None:
@@ -120,7 +139,7 @@ class TextCorpus:
                     if text:
                         self._file_index.append(fi)
                         self._offsets.append(offset)
-                        self._hashes.append(_hash64(text))
+                        self._hashes.append(text_hash64(text))
                     else:
                         self.n_blank += 1
                     offset += len(raw)
@@ -128,6 +147,31 @@ class TextCorpus:
                 raise ValueError(f"{path}: no sentences (the file is empty or blank)")
         if not self._offsets:
             raise ValueError(f"{self.source}: no sentences (all files are empty or blank)")
+
+    def _scan_stream(self, rows: Iterator[Any], column: str, describe: str) -> None:
+        """Read ``column`` of streamed rows (dicts) into an in-memory dataset."""
+        import datasets
+
+        values: list[str | None] = []
+        for index, row in enumerate(rows):
+            if not isinstance(row, dict) or column not in row:
+                names = list(row) if isinstance(row, dict) else type(row).__name__
+                raise InputError(
+                    f"{describe}: row {index} has no text column {column!r} (columns: "
+                    f"{names}); pass text_column"
+                )
+            value = row[column]
+            if value is not None and not isinstance(value, str):
+                raise InputError(
+                    f"{describe}: row {index} column {column!r} is {type(value).__name__}, "
+                    "not a string"
+                )
+            values.append(value)
+        self._scan_dataset(
+            datasets.Dataset.from_dict({column: values}, features=_string_features(column)),
+            column,
+            describe,
+        )
 
     def _scan_dataset(self, dataset: Any, column: str, describe: str) -> None:
         names = getattr(dataset, "column_names", None)
@@ -150,7 +194,7 @@ class TextCorpus:
             text = value.strip()
             if text:
                 self._rows.append(row)
-                self._hashes.append(_hash64(text))
+                self._hashes.append(text_hash64(text))
             else:
                 self.n_blank += 1
         if not self._rows:

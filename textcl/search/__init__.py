@@ -12,8 +12,15 @@ from __future__ import annotations
 
 from textcl.search.encode import encode_corpus
 from textcl.search.exact import exact_search
-from textcl.search.faiss_index import FAISS_KINDS, build_faiss_index
-from textcl.search.index import EmbeddingIndex, Hit, open_index, search
+from textcl.search.faiss_index import FAISS_KINDS
+from textcl.search.index import (
+    EmbeddingIndex,
+    Hit,
+    build_faiss_index,
+    open_index,
+    search,
+    verify_index,
+)
 from textcl.search.manifest import Manifest, ShardInfo
 from textcl.search.sources import CorpusSource, open_source
 
@@ -30,4 +37,5 @@ __all__ = [
     "open_index",
     "open_source",
     "search",
+    "verify_index",
 ]

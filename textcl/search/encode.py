@@ -8,6 +8,15 @@ of each ``.jsonl`` line). Every file is written to a temporary name and renamed 
 the manifest is rewritten (atomically) after each shard, so a shard exists only once the
 manifest lists it. An interrupted run resumes after its last listed shard; a finished run is
 a no-op.
+
+One owner per folder: the run holds the folder's :class:`~textcl.io.FolderLock` from start
+to end (a second writer gets :class:`~textcl.errors.FolderBusyError` at once) and, holding
+it, removes temp files a killed run left behind. A folder holding another corpus or model
+is refused (:class:`~textcl.errors.FolderConflictError`), never mixed: resuming (or calling
+a finished index "done") needs the same input identity (checksum, columns, split), model
+name and model weights hash (:func:`model_weights_hash`), dtype, shard size and encoder
+settings. The whole input is read and checked (UTF-8, JSON, fields) before the first
+shard is written, so a bad line fails before any work, naming the line.
 """
 
 from __future__ import annotations
@@ -28,15 +37,17 @@ from typing import Any
 import numpy as np
 
 from textcl.encoder import batch_bounds
+from textcl.errors import FolderConflictError, InputError
+from textcl.io import FolderLock, atomic_write_bytes, remove_stale_tmp
 from textcl.search.manifest import (
     DTYPES,
     MANIFEST_NAME,
     PROBE_SENTENCES,
     Manifest,
     ShardInfo,
-    atomic_write_bytes,
 )
 from textcl.search.sources import CorpusSource, open_source
+from textcl.version import __version__
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +109,78 @@ def model_name(model: Any) -> str:
     return str(local.resolve()) if local.exists() else str(model)
 
 
+MODEL_FILE_SUFFIXES: tuple[str, ...] = (
+    ".safetensors",
+    ".bin",
+    ".pt",
+    ".pth",
+    ".json",
+    ".txt",
+    ".model",
+)
+"""Files of a model folder that :func:`model_weights_hash` covers: weights, every config
+(transformers, textcl, sentence-transformers modules) and the tokenizer's vocabulary."""
+_SKIP_DIRS = frozenset({"onnx", "openvino", ".git", ".cache"})
+
+
+def model_weights_hash(model: Any) -> str:
+    """A fingerprint of what makes ``model`` embed as it does.
+
+    * a model folder: sha256 over the relative path and sha256 of each file with a suffix
+      in :data:`MODEL_FILE_SUFFIXES` (weights, configs incl. ``textcl_config.json`` and
+      sentence-transformers' ``modules.json``/``1_Pooling/config.json``, tokenizer), hidden
+      files and exported formats (``onnx/``, ``openvino/``) excluded: ``"files:<hex>"``;
+    * an in-memory :class:`~textcl.SentenceEncoder`: sha256 over its state dict (model and
+      head tensors, names, dtypes, shapes) and its :class:`~textcl.EncoderConfig`:
+      ``"state:<hex>"``.
+    """
+    import torch
+
+    from textcl.encoder import SentenceEncoder
+
+    h = hashlib.sha256()
+    if isinstance(model, SentenceEncoder):
+        h.update(json.dumps(asdict(model.config), sort_keys=True).encode())
+        for name, tensor in sorted(model.state_dict().items()):
+            t = tensor.detach().cpu().contiguous()
+            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        return "state:" + h.hexdigest()
+    folder = Path(model).expanduser()
+    if not folder.is_dir():
+        raise InputError(f"{model}: not a model folder, cannot hash its weights")
+    files = sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in MODEL_FILE_SUFFIXES
+        and not any(
+            part.startswith(".") or part in _SKIP_DIRS for part in p.relative_to(folder).parts
+        )
+    )
+    from textcl.io import sha256_file
+
+    for p in files:
+        h.update(f"{p.relative_to(folder).as_posix()}\0{sha256_file(p)}\n".encode())
+    return "files:" + h.hexdigest()
+
+
+def _model_folder(model: Any, encoder: Any | None) -> Path | None:
+    """The local folder ``model`` was (or will be) loaded from, if any."""
+    from textcl.encoder import SentenceEncoder
+
+    if isinstance(model, SentenceEncoder):
+        return None
+    local = Path(model).expanduser()
+    if local.is_dir():
+        return local
+    if encoder is not None:  # a hub id: the snapshot folder it was loaded from
+        name = str(getattr(getattr(encoder.model, "config", None), "_name_or_path", "") or "")
+        if name and Path(name).is_dir():
+            return Path(name)
+    return None
+
+
 def load_encoder(model: Any, device: Any = None) -> Any:
     """``model`` as a :class:`~textcl.SentenceEncoder` (loaded when a folder or hub id)."""
     from textcl.encoder import SentenceEncoder
@@ -121,9 +204,14 @@ def _clear_index_files(folder: Path) -> None:
             p.unlink()
 
 
-def _check_resume(old: Manifest, new: Manifest, folder: Path) -> None:
-    """Raise ``ValueError`` when ``folder``'s unfinished job was started with other settings."""
+def _settings_diffs(old: Manifest, new: Manifest) -> list[str]:
+    """The fields of ``old`` (in the folder) that ``new`` (this run) does not match."""
     diffs = []
+    if old.model_hash and new.model_hash and old.model_hash != new.model_hash:
+        diffs.append(
+            f"model_hash: the model's weights/configs changed since the index was built "
+            f"(index has {old.model_hash[:18]}..., now {new.model_hash[:18]}...)"
+        )
     for key in ("model", "dimension", "dtype", "shard_size", "encoder"):
         if getattr(old, key) != getattr(new, key):
             diffs.append(f"{key}: index has {getattr(old, key)!r}, now {getattr(new, key)!r}")
@@ -132,10 +220,26 @@ def _check_resume(old: Manifest, new: Manifest, folder: Path) -> None:
             diffs.append(
                 f"source {key}: index has {old.source.get(key)!r}, now {new.source.get(key)!r}"
             )
+    return diffs
+
+
+def _conflict(folder: Path, diffs: list[str]) -> FolderConflictError:
+    return FolderConflictError(
+        f"{folder} holds an index of another corpus, model or settings ({'; '.join(diffs)}); "
+        "use --overwrite or another folder"
+    )
+
+
+def _check_resume(old: Manifest, new: Manifest, folder: Path) -> None:
+    """Raise FolderConflictError when ``folder``'s index was started with other settings."""
+    diffs = _settings_diffs(old, new)
     if diffs:
-        raise ValueError(
-            f"{folder} holds an index built with other settings ({'; '.join(diffs)}); "
-            "choose another --output or pass --overwrite to start again"
+        raise _conflict(folder, diffs)
+    if not old.model_hash:
+        logger.warning(
+            "%s: the index records no model weights hash (written by an older textcl); "
+            "resuming on the model name and probe only",
+            folder,
         )
     for shard in old.shards:
         for name in (shard.embeddings, shard.texts, shard.offsets):
@@ -187,23 +291,84 @@ def encode_corpus(
         are skipped and counted in ``manifest.skipped``.
 
     Raises:
-        ValueError: an empty corpus (no non-blank text), bad arguments, or an unfinished
-            index in ``output`` built with other settings.
-        FileNotFoundError: a missing corpus file or a missing shard of an unfinished index.
+        InputError / ValueError: an empty corpus (no non-blank text), a bad line of the
+            input (found before any shard is written), bad arguments, an output that is a
+            file.
+        SourceError: a missing corpus file (or a hub id that does not load).
+        FolderBusyError: another process is writing ``output``.
+        FolderConflictError: ``output`` holds an index of another corpus, model (weights
+            hash) or settings.
+        FileNotFoundError: a missing shard of an unfinished index.
     """
-    from textcl import __version__
-
     if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     for name, value in (("shard_size", shard_size), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            raise InputError(f"{name} must be a positive integer, got {value!r}")
     batch_bounds([], batch_size, max_tokens)  # validates max_tokens
     folder = Path(output).expanduser()
     if folder.exists() and not folder.is_dir():
-        raise ValueError(f"{folder} exists and is not a folder")
+        raise InputError(
+            f"{folder}: the output exists and is a file, not a folder; choose another --output"
+        )
     corpus = open_source(source, text_column=text_column, id_column=id_column, split=split)
     folder.mkdir(parents=True, exist_ok=True)
+    with FolderLock(folder, "index"):
+        removed = remove_stale_tmp(folder, recursive=False)
+        if removed:
+            logger.info("%s: removed %d temp file(s) left by a killed run", folder, len(removed))
+        return _encode_locked(
+            model,
+            corpus,
+            folder,
+            dtype=dtype,
+            shard_size=shard_size,
+            batch_size=batch_size,
+            max_tokens=max_tokens,
+            normalize=normalize,
+            precision=precision,
+            device=device,
+            overwrite=overwrite,
+            show_progress=show_progress,
+        )
+
+
+def _same_complete(
+    old: Manifest, corpus: CorpusSource, name: str, model_hash: str, **kw: Any
+) -> bool:
+    """Whether the finished index ``old`` is exactly what this run would write."""
+    return (
+        old.complete
+        and old.source.get("checksum") == corpus.checksum
+        and all(
+            old.source.get(k) == v
+            for k, v in corpus.describe().items()
+            if k != "rows" and k != "path"
+        )
+        and old.model == name
+        and old.model_hash == model_hash
+        and old.dtype == kw["dtype"]
+        and old.shard_size == kw["shard_size"]
+        and old.normalized == bool(kw["normalize"])
+    )
+
+
+def _encode_locked(
+    model: Any,
+    corpus: CorpusSource,
+    folder: Path,
+    *,
+    dtype: str,
+    shard_size: int,
+    batch_size: int,
+    max_tokens: int | None,
+    normalize: bool,
+    precision: str,
+    device: Any,
+    overwrite: bool,
+    show_progress: bool,
+) -> Manifest:
+    from textcl.encoder import SentenceEncoder
 
     old: Manifest | None = None
     if (folder / MANIFEST_NAME).exists():
@@ -211,35 +376,45 @@ def encode_corpus(
             _clear_index_files(folder)
         else:
             old = Manifest.load(folder)
-            if (
-                old.complete
-                and old.source.get("checksum") == corpus.checksum
-                and old.model == model_name(model)
-                and old.dtype == dtype
-                and old.shard_size == shard_size
-                and old.normalized == bool(normalize)
-            ):
-                logger.info(
-                    "%s: already complete (%d embeddings); nothing to do", folder, old.count
-                )
-                return old
+    name = model_name(model)
+    pre_hash: str | None = None
+    if isinstance(model, SentenceEncoder) or _model_folder(model, None) is not None:
+        pre_hash = model_weights_hash(
+            model if isinstance(model, SentenceEncoder) else _model_folder(model, None)
+        )
+    kw = {"dtype": dtype, "shard_size": shard_size, "normalize": normalize}
+    if (
+        old is not None
+        and pre_hash is not None
+        and _same_complete(old, corpus, name, pre_hash, **kw)
+    ):
+        logger.info("%s: already complete (%d embeddings); nothing to do", folder, old.count)
+        return old
+    corpus.validate()  # the whole input, before any shard is written
 
     encoder = load_encoder(model, device)
+    if pre_hash is None:
+        local = _model_folder(model, encoder)
+        pre_hash = model_weights_hash(local if local is not None else encoder)
     encoder_cfg = asdict(encoder.config)
     encoder_cfg["normalize"] = bool(normalize)
     encoder_cfg["max_length"] = encoder.effective_max_length
     encoder_cfg["embedding_dim"] = encoder.embedding_dim
     manifest = Manifest(
-        model=model_name(model),
+        model=name,
         encoder=encoder_cfg,
         dimension=encoder.embedding_dim,
         dtype=dtype,
         shard_size=shard_size,
         source=corpus.describe(),
         probe=model_probe(encoder),
+        model_hash=pre_hash,
         textcl_version=__version__,
     )
     if old is not None:
+        if _same_complete(old, corpus, name, pre_hash, **kw):
+            logger.info("%s: already complete (%d embeddings); nothing to do", folder, old.count)
+            return old
         _check_resume(old, manifest, folder)
         manifest.shards, manifest.count, manifest.skipped = old.shards, old.count, old.skipped
         manifest.faiss = {}
@@ -381,9 +556,10 @@ def _write_shard(
     emb_name, texts_name, offsets_name = shard_names(index)
     emb_bytes = npy_bytes(embeddings)
     lines, offsets = texts_jsonl(ids, texts)
+    offsets_bytes = npy_bytes(offsets)
     atomic_write_bytes(folder / emb_name, emb_bytes)
     atomic_write_bytes(folder / texts_name, lines)
-    atomic_write_bytes(folder / offsets_name, npy_bytes(offsets))
+    atomic_write_bytes(folder / offsets_name, offsets_bytes)
     manifest.shards.append(
         ShardInfo(
             index=index,
@@ -395,6 +571,10 @@ def _write_shard(
             sha256=hashlib.sha256(emb_bytes).hexdigest(),
             texts_sha256=hashlib.sha256(lines).hexdigest(),
             skipped=skipped,
+            offsets_sha256=hashlib.sha256(offsets_bytes).hexdigest(),
+            bytes=len(emb_bytes),
+            texts_bytes=len(lines),
+            offsets_bytes=len(offsets_bytes),
         )
     )
     manifest.count += len(ids)

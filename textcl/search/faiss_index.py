@@ -9,22 +9,45 @@ Kinds (all inner product, i.e. cosine over the normalised embeddings ``encode`` 
   (approximate; no training; recall grows with ``ef_search``).
 
 The index is written atomically to ``faiss-<kind>.index`` and recorded in the manifest with
-its parameters; it is stale (refused) when the manifest's count changes.
+its parameters, size and sha256; it is stale (refused) when the manifest's count changes, and
+damaged (:class:`~textcl.errors.CorruptFileError`) when its size differs (checked on every
+load) or its sha256 (checked on its first load in a process) or FAISS cannot read it.
+
+This module does not import :mod:`textcl.search.index`: it works on any object with the
+:class:`VectorIndex` interface (an open :class:`~textcl.search.index.EmbeddingIndex`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from textcl.search.index import EmbeddingIndex
+from textcl.errors import CorruptFileError, InputError
+from textcl.io import atomic_write_bytes
+from textcl.search.manifest import Manifest, inside
+
+
+class VectorIndex(Protocol):
+    """What FAISS building and search need of an open index folder."""
+
+    folder: Path
+    manifest: Manifest
+
+    def __len__(self) -> int: ...
+
+    @property
+    def dimension(self) -> int: ...
+
+    @property
+    def shards(self) -> list[np.ndarray]: ...
+
+    def vectors(self, start: int = 0, stop: int | None = None) -> np.ndarray: ...
+
 
 FAISS_KINDS: tuple[str, ...] = ("flat", "ivf", "hnsw")
 ADD_CHUNK = 65_536
@@ -82,8 +105,8 @@ def create_faiss_index(
     return fi, {"nlist": nl}
 
 
-def build_faiss_index(
-    index: Any,
+def build_faiss(
+    idx: VectorIndex,
     kind: str = "hnsw",
     *,
     nlist: int | None = None,
@@ -92,25 +115,16 @@ def build_faiss_index(
     train_size: int | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Build a FAISS index of ``kind`` over an index folder and record it in the manifest.
-
-    Args:
-        index: an index folder or an open :class:`~textcl.search.index.EmbeddingIndex`.
-        kind: ``flat``, ``ivf`` or ``hnsw``.
-        nlist: IVF cells (default :func:`default_nlist`).
-        m / ef_construction: HNSW links per node and build-time candidate list.
-        train_size: IVF k-means training sample (default ``min(n, 256 * nlist)``), drawn
-            with ``seed``.
+    """Build a FAISS index of ``kind`` over the open index ``idx``, write it atomically and
+    record it in the manifest (see :func:`textcl.search.build_faiss_index` for the args).
 
     Returns:
-        The manifest's entry for this index (file, parameters, count, build seconds).
+        The manifest's entry for this index (file, parameters, count, size, sha256, build
+        seconds).
     """
-    from textcl.search.index import open_index
-
     if kind not in FAISS_KINDS:
         raise ValueError(f"unknown FAISS index kind {kind!r}: expected {', '.join(FAISS_KINDS)}")
     faiss = import_faiss()
-    idx = open_index(index)
     n, dim = len(idx), idx.dimension
     t0 = time.perf_counter()
     fi, params = create_faiss_index(kind, dim, n, nlist=nlist, m=m, ef_construction=ef_construction)
@@ -125,28 +139,23 @@ def build_faiss_index(
         fi.add(np.ascontiguousarray(idx.vectors(start, start + ADD_CHUNK)))
     seconds = time.perf_counter() - t0
     name = faiss_file(kind)
-    target = idx.folder / name
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.tmp-", dir=idx.folder)
-    os.close(fd)
-    try:
-        faiss.write_index(fi, tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    data = faiss.serialize_index(fi).tobytes()
+    atomic_write_bytes(idx.folder / name, data)
     entry = {
         "file": name,
         "kind": kind,
         "count": n,
         "params": params,
         "build_seconds": round(seconds, 3),
+        "bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
     }
     idx.manifest.faiss[kind] = entry
     idx.manifest.save(idx.folder)
     return entry
 
 
-def _gather(idx: EmbeddingIndex, rows: np.ndarray) -> np.ndarray:
+def _gather(idx: VectorIndex, rows: np.ndarray) -> np.ndarray:
     """float32 rows ``rows`` (sorted) read shard by shard."""
     out = np.empty((len(rows), idx.dimension), dtype=np.float32)
     starts = np.cumsum([0] + [s.shape[0] for s in idx.shards])
@@ -157,36 +166,65 @@ def _gather(idx: EmbeddingIndex, rows: np.ndarray) -> np.ndarray:
     return out
 
 
-_LOADED: dict[tuple[str, float], Any] = {}
+_LOADED: dict[tuple[str, int, int, str], Any] = {}
 
 
-def load_faiss_index(idx: EmbeddingIndex, kind: str) -> Any:
-    """The FAISS index ``kind`` of ``idx`` (cached per file and modification time)."""
+def load_faiss_index(idx: VectorIndex, kind: str) -> Any:
+    """The FAISS index ``kind`` of ``idx``, checked against its manifest entry (size on
+    every call, sha256 and FAISS's own reading on the first load; cached per file, size,
+    modification time and recorded sha256)."""
     faiss = import_faiss()
     entry = idx.manifest.faiss.get(kind)
     if entry is None:
         built = ", ".join(idx.manifest.faiss) or "none"
-        raise ValueError(
+        raise InputError(
             f"{idx.folder}: no {kind!r} FAISS index (built: {built}); run "
             f"`textcl index build --index {idx.folder} --kind {kind}`"
         )
-    path = idx.folder / str(entry["file"])
+    path = inside(idx.folder, entry.get("file"), f"{idx.folder} manifest faiss[{kind!r}]")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: FAISS index file listed in the manifest is missing")
     if int(entry.get("count", -1)) != len(idx):
-        raise ValueError(
+        raise InputError(
             f"{path}: stale FAISS index ({entry.get('count')} vectors, the index has "
             f"{len(idx)}); rebuild it with `textcl index build`"
         )
-    key = (str(path.resolve()), path.stat().st_mtime)
+    stat = path.stat()
+    size = entry.get("bytes")
+    if isinstance(size, int) and size >= 0 and stat.st_size != size:
+        raise CorruptFileError(
+            f"{path}: FAISS index file has {stat.st_size} bytes, the manifest lists {size} "
+            "(truncated or replaced); rebuild it with `textcl index build`"
+        )
+    digest = str(entry.get("sha256") or "")
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, digest)
     if key not in _LOADED:
+        data = path.read_bytes()
+        if digest and hashlib.sha256(data).hexdigest() != digest:
+            raise CorruptFileError(
+                f"{path}: FAISS index file's sha256 differs from the manifest (changed after "
+                "it was built); rebuild it with `textcl index build`"
+            )
+        try:
+            fi = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+        except Exception as e:  # FAISS raises RuntimeError on damaged files
+            raise CorruptFileError(
+                f"{path}: not a readable FAISS index ({type(e).__name__}: "
+                f"{str(e).strip().splitlines()[-1] if str(e).strip() else ''}); rebuild it "
+                "with `textcl index build`"
+            ) from None
+        if int(fi.ntotal) != len(idx) or int(fi.d) != idx.dimension:
+            raise CorruptFileError(
+                f"{path}: FAISS index holds {fi.ntotal} vectors of dimension {fi.d}, the "
+                f"index folder {len(idx)} of dimension {idx.dimension}; rebuild it"
+            )
         _LOADED.clear()
-        _LOADED[key] = faiss.read_index(str(path))
+        _LOADED[key] = fi
     return _LOADED[key]
 
 
 def faiss_search(
-    idx: EmbeddingIndex,
+    idx: VectorIndex,
     queries: np.ndarray,
     top_k: int,
     kind: str,

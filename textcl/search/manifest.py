@@ -12,13 +12,14 @@ An index folder written by :func:`textcl.search.encode_corpus` holds::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
+
+from textcl.errors import CorruptFileError
+from textcl.io import atomic_write_text, read_json
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
@@ -31,27 +32,25 @@ PROBE_SENTENCES: tuple[str, ...] = (
 """Encoded into the manifest as a fingerprint of the model (see :attr:`Manifest.probe`)."""
 
 
-def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in ``chunk``-byte pieces (memory bounded)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same folder + ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def inside(folder: Path, name: Any, where: str) -> Path:
+    """``folder / name`` for a file name read from a manifest, refusing anything that could
+    lead outside ``folder`` (absolute paths, ``..``, backslashes, a symlink pointing out)
+    with :class:`~textcl.errors.CorruptFileError`."""
+    if not isinstance(name, str) or not name or name in (".", ".."):
+        raise CorruptFileError(f"{where}: bad file name {name!r} (expected a file name)")
+    pure = PurePosixPath(name)
+    if pure.is_absolute() or ".." in pure.parts or "\\" in name or name.startswith("~"):
+        raise CorruptFileError(
+            f"{where}: file name {name!r} points outside the index folder; a manifest may "
+            "only name files inside its folder"
+        )
+    path = folder / name
+    root = folder.resolve()
+    if not path.resolve().is_relative_to(root):
+        raise CorruptFileError(
+            f"{where}: {name!r} is a link to {path.resolve()}, outside the index folder {root}"
+        )
+    return path
 
 
 @dataclass
@@ -68,15 +67,38 @@ class ShardInfo:
     texts_sha256: str
     skipped: int = 0
     """Source rows skipped inside this shard's run (blank / whitespace-only texts)."""
+    offsets_sha256: str = ""
+    bytes: int = -1
+    texts_bytes: int = -1
+    offsets_bytes: int = -1
+    """File sizes, checked on every open (``-1``: not recorded by an older textcl)."""
+
+    def files(self) -> tuple[tuple[str, str, int, str], ...]:
+        """``(role, name, size, sha256)`` of the shard's three files."""
+        return (
+            ("embeddings", self.embeddings, self.bytes, self.sha256),
+            ("texts", self.texts, self.texts_bytes, self.texts_sha256),
+            ("offsets", self.offsets, self.offsets_bytes, self.offsets_sha256),
+        )
 
     @classmethod
     def from_dict(cls, data: Any, where: str) -> ShardInfo:
         if not isinstance(data, dict):
-            raise ValueError(f"{where}: a shard entry must be an object, got {data!r:.80}")
+            raise CorruptFileError(f"{where}: a shard entry must be an object, got {data!r:.80}")
         try:
-            return cls(**data)
+            shard = cls(**data)
         except TypeError as e:
-            raise ValueError(f"{where}: bad shard entry ({e})") from None
+            raise CorruptFileError(f"{where}: bad shard entry ({e})") from None
+        for key in ("index", "start", "rows", "skipped", "bytes", "texts_bytes", "offsets_bytes"):
+            value = getattr(shard, key)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise CorruptFileError(f"{where}: {key} must be an integer, got {value!r:.40}")
+        if shard.rows < 1 or shard.start < 0 or shard.skipped < 0:
+            raise CorruptFileError(f"{where}: bad rows/start/skipped {shard.rows}/{shard.start}")
+        for key in ("sha256", "texts_sha256", "offsets_sha256"):
+            if not isinstance(getattr(shard, key), str):
+                raise CorruptFileError(f"{where}: {key} must be a string")
+        return shard
 
 
 @dataclass
@@ -92,6 +114,9 @@ class Manifest:
     probe: list[list[float]]
     """fp32 embeddings of :data:`PROBE_SENTENCES` by the index's model: a content
     fingerprint of the model, compared when a different ``--model`` encodes queries."""
+    model_hash: str = ""
+    """:func:`textcl.search.encode.model_weights_hash` of the model (weights + configs),
+    checked on resume ("" in indexes written before it was recorded)."""
     count: int = 0
     skipped: int = 0
     shards: list[ShardInfo] = field(default_factory=list)
@@ -112,11 +137,13 @@ class Manifest:
         return json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n"
 
     def save(self, folder: Path) -> None:
-        atomic_write_bytes(folder / MANIFEST_NAME, self.to_json().encode("utf-8"))
+        atomic_write_text(folder / MANIFEST_NAME, self.to_json())
 
     @classmethod
     def load(cls, folder: str | os.PathLike[str]) -> Manifest:
-        """Read and validate ``folder/manifest.json``; ``ValueError`` names what is wrong."""
+        """Read and validate ``folder/manifest.json``: a damaged or crafted one (bad JSON,
+        fields, counts, or file names leading outside ``folder``) raises
+        :class:`~textcl.errors.CorruptFileError` naming what is wrong."""
         path = Path(folder) / MANIFEST_NAME
         if not Path(folder).is_dir():
             raise FileNotFoundError(f"{folder}: no such index folder")
@@ -124,39 +151,65 @@ class Manifest:
             raise FileNotFoundError(
                 f"{path}: missing; is {folder} an index folder written by `textcl encode`?"
             )
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{path}: corrupt manifest, not valid JSON ({e})") from None
+        data = read_json(path, "index manifest")
         if not isinstance(data, dict):
-            raise ValueError(f"{path}: corrupt manifest, expected a JSON object")
+            raise CorruptFileError(f"{path}: corrupt manifest, expected a JSON object")
         fmt = data.get("format")
         if fmt != FORMAT_VERSION:
-            raise ValueError(
+            raise CorruptFileError(
                 f"{path}: manifest format {fmt!r} is not supported (this textcl reads "
                 f"format {FORMAT_VERSION})"
             )
         required = ("model", "encoder", "dimension", "dtype", "shard_size", "source", "probe")
         missing = [k for k in required if k not in data]
         if missing:
-            raise ValueError(f"{path}: corrupt manifest, missing field(s) {missing}")
+            raise CorruptFileError(f"{path}: corrupt manifest, missing field(s) {missing}")
         known = set(cls.__dataclass_fields__)
         unknown = set(data) - known
         if unknown:
-            raise ValueError(f"{path}: corrupt manifest, unknown field(s) {sorted(unknown)}")
-        shards = [
-            ShardInfo.from_dict(s, f"{path} shards[{i}]")
-            for i, s in enumerate(data.pop("shards", []) or [])
-        ]
+            raise CorruptFileError(f"{path}: corrupt manifest, unknown field(s) {sorted(unknown)}")
+        raw_shards = data.pop("shards", []) or []
+        if not isinstance(raw_shards, list):
+            raise CorruptFileError(f"{path}: corrupt manifest, shards must be a list")
+        shards = [ShardInfo.from_dict(s, f"{path} shards[{i}]") for i, s in enumerate(raw_shards)]
         try:
             manifest = cls(**data, shards=shards)
-        except TypeError as e:
-            raise ValueError(f"{path}: corrupt manifest ({e})") from None
-        if not isinstance(manifest.dimension, int) or manifest.dimension < 1:
-            raise ValueError(f"{path}: corrupt manifest, bad dimension {manifest.dimension!r}")
+        except (TypeError, ValueError) as e:
+            raise CorruptFileError(f"{path}: corrupt manifest ({e})") from None
+        if not isinstance(manifest.probe, list) or not all(
+            isinstance(row, list) and all(isinstance(x, int | float) for x in row)
+            for row in manifest.probe
+        ):
+            raise CorruptFileError(f"{path}: corrupt manifest, probe must be lists of numbers")
+        if (
+            isinstance(manifest.dimension, bool)
+            or not isinstance(manifest.dimension, int)
+            or manifest.dimension < 1
+        ):
+            raise CorruptFileError(
+                f"{path}: corrupt manifest, bad dimension {manifest.dimension!r}"
+            )
         total = sum(s.rows for s in shards)
         if total != manifest.count:
-            raise ValueError(
+            raise CorruptFileError(
                 f"{path}: corrupt manifest, count {manifest.count} != sum of shard rows {total}"
             )
+        for key in ("count", "skipped", "shard_size"):
+            value = getattr(manifest, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise CorruptFileError(f"{path}: corrupt manifest, bad {key} {value!r:.40}")
+        if not isinstance(manifest.source, dict) or not isinstance(manifest.encoder, dict):
+            raise CorruptFileError(f"{path}: corrupt manifest, source/encoder must be objects")
+        folder_path = Path(folder)
+        for i, shard in enumerate(shards):
+            if shard.index != i:
+                raise CorruptFileError(f"{path}: shards[{i}] has index {shard.index}")
+            for _, name, _, _ in shard.files():
+                inside(folder_path, name, f"{path} shards[{i}]")
+        if not isinstance(manifest.faiss, dict):
+            raise CorruptFileError(f"{path}: corrupt manifest, faiss must be an object")
+        for kind, entry in manifest.faiss.items():
+            if not isinstance(entry, dict):
+                raise CorruptFileError(f"{path}: faiss[{kind!r}] must be an object")
+            inside(folder_path, entry.get("file"), f"{path} faiss[{kind!r}]")
         return manifest

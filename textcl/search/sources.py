@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from textcl.errors import InputError
+from textcl.sources import SourceError, resolve_source
+
 Record = tuple[str, str | None]
 """``(id, text)``; ``text`` is ``None`` for a null value in a table."""
 
@@ -48,6 +51,29 @@ class CorpusSource:
             "split": self.split,
             "rows": self.rows,
         }
+
+    def validate(self) -> int:
+        """Read the whole source once and check every record (UTF-8, JSON, fields, types)
+        before anything is written; returns the number of non-blank texts. A streamed hub
+        dataset is not read twice: it is checked while encoding.
+
+        Raises InputError naming the file and line (or row) of the first bad record, or
+        for a source with no non-blank text.
+        """
+        if self.kind == "hub":
+            return -1
+        count = 0
+        rows = 0
+        for _, text in self.records():
+            rows += 1
+            if text is not None and text.strip():
+                count += 1
+        if count == 0:
+            raise InputError(
+                f"{self.path}: empty corpus, no non-blank text in column/field "
+                f"{self.text_column!r} ({rows} rows read); nothing to encode"
+            )
+        return count
 
     def records(self) -> Iterator[Record]:
         """Yield ``(id, text)`` in source order."""
@@ -86,12 +112,14 @@ def open_source(
     """Identify a corpus and compute its checksum (sha256 of the file, or the dataset's
     fingerprint; a hub dataset is identified by ``hub:name@split``).
 
-    Raises ``FileNotFoundError`` for a missing local path and ``ValueError`` for an
-    unsupported file type or a missing column.
+    What ``source`` is, is decided by :func:`textcl.sources.resolve_source`. Raises
+    :class:`~textcl.sources.SourceError` for a missing local path or a hub id that does not
+    load, and ``ValueError`` for an unsupported file type or a missing column.
     """
-    spec = str(source)
-    path = Path(spec).expanduser()
-    if path.is_file():
+    src = resolve_source(source, role="data")
+    if src.kind == "file":
+        path = src.path
+        assert path is not None
         suffix = path.suffix.lower()
         kinds = {".txt": "txt", ".text": "txt", ".jsonl": "jsonl", ".parquet": "parquet"}
         if suffix not in kinds:
@@ -113,11 +141,20 @@ def open_source(
             id_column=id_column,
             rows=rows,
         )
-    if path.is_dir():
-        return _open_saved_dataset(path, text_column, id_column, split)
-    if spec.startswith(("/", ".", "~")) or path.suffix.lower() in (".txt", ".jsonl", ".parquet"):
-        raise FileNotFoundError(f"{spec}: no such corpus file or folder")
-    dataset = _load_hub_dataset(spec, split)
+    if src.kind == "folder":
+        raise SourceError(
+            f"{src.path}: a folder, but not one written by datasets' save_to_disk (it has none "
+            "of dataset_info.json, dataset_dict.json, state.json); pass a .txt, .jsonl or "
+            ".parquet file"
+        )
+    if src.kind == "dataset":
+        assert src.path is not None
+        return _open_saved_dataset(src.path, text_column, id_column, split)
+    spec = str(src.hub_id)
+    try:
+        dataset = _load_hub_dataset(spec, split)
+    except Exception as e:  # network, auth, missing repo or split
+        raise src.hub_error(e) from e
     return CorpusSource(
         kind="hub",
         path=spec,
@@ -131,15 +168,9 @@ def open_source(
 
 def _load_hub_dataset(name: str, split: str) -> Any:
     """Stream a hub dataset (the only function that touches the network)."""
-    import datasets
+    from textcl.data._datasets import stream_hub_dataset
 
-    try:
-        return datasets.load_dataset(name, split=split, streaming=True)
-    except Exception as e:  # network, auth, missing repo or split
-        raise ValueError(
-            f"could not open {name!r}: it is not a local file or folder and loading it from "
-            f"the Hugging Face hub failed ({type(e).__name__}: {e})"
-        ) from e
+    return stream_hub_dataset(name, split)
 
 
 def _open_saved_dataset(
@@ -180,7 +211,7 @@ def _txt_records(path: Path) -> Iterator[Record]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid UTF-8 ({e.reason})") from None
+                raise InputError(f"{path}:{lineno}: not valid UTF-8 ({e.reason})") from None
             if lineno == 1:
                 line = line.removeprefix("\ufeff")  # a UTF-8 byte-order mark
             yield str(lineno), line.rstrip("\r\n")
@@ -196,9 +227,9 @@ def _jsonl_records(path: Path, text_column: str, id_column: str | None) -> Itera
             try:
                 obj = json.loads(raw)
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise ValueError(f"{where}: not valid JSON ({e})") from None
+                raise InputError(f"{where}: not valid JSON ({e})") from None
             if not isinstance(obj, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+                raise InputError(f"{where}: expected a JSON object, got {type(obj).__name__}")
             yield _row_record(obj, text_column, id_column, where, default_id=str(lineno))
 
 
@@ -206,17 +237,17 @@ def _row_record(
     row: dict[str, Any], text_column: str, id_column: str | None, where: str, default_id: str
 ) -> Record:
     if text_column not in row:
-        raise ValueError(
+        raise InputError(
             f"{where}: no field {text_column!r} (fields: {', '.join(map(str, row))}); "
             "choose the text field with --text-column"
         )
     text = row[text_column]
     if text is not None and not isinstance(text, str):
-        raise ValueError(f"{where}: field {text_column!r} is {type(text).__name__}, not a string")
+        raise InputError(f"{where}: field {text_column!r} is {type(text).__name__}, not a string")
     if id_column is None:
         return default_id, text
     if id_column not in row or row[id_column] is None:
-        raise ValueError(f"{where}: no id field {id_column!r}")
+        raise InputError(f"{where}: no id field {id_column!r}")
     return str(row[id_column]), text
 
 
@@ -226,11 +257,11 @@ def _parquet_check_columns(path: Path, text_column: str, id_column: str | None) 
     try:
         pf = pq.ParquetFile(path)
     except Exception as e:
-        raise ValueError(f"{path}: not a readable parquet file ({type(e).__name__}: {e})") from e
+        raise InputError(f"{path}: not a readable parquet file ({type(e).__name__}: {e})") from e
     names = pf.schema_arrow.names
     for col in (text_column, id_column):
         if col is not None and col not in names:
-            raise ValueError(f"{path}: no column {col!r} (columns: {', '.join(names)})")
+            raise InputError(f"{path}: no column {col!r} (columns: {', '.join(names)})")
     return int(pf.metadata.num_rows)
 
 
@@ -247,9 +278,9 @@ def _parquet_records(path: Path, text_column: str, id_column: str | None) -> Ite
         for j, text in enumerate(texts):
             where = f"{path} row {row}"
             if text is not None and not isinstance(text, str):
-                raise ValueError(f"{where}: column {text_column!r} is not a string column")
+                raise InputError(f"{where}: column {text_column!r} is not a string column")
             if ids is not None and ids[j] is None:
-                raise ValueError(f"{where}: null id in column {id_column!r}")
+                raise InputError(f"{where}: null id in column {id_column!r}")
             yield (str(ids[j]) if ids is not None else str(row)), text
             row += 1
 

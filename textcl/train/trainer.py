@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from textcl.data.text import TextCorpus, _hash64, plan_epoch
+from textcl.data.text import TextCorpus, plan_epoch, text_hash64
 from textcl.distributed import (
     DistEnv,
     all_reduce_mean,
@@ -232,7 +232,7 @@ class Trainer:
             return self.data.hashes
         # Supervised: no two rows with the same anchor in a batch (each anchor's positive
         # would be a false negative of the other).
-        return np.array([_hash64(self.data[i][0]) for i in range(len(self.data))], np.uint64)
+        return np.array([text_hash64(self.data[i][0]) for i in range(len(self.data))], np.uint64)
 
     def plan(self, epoch: int) -> list[list[int]]:
         """The global batches of ``epoch`` (deterministic in seed and epoch)."""

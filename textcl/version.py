@@ -1,0 +1,5 @@
+"""textcl's version, in a module of its own (importing it imports nothing else)."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0.dev0"
