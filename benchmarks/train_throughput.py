@@ -197,7 +197,7 @@ def same_math(model_dir: str, corpus: Path, rows: list[int], args: argparse.Name
     labels = torch.arange(len(rows))
     with tempfile.TemporaryDirectory(prefix="textcl-bench-check-") as tmp:
         trainer = Trainer(make_config(model_dir, corpus, Path(tmp), args), evaluator=lambda e: {})
-        trainer._build(None)
+        trainer.setup()
         inputs = trainer.make_inputs(rows)
         texts = trainer.data.texts(rows)
         # The trainer's own embedding path when it has one (a merged forward), else its

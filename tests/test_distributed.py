@@ -21,12 +21,11 @@ from textcl.distributed import (
     all_reduce_mean,
     barrier,
     broadcast_object,
-    distributed_info_nce,
     gather_with_grad,
     init_distributed,
     is_main,
     shard_batch,
-    sync_gradients,
+    wrap_ddp,
 )
 from textcl.losses import InfoNCE
 
@@ -41,19 +40,33 @@ SPAWN_DEADLINE_S = 120.0
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _criterion(case: str) -> InfoNCE:
+def _criterion(case: str, dist: Any = None) -> InfoNCE:
     if case == "symmetric_uneven":
-        return InfoNCE(temperature=0.1, symmetric=True)
-    return InfoNCE(temperature=0.05, hard_negative_weight=0.7)
+        return InfoNCE(temperature=0.1, symmetric=True, dist=dist)
+    return InfoNCE(temperature=0.05, hard_negative_weight=0.7, dist=dist)
 
 
 CASES: dict[str, list[int]] = {
     # case name -> rows per rank
     "hard_negatives": [4, 4],
     "symmetric_uneven": [3, 5],
+    "process_group": [4, 4],
     "grad_cache": [4, 4],
     "ddp": [4, 4],
+    "ddp_symmetric_uneven": [3, 5],
 }
+
+
+def _ddp(encoder: nn.Module, calls: list[int]) -> nn.Module:
+    """The trainer's DDP wrapper; ``calls`` counts its bucket all-reduces."""
+    import torch.distributed as dist
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+    ddp = wrap_ddp(encoder, DistEnv(rank=dist.get_rank(), world_size=dist.get_world_size()))
+    # No annotations: DDP checks that a hook's annotations (if any) are GradBucket/Future.
+    counting = lambda state, bucket: (calls.append(1), allreduce_hook(state, bucket))[1]  # noqa: E731
+    ddp.register_comm_hook(None, counting)
+    return ddp
 
 
 def _grads(model: nn.Module) -> dict[str, Tensor]:
@@ -88,7 +101,8 @@ def _worker(rank: int, port: int, model_dir: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     from textcl import SentenceEncoder
     from textcl.distributed import cleanup
-    from textcl.gradcache import grad_cache_backward
+    from textcl.gradcache import CachedLoss
+    from textcl.objective import LossStep
 
     env = init_distributed("cpu", timeout_s=60)
     results: dict[str, Any] = {"env": (env.rank, env.world_size, env.backend, env.is_main)}
@@ -96,33 +110,36 @@ def _worker(rank: int, port: int, model_dir: str, out_dir: str) -> None:
         encoder = SentenceEncoder.from_pretrained(model_dir, pooling="mean")
         encoder.eval()  # dropout disabled for the comparison
         for case, sizes in CASES.items():
-            criterion = _criterion(case)
+            # The loss takes the DistEnv, or (process_group) torch's default process group.
+            group = torch.distributed.group.WORLD if case == "process_group" else None
+            criterion = _criterion(case.removeprefix("ddp_"), group or env)
             encoder.zero_grad(set_to_none=True)
             a, b, n = (
                 encoder.tokenize(_local_rows(sizes, rank, items, env))
                 for items in (ANCHORS, POSITIVES, NEGATIVES)
             )
-            use_neg = not criterion.symmetric
+            inputs = [a, b] if criterion.symmetric else [a, b, n]
+            calls: list[int] = []
             if case == "grad_cache":
-
-                def loss_fn(z: Any, criterion: InfoNCE = criterion) -> Tensor:
-                    return distributed_info_nce(criterion, z[0], z[1], z[2], env)
-
-                loss = grad_cache_backward(encoder, [a, b, n], loss_fn, chunk_size=3)
-                sync_gradients(encoder, env)
-            elif case == "ddp":
-                ddp = nn.parallel.DistributedDataParallel(encoder, find_unused_parameters=True)
-                loss = distributed_info_nce(criterion, ddp(a), ddp(b), ddp(n), env)
-                loss.backward()  # DDP averages the gradients
+                # Gradient cache through DDP: chunk backwards under no_sync, one final sync.
+                ddp = _ddp(encoder, calls)
+                loss = CachedLoss(criterion, chunk_size=3)(ddp, inputs)
+                del ddp
+            elif case.startswith("ddp"):
+                ddp = _ddp(encoder, calls)
+                loss = LossStep(criterion)(ddp, inputs)  # DDP averages the gradients
                 del ddp
             else:
-                z_neg = encoder(n) if use_neg else None
-                loss = distributed_info_nce(criterion, encoder(a), encoder(b), z_neg, env)
-                loss.backward()
-                sync_gradients(encoder, env)
+                # Without DDP: average the gradients by hand (the oracle of DDP's averaging).
+                loss = LossStep(criterion)(encoder, inputs)
+                for p in encoder.parameters():
+                    if p.grad is not None:
+                        torch.distributed.all_reduce(p.grad)
+                        p.grad /= WORLD
             results[case] = {
                 "loss": all_reduce_mean(loss, env),
                 "grads": _grads(encoder),
+                "allreduces": len(calls),
             }
 
         # gather_with_grad on uneven sizes: values and summed gradients.
@@ -180,7 +197,7 @@ def _reference(model_dir: Path, case: str) -> tuple[float, dict[str, Tensor]]:
 
     encoder = SentenceEncoder.from_pretrained(model_dir, pooling="mean")
     encoder.eval()
-    criterion = _criterion(case)
+    criterion = _criterion(case.removeprefix("ddp_"))
     z_a, z_b = encoder(encoder.tokenize(ANCHORS)), encoder(encoder.tokenize(POSITIVES))
     z_neg = None if criterion.symmetric else encoder(encoder.tokenize(NEGATIVES))
     loss = criterion(z_a, z_b, z_neg)
@@ -210,6 +227,17 @@ def test_two_ranks_equal_single_process(
             )
 
 
+def test_ddp_syncs_once_per_step_through_the_gradient_cache(
+    spawned: list[dict[str, Any]],
+) -> None:
+    """6 replayed chunks (3 inputs x 2 chunks of 3 rows): the chunk backwards run under
+    DDP's no_sync, so DDP all-reduces its buckets once, as in the plain DDP step."""
+    for result in spawned:
+        plain = result["ddp"]["allreduces"]
+        assert plain >= 1
+        assert result["grad_cache"]["allreduces"] == plain
+
+
 def test_plain_gather_would_be_wrong(spawned: list[dict[str, Any]], tiny_model_dir: Path) -> None:
     """Control: the gradients differ from what each rank's own loss alone gives, so the cross-
     rank gradient terms (summed by gather_with_grad's backward) matter for equality."""
@@ -230,9 +258,12 @@ def test_plain_gather_would_be_wrong(spawned: list[dict[str, Any]], tiny_model_d
             c = t.detach().clone()
             c[rows] = t[rows]
             cands.append(c)
-        logits = criterion.similarity_logits(z[0][rows], cands[0], cands[1], label_offset=r * half)
         labels = torch.arange(half) + r * half
-        losses.append(nn.functional.cross_entropy(logits, labels))
+        norm = [nn.functional.normalize(t, dim=-1) for t in (z[0][rows], *cands)]
+        logits = norm[0] @ torch.cat(norm[1:]).T / criterion.temperature
+        bonus = torch.zeros_like(logits)
+        bonus[torch.arange(half), GLOBAL + labels] = criterion.hard_negative_weight
+        losses.append(nn.functional.cross_entropy(logits + bonus, labels))
     torch.stack(losses).mean().backward()
     naive = _grads(encoder)
     diff = max(float((naive[n] - ref_grads[n]).abs().max()) for n in ref_grads)
@@ -314,17 +345,18 @@ def test_init_errors(
 def test_single_process_helpers_are_identities() -> None:
     torch.manual_seed(0)
     z_a, z_b, z_neg = (torch.randn(5, 4, requires_grad=True) for _ in range(3))
+    env = DistEnv()
     criterion = InfoNCE(temperature=0.1, hard_negative_weight=0.3)
     torch.testing.assert_close(
-        distributed_info_nce(criterion, z_a, z_b, z_neg, None), criterion(z_a, z_b, z_neg)
+        InfoNCE(temperature=0.1, hard_negative_weight=0.3, dist=env)(z_a, z_b, z_neg),
+        criterion(z_a, z_b, z_neg),
     )
-    env = DistEnv()
     assert gather_with_grad(z_a, env) is z_a
     assert all_reduce_mean(torch.tensor(2.5), env) == 2.5
     assert broadcast_object([1], env) == [1]
     assert all_gather_object("x", env) == ["x"]
-    layer = nn.Linear(2, 2)
-    layer(torch.ones(1, 2)).sum().backward()
-    before = layer.weight.grad.clone()  # type: ignore[union-attr]
-    sync_gradients(layer, env)
-    assert torch.equal(layer.weight.grad, before)  # type: ignore[arg-type]
+
+
+def test_loss_rejects_a_bad_dist_context() -> None:
+    with pytest.raises(ValueError, match=r"not a DistEnv or a process group|no process group"):
+        InfoNCE(dist="world")

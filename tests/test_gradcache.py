@@ -236,3 +236,27 @@ def test_embed_and_loss_shape_checked() -> None:
         grad_cache_backward(lambda b: b["input_ids"].sum(), inputs, lambda z: z[0].sum(), 4)
     with pytest.raises(ValueError, match="scalar"):
         grad_cache_backward(lambda b: b["input_ids"], inputs, lambda z: z[0], 2)
+
+
+@pytest.mark.parametrize("chunk_size", [3, 16])
+def test_cached_loss_wraps_a_loss_like_the_plain_step(tiny_encoder, sentences, chunk_size):  # type: ignore[no-untyped-def]
+    """CachedLoss(loss, chunk) is called like LossStep(loss) and gives its loss and
+    gradients (dropout off: the plain step merges same-shaped inputs into one forward)."""
+    from textcl.gradcache import CachedLoss
+    from textcl.objective import LossStep
+
+    tiny_encoder.eval()
+    inputs = _inputs(tiny_encoder, sentences)
+    criterion = InfoNCE(temperature=0.05, hard_negative_weight=0.5)
+    ref_loss, ref_grads, _ = _run(lambda: LossStep(criterion)(tiny_encoder, inputs), tiny_encoder)
+    cached = CachedLoss(criterion, chunk_size, check_replay=True)
+    loss, grads, _ = _run(lambda: cached(tiny_encoder, inputs), tiny_encoder)
+    torch.testing.assert_close(loss, ref_loss, atol=1e-6, rtol=1e-6)
+    assert not loss.requires_grad
+    _assert_same_grads(grads, ref_grads, atol=1e-5)
+    # Control: another loss (no hard-negative weight) gives other gradients.
+    _, other, _ = _run(lambda: LossStep(InfoNCE(0.05))(tiny_encoder, inputs), tiny_encoder)
+    assert _max_grad_diff(other, ref_grads) > 1e-4
+    with pytest.raises(ValueError, match="chunk_size"):
+        CachedLoss(criterion, 0)
+    assert "chunk_size=3" in repr(CachedLoss(criterion, 3))

@@ -135,11 +135,31 @@ def test_bad_hyper_parameters_and_shapes() -> None:
         InfoNCE()(torch.randn(3, 4), torch.randn(3, 4), torch.randn(3, 5))
 
 
-def test_label_offset_for_gathered_candidates() -> None:
-    """Local anchors against candidates from several ranks: row i's positive at i + offset."""
+def test_get_logits_matches_the_loop_reference() -> None:
+    """get_logits (one process): cos/t against [z_b; z_neg], the own hard negative offset by
+    the weight, labels 0..B-1, and the backward logits only when symmetric."""
     torch.manual_seed(2)
-    a, b = torch.randn(6, 4), torch.randn(6, 4)
-    loss = InfoNCE(0.1)
-    full = loss.similarity_logits(a, b)
-    local = loss.similarity_logits(a[3:], b, label_offset=3)
-    torch.testing.assert_close(local, full[3:])
+    a, b, n = torch.randn(5, 4), torch.randn(5, 4), torch.randn(5, 4)
+    t, w = 0.1, 0.4
+    out = InfoNCE(t, hard_negative_weight=w).get_logits(a, b, n)
+    cands = torch.cat([b, n])
+    expected = torch.empty(5, 10)
+    for i in range(5):
+        for j in range(10):
+            cos = float(a[i] @ cands[j]) / float(a[i].norm() * cands[j].norm())
+            expected[i, j] = cos / t + (w if j == 5 + i else 0.0)
+    torch.testing.assert_close(out.logits, expected, rtol=1e-5, atol=1e-5)
+    assert out.labels.tolist() == list(range(5)) and out.back is None
+    sym = InfoNCE(t, symmetric=True).get_logits(a, b)
+    torch.testing.assert_close(sym.back, sym.logits.T)
+
+
+def test_single_process_dist_context_is_the_plain_loss() -> None:
+    from textcl.distributed import DistEnv
+
+    torch.manual_seed(3)
+    a, b, n = torch.randn(6, 4), torch.randn(6, 4), torch.randn(6, 4)
+    plain = InfoNCE(0.05, hard_negative_weight=0.2)
+    one = InfoNCE(0.05, hard_negative_weight=0.2, dist=DistEnv())
+    assert one.world_size == 1 and one.rank == 0
+    torch.testing.assert_close(one(a, b, n), plain(a, b, n))

@@ -1,5 +1,6 @@
 """torch.distributed helpers: process-group setup from ``torchrun``, an all-gather that keeps
-gradients, a cross-rank InfoNCE, gradient averaging and batch sharding.
+gradients (used by :class:`textcl.losses.InfoNCE`) and batch sharding. Gradients are averaged
+over ranks by torch's ``DistributedDataParallel`` (the trainer wraps the encoder in it).
 
 Launch with ``torchrun --nproc_per_node N -m textcl train ...``; each process calls
 :func:`init_distributed` once. Without torchrun's environment everything degrades to a single
@@ -12,7 +13,7 @@ all ranks hold the same batch size). The global loss is ``L = (1/W) sum_r L_r``.
 :func:`gather_with_grad` is an all-gather whose backward *sums* the gradient of every rank's
 loss with respect to each rank's embeddings (an all-reduce of the gathered gradient), so rank
 ``r``'s parameter gradient is ``dL_sum/dtheta`` restricted to the paths through rank ``r``'s own
-inputs, where ``L_sum = sum_s L_s``. Averaging over ranks (:func:`sync_gradients`, or DDP)
+inputs, where ``L_sum = sum_s L_s``. Averaging over ranks (DDP)
 gives ``(1/W) sum_r dL_sum/dtheta|_r = d((1/W) L_sum)/dtheta = dL/dtheta``. A plain all-gather
 whose backward drops the other ranks' gradient terms would *not* give this.
 """
@@ -21,15 +22,12 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-
-from textcl.losses import InfoNCE
 
 T = TypeVar("T")
 
@@ -37,8 +35,6 @@ ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 """Variables ``torchrun`` sets for each process (read by :func:`init_distributed`)."""
 
 DEFAULT_TIMEOUT_S = 1800.0
-SYNC_BUCKET_BYTES = 64 * 2**20
-"""Gradients are flattened into buckets of at most this many bytes for one all-reduce each."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +49,8 @@ class DistEnv:
     local_rank: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     backend: str | None = None
+    group: Any = field(default=None, compare=False, repr=False)
+    """The process group of the collectives (``None``: the default group)."""
 
     def __post_init__(self) -> None:
         if self.world_size < 1:
@@ -229,80 +227,39 @@ def _comm_device(env: DistEnv) -> torch.device:
     return env.device if env.backend == "nccl" else torch.device("cpu")
 
 
-def broadcast_parameters(model: nn.Module, env: DistEnv | None, src: int = 0) -> None:
-    """Copy rank ``src``'s parameters and buffers to every rank (once, before training, when
-    the model is not wrapped in DDP: e.g. a freshly initialised head differs per rank)."""
-    if not _active(env):
-        return
-    import torch.distributed as dist
+def wrap_ddp(module: nn.Module, env: DistEnv) -> nn.Module:
+    """``module`` in ``DistributedDataParallel`` for training under torchrun.
 
-    with torch.no_grad():
-        for t in [*model.parameters(), *model.buffers()]:
-            dist.broadcast(t.data, src=src)
+    DDP copies rank 0's parameters and buffers to every rank at construction (e.g. a freshly
+    initialised head) and averages gradients over ranks in backward, bucketed and overlapped
+    with it. Settings:
 
-
-def sync_gradients(model: nn.Module | Iterable[nn.Parameter], env: DistEnv | None) -> None:
-    """All-reduce the mean of every parameter's ``.grad`` across ranks (in place).
-
-    Call after the backward pass (after :func:`textcl.gradcache.grad_cache_backward` too) and
-    before gradient clipping / ``scaler.unscale_`` / ``optimizer.step``; it plays the role of
-    DDP's gradient averaging. A parameter whose ``.grad`` is ``None`` on some ranks but not others
-    gets zeros there; one with no gradient on any rank stays ``None``. Gradients are flattened
-    into buckets (one all-reduce per bucket).
+    * ``find_unused_parameters=True``: parameters outside the forward (BERT's pooler under
+      mean pooling, a head used only at inference) get no gradient, and DDP must not wait
+      for them; they keep ``grad=None`` on every rank, as in one process.
+    * no buffer broadcast in forward: ranks may run different numbers of forward passes per
+      step (same-shaped inputs are merged into one pass, and shapes differ per rank), and a
+      collective inside forward would then deadlock. The buffers (position/token-type ids)
+      are constants, synchronised once at construction.
     """
-    if not _active(env):
-        return
-    import torch.distributed as dist
+    import inspect
 
-    assert env is not None
-    params = [
-        p
-        for p in (model.parameters() if isinstance(model, nn.Module) else model)
-        if p.requires_grad
-    ]
-    if not params:
-        return
-    comm = _comm_device(env)
-    has = torch.tensor([p.grad is not None for p in params], dtype=torch.int32, device=comm)
-    dist.all_reduce(has, op=dist.ReduceOp.MAX)
-    todo: list[nn.Parameter] = []
-    for p, flag in zip(params, has.tolist(), strict=True):
-        if not flag:
-            continue
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-        todo.append(p)
-    # Bucket by (device, dtype) in a deterministic (parameter) order, identical on all ranks.
-    buckets: list[list[nn.Parameter]] = []
-    current: list[nn.Parameter] = []
-    size = 0
-    for p in todo:
-        assert p.grad is not None
-        nbytes = p.grad.numel() * p.grad.element_size()
-        if current and (
-            size + nbytes > SYNC_BUCKET_BYTES
-            or p.grad.dtype != current[0].grad.dtype  # type: ignore[union-attr]
-            or p.grad.device != current[0].grad.device  # type: ignore[union-attr]
-        ):
-            buckets.append(current)
-            current, size = [], 0
-        current.append(p)
-        size += nbytes
-    if current:
-        buckets.append(current)
-    for bucket in buckets:
-        grads = [p.grad for p in bucket]
-        flat = torch.cat([g.reshape(-1) for g in grads if g is not None])
-        src_device = flat.device
-        flat = flat.to(comm)
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-        flat = flat.to(src_device).div_(env.world_size)
-        offset = 0
-        for g in grads:
-            assert g is not None
-            n = g.numel()
-            g.copy_(flat[offset : offset + n].view_as(g))
-            offset += n
+    from torch.nn.parallel import DistributedDataParallel
+
+    params = inspect.signature(DistributedDataParallel).parameters
+    # torch >= 2.13 renamed the switch (broadcast_buffers warns there); older: broadcast_buffers.
+    no_buffer_sync: dict[str, Any] = (
+        {"forward_sync_buffers": False}
+        if "forward_sync_buffers" in params
+        else {"broadcast_buffers": False}
+    )
+    return DistributedDataParallel(
+        module,
+        device_ids=[env.device] if env.device.type == "cuda" else None,
+        process_group=env.group,
+        find_unused_parameters=True,
+        **no_buffer_sync,
+    )
 
 
 def shard_batch(items: Sequence[T], env: DistEnv | None) -> list[T]:
@@ -324,12 +281,15 @@ def shard_batch(items: Sequence[T], env: DistEnv | None) -> list[T]:
 
 
 # ---------------------------------------------------------------------- gather with gradients
-def _gather_sizes(n: int, device: torch.device, env: DistEnv) -> list[int]:
+def gather_sizes(n: int, device: torch.device, env: DistEnv) -> list[int]:
+    """Every rank's row count ``n`` in rank order (``[n]`` without distribution)."""
+    if not _active(env):
+        return [n]
     import torch.distributed as dist
 
     local = torch.tensor([n], dtype=torch.long, device=device)
     out = [torch.zeros_like(local) for _ in range(env.world_size)]
-    dist.all_gather(out, local)
+    dist.all_gather(out, local, group=env.group)
     return [int(s.item()) for s in out]
 
 
@@ -338,27 +298,27 @@ class _GatherWithGrad(torch.autograd.Function):
     Backward: sum the incoming gradient over ranks and return this rank's slice."""
 
     @staticmethod
-    def forward(ctx: Any, t: Tensor, sizes: list[int], rank: int) -> Tensor:
+    def forward(ctx: Any, t: Tensor, sizes: list[int], rank: int, group: Any) -> Tensor:
         import torch.distributed as dist
 
-        ctx.sizes, ctx.rank = sizes, rank
+        ctx.sizes, ctx.rank, ctx.group = sizes, rank, group
         longest = max(sizes)
         local = t.contiguous()
         if local.shape[0] < longest:
             pad = local.new_zeros((longest - local.shape[0], *local.shape[1:]))
             local = torch.cat([local, pad])
         parts = [torch.empty_like(local) for _ in sizes]
-        dist.all_gather(parts, local)
+        dist.all_gather(parts, local, group=group)
         return torch.cat([p[:s] for p, s in zip(parts, sizes, strict=True)])
 
     @staticmethod
-    def backward(ctx: Any, *grads: Tensor) -> tuple[Tensor, None, None]:
+    def backward(ctx: Any, *grads: Tensor) -> tuple[Tensor, None, None, None]:
         import torch.distributed as dist
 
         total = grads[0].contiguous().clone()
-        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        dist.all_reduce(total, op=dist.ReduceOp.SUM, group=ctx.group)
         start = sum(ctx.sizes[: ctx.rank])
-        return total[start : start + ctx.sizes[ctx.rank]], None, None
+        return total[start : start + ctx.sizes[ctx.rank]], None, None, None
 
 
 def gather_with_grad(t: Tensor, env: DistEnv | None, sizes: Sequence[int] | None = None) -> Tensor:
@@ -376,53 +336,37 @@ def gather_with_grad(t: Tensor, env: DistEnv | None, sizes: Sequence[int] | None
     if t.dim() < 1:
         raise ValueError("gather_with_grad needs a tensor with a batch dimension")
     if sizes is None:
-        sizes = _gather_sizes(t.shape[0], t.device, env)
+        sizes = gather_sizes(t.shape[0], t.device, env)
     sizes = [int(s) for s in sizes]
     if len(sizes) != env.world_size or sizes[env.rank] != t.shape[0]:
         raise ValueError(
             f"sizes {sizes} do not match world size {env.world_size} / local rows {t.shape[0]}"
         )
-    out: Tensor = _GatherWithGrad.apply(t, sizes, env.rank)
+    out: Tensor = _GatherWithGrad.apply(t, sizes, env.rank, env.group)
     return out
 
 
-def distributed_info_nce(
-    loss: InfoNCE,
-    z_a: Tensor,
-    z_b: Tensor,
-    z_neg: Tensor | None = None,
-    env: DistEnv | None = None,
-) -> Tensor:
-    """InfoNCE of this rank's anchors against the positives (and hard negatives) of all ranks.
+def as_dist_env(dist_context: DistEnv | Any | None) -> DistEnv:
+    """A :class:`DistEnv` from ``None`` (one process), a ``DistEnv`` or a
+    ``torch.distributed`` process group (its rank and size in that group)."""
+    if dist_context is None:
+        return DistEnv()
+    if isinstance(dist_context, DistEnv):
+        return dist_context
+    import torch.distributed as dist
 
-    Args:
-        loss: the :class:`InfoNCE` (temperature, symmetric, hard-negative weight).
-        z_a, z_b: ``(B_r, D)`` local anchors and positives; ``z_neg``: ``(B_r, D)`` or ``None``.
-        env: the process's :class:`DistEnv`; ``None`` or one process -> ``loss(z_a, z_b, z_neg)``.
-
-    Returns this rank's loss ``L_r`` (a scalar): the mean over its anchors, scaled by
-    ``W * B_r / N`` so that the mean of ``L_r`` over ranks is the loss of a single process over
-    the concatenated global batch, and gradients averaged over ranks equal that process's
-    gradients (see the module docstring). Anchor ``i`` of rank ``r`` has its positive at global
-    row ``offset_r + i``, ``offset_r = B_0 + ... + B_{r-1}`` (``r * B`` for equal sizes).
-    With ``symmetric``, local positives are also scored against the global anchors.
-    """
-    if not _active(env):
-        return loss(z_a, z_b, z_neg)
-    assert env is not None
-    loss._check(z_a, z_b, z_neg)
-    if z_a.shape[0] == 0:
-        raise ValueError(f"rank {env.rank} has an empty batch: every rank needs >= 1 anchor")
-    sizes = _gather_sizes(z_a.shape[0], z_a.device, env)
-    offset = sum(sizes[: env.rank])
-    total = sum(sizes)
-    labels = torch.arange(z_a.shape[0], device=z_a.device) + offset
-    all_b = gather_with_grad(z_b, env, sizes)
-    all_neg = None if z_neg is None else gather_with_grad(z_neg, env, sizes)
-    logits = loss.similarity_logits(z_a, all_b, all_neg, label_offset=offset)
-    out = F.cross_entropy(logits, labels)
-    if loss.symmetric:
-        all_a = gather_with_grad(z_a, env, sizes)
-        back = loss.similarity_logits(z_b, all_a, label_offset=offset)
-        out = (out + F.cross_entropy(back, labels)) / 2
-    return out * (env.world_size * z_a.shape[0] / total)
+    if not (dist.is_available() and dist.is_initialized()):
+        raise ValueError(
+            f"dist={dist_context!r}: expected a DistEnv or a process group, and no process "
+            "group is initialised"
+        )
+    try:
+        rank = dist.get_rank(dist_context)
+        world = dist.get_world_size(dist_context)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ValueError(
+            f"dist={dist_context!r} is not a DistEnv or a process group: {e}"
+        ) from None
+    return DistEnv(
+        rank=rank, world_size=world, backend=str(dist.get_backend(dist_context)), group=dist_context
+    )

@@ -9,7 +9,7 @@ import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import Any, Literal, Required, TypedDict, cast, overload
 
 import numpy as np
 import torch
@@ -30,14 +30,84 @@ from textcl.pooling import (
 
 logger = logging.getLogger(__name__)
 
-TokenBatch = dict[str, Tensor]
-"""A padded token batch: ``input_ids`` and ``attention_mask`` ``(B, L)`` always;
-optionally ``token_type_ids`` and ``position_ids`` ``(B, L)`` (passed to the model),
-``special_tokens_mask`` ``(B, L)`` (1 for special tokens and padding; read by views, never
-passed to the model) and ``embedding_mask`` (a float multiplier broadcastable to
-``(B, L, H)`` applied to the input embeddings, used by cutoff views); ``pooling_mask``
-``(B, L)``, when present, replaces ``attention_mask`` for the pooling only (prompt tokens
-left out with ``include_prompt=False``)."""
+
+class TokenBatch(TypedDict, total=False):
+    """A padded token batch, as :meth:`SentenceEncoder.tokenize` returns and views map.
+
+    ``input_ids`` and ``attention_mask`` ``(B, L)`` always; ``token_type_ids`` and
+    ``position_ids`` ``(B, L)`` are passed to the model; ``special_tokens_mask`` ``(B, L)``
+    (1 for special tokens and padding) is read by views, never passed to the model;
+    ``embedding_mask`` (a float multiplier broadcastable to ``(B, L, H)``, set by cutoff
+    views) scales the word embeddings, which the model then gets as ``inputs_embeds``;
+    ``pooling_mask`` ``(B, L)``, when present, replaces ``attention_mask`` for the pooling
+    only (prompt tokens left out with ``include_prompt=False``).
+    """
+
+    input_ids: Required[Tensor]
+    attention_mask: Required[Tensor]
+    token_type_ids: Tensor
+    position_ids: Tensor
+    special_tokens_mask: Tensor
+    embedding_mask: Tensor
+    pooling_mask: Tensor
+
+
+def as_token_batch(tensors: Mapping[str, Tensor]) -> TokenBatch:
+    """``tensors`` typed as a :class:`TokenBatch` (a new dict; keys are not checked)."""
+    return cast(TokenBatch, dict(tensors))
+
+
+def batch_tensors(batch: TokenBatch) -> dict[str, Tensor]:
+    """``batch`` typed as a plain ``dict[str, Tensor]`` (the same object), for code that
+    walks its keys generically (slicing, moving, per-token keys)."""
+    return cast(dict[str, Tensor], batch)
+
+
+def padding_position_offset(model: Any) -> int | None:
+    """``padding_idx`` of models that number positions from ``padding_idx + 1`` and give
+    padding the position ``padding_idx`` (RoBERTa, XLM-R, CamemBERT, MPNet, ...: their
+    embeddings module has a ``padding_idx``); ``None`` for models counting from 0 (BERT)."""
+    idx = getattr(getattr(model, "embeddings", None), "padding_idx", None)
+    return idx if isinstance(idx, int) and not isinstance(idx, bool) else None
+
+
+def max_positions(model: Any) -> int | None:
+    """Longest sequence ``model``'s position embeddings allow: ``max_position_embeddings``,
+    less the ``padding_idx + 1`` reserved slots of RoBERTa-style models (None: unknown)."""
+    pos = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if not isinstance(pos, int) or pos <= 0:
+        return None
+    idx = padding_position_offset(model)
+    return pos - (idx + 1 if idx is not None else 0)
+
+
+def padded_position_ids(input_ids: Tensor, padding_idx: int) -> Tensor:
+    """The position ids a RoBERTa-style model derives from ``input_ids``: real tokens
+    ``padding_idx + 1, +2, ...`` in order, padding ``padding_idx`` (either padding side)."""
+    real = input_ids.ne(padding_idx).long()
+    return torch.cumsum(real, dim=1) * real + padding_idx
+
+
+def tokenize_texts(tokenizer: Any, texts: Sequence[str], max_length: int) -> TokenBatch:
+    """Tokenize, truncate to ``max_length`` and pad ``texts`` into a :data:`TokenBatch` with
+    ``special_tokens_mask`` (1 for special tokens and padding). Needs only the tokenizer,
+    so DataLoader workers can run it."""
+    texts = check_texts(texts)
+    enc = tokenizer(
+        texts,
+        padding=True,
+        truncation=True,
+        max_length=max_length,
+        return_tensors="pt",
+        return_special_tokens_mask=True,
+    )
+    batch = as_token_batch({k: v for k, v in enc.items() if isinstance(v, Tensor)})
+    # Padding counts as "special" for views: neither may be altered.
+    batch["special_tokens_mask"] = (
+        batch["special_tokens_mask"].bool() | ~batch["attention_mask"].bool()
+    ).long()
+    return batch
+
 
 MODEL_INPUT_KEYS: tuple[str, ...] = ("attention_mask", "token_type_ids", "position_ids")
 
@@ -528,16 +598,9 @@ class SentenceEncoder(nn.Module):
         tok_max = getattr(self.tokenizer, "model_max_length", None)
         if isinstance(tok_max, int) and 0 < tok_max < 100_000:
             limits.append(tok_max)
-        pos = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
-        if isinstance(pos, int) and pos > 0:
-            # RoBERTa-style models reserve padding_idx + 1 positions.
-            offset = (
-                2
-                if getattr(self.model.config, "model_type", "")
-                in ("roberta", "xlm-roberta", "camembert")
-                else 0
-            )
-            limits.append(pos - offset)
+        pos = max_positions(self.model)
+        if pos is not None:
+            limits.append(pos)
         return min(limits)
 
     def _check_tokenizer_matches_model(self) -> None:
@@ -562,21 +625,7 @@ class SentenceEncoder(nn.Module):
     def tokenize(self, texts: Sequence[str], max_length: int | None = None) -> TokenBatch:
         """Tokenize, truncate and pad ``texts`` into a :data:`TokenBatch` (with
         ``special_tokens_mask``)."""
-        texts = check_texts(texts)
-        enc = self.tokenizer(
-            texts,
-            padding=True,
-            truncation=True,
-            max_length=max_length or self.effective_max_length,
-            return_tensors="pt",
-            return_special_tokens_mask=True,
-        )
-        batch: TokenBatch = {k: v for k, v in enc.items() if isinstance(v, Tensor)}
-        # Padding counts as "special" for views: neither may be altered.
-        batch["special_tokens_mask"] = (
-            batch["special_tokens_mask"].bool() | ~batch["attention_mask"].bool()
-        ).long()
-        return batch
+        return tokenize_texts(self.tokenizer, texts, max_length or self.effective_max_length)
 
     def _token_ids(self, texts: list[str], max_length: int) -> list[list[int]]:
         enc = self.tokenizer(
@@ -609,31 +658,33 @@ class SentenceEncoder(nn.Module):
     def forward(self, batch: TokenBatch) -> Tensor:
         """Embed a token batch: ``(B, L)`` ids -> ``(B, H)`` sentence vectors (not normalised).
 
-        Applies ``embedding_mask`` at the input-embedding layer and the projection head
-        according to ``head_mode`` and the training flag.
+        Applies ``embedding_mask`` to the word embeddings (passed as ``inputs_embeds``) and
+        the projection head according to ``head_mode`` and the training flag.
         """
-        kwargs: dict[str, Any] = {k: batch[k] for k in MODEL_INPUT_KEYS if k in batch}
+        tensors = batch_tensors(batch)
+        kwargs: dict[str, Any] = {k: tensors[k] for k in MODEL_INPUT_KEYS if k in tensors}
         embedding_mask = batch.get("embedding_mask")
-        handle = None
-        if embedding_mask is not None:
-            # Scale the output of the model's input-embedding layer with a forward hook: the
-            # model still gets input_ids, so it derives its own position ids (RoBERTa/MPNet
-            # offset them by padding_idx) and every model exposing get_input_embeddings()
-            # works (BERT, RoBERTa, DistilBERT, ALBERT, ELECTRA, MPNet, DeBERTa-v2, ...).
-            def scale(module: nn.Module, args: Any, output: Tensor) -> Tensor:
-                return output * embedding_mask.to(device=output.device, dtype=output.dtype)
-
-            handle = self.model.get_input_embeddings().register_forward_hook(scale)
-        try:
-            out = self.model(
-                input_ids=batch["input_ids"],
-                **kwargs,
-                output_hidden_states=self.pooling.needs_hidden_states,
-                return_dict=True,
+        if embedding_mask is None:
+            kwargs["input_ids"] = batch["input_ids"]
+        else:
+            # Embedding-level features (cutoff): the model gets its word embeddings scaled
+            # by the mask as inputs_embeds and adds positions and token types itself. Models
+            # that derive position ids from input_ids past padding_idx (RoBERTa, MPNet) would
+            # number every slot from inputs_embeds, padding too: give them the ids they
+            # derive from input_ids (equal for right padding; left padding differs).
+            ids = batch["input_ids"]
+            words = self.model.get_input_embeddings()(ids)
+            kwargs["inputs_embeds"] = words * embedding_mask.to(
+                device=words.device, dtype=words.dtype
             )
-        finally:
-            if handle is not None:
-                handle.remove()
+            padding_idx = padding_position_offset(self.model)
+            if padding_idx is not None and "position_ids" not in kwargs:
+                kwargs["position_ids"] = padded_position_ids(ids, padding_idx)
+        out = self.model(
+            **kwargs,
+            output_hidden_states=self.pooling.needs_hidden_states,
+            return_dict=True,
+        )
         pooled = self.pooling(
             out.last_hidden_state,
             batch.get("pooling_mask", batch["attention_mask"]),
@@ -843,7 +894,12 @@ class SentenceEncoder(nn.Module):
                             batch["pooling_mask"] = exclude_prompt_from_mask(
                                 batch["attention_mask"], prompt_length
                             )
-                        batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
+                        batch = as_token_batch(
+                            {
+                                k: v.to(dev, non_blocking=True)
+                                for k, v in batch_tensors(batch).items()
+                            }
+                        )
                         emb = self.forward(batch).float()[:, :dim]
                         if norm:
                             emb = torch.nn.functional.normalize(emb, p=2, dim=-1)

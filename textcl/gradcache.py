@@ -15,6 +15,10 @@ GradCache splits the *encoder* work instead:
 By the chain rule the accumulated gradients equal those of the plain step that embeds the
 same chunks, in the same order, with autograd, concatenates them and backpropagates the loss.
 
+Use it as a wrapper around a loss, :class:`CachedLoss` (``CachedLoss(InfoNCE(...), 64)``),
+called like the plain :class:`textcl.objective.LossStep`; :func:`grad_cache_backward` is the
+function behind it.
+
 **RNG order.** Both passes walk ``for input in inputs: for chunk in input:``; the random draws of
 chunk ``k`` of input ``i`` (dropout masks) therefore come from the same place in the RNG stream
 as in a plain step that embeds in that order. With ``chunk_size >= batch size`` that is exactly
@@ -34,9 +38,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from textcl.encoder import TokenBatch
+from textcl.encoder import TokenBatch, as_token_batch, batch_tensors
+from textcl.objective import AutocastFactory, Embed, Inputs, LossStep, Scaler
 
-__all__ = ["RngState", "batch_rows", "grad_cache_backward", "slice_batch"]
+__all__ = ["CachedLoss", "RngState", "batch_rows", "grad_cache_backward", "slice_batch"]
 
 
 def batch_rows(batch: TokenBatch, where: str = "batch") -> int:
@@ -52,9 +57,10 @@ def batch_rows(batch: TokenBatch, where: str = "batch") -> int:
             raise TypeError(f"{where}[{key!r}] is {type(value).__name__}, not a Tensor")
         if value.dim() == 0:
             raise ValueError(f"{where}[{key!r}] is a scalar tensor: no batch dimension to chunk")
-    first = "input_ids" if "input_ids" in batch else next(iter(batch))
-    rows = int(batch[first].shape[0])
-    for key, value in batch.items():
+    tensors = batch_tensors(batch)
+    first = "input_ids" if "input_ids" in tensors else next(iter(tensors))
+    rows = int(tensors[first].shape[0])
+    for key, value in tensors.items():
         if value.shape[0] not in (rows, 1):
             raise ValueError(
                 f"{where}[{key!r}] has {value.shape[0]} rows but {where}[{first!r}] has {rows}"
@@ -65,7 +71,9 @@ def batch_rows(batch: TokenBatch, where: str = "batch") -> int:
 def slice_batch(batch: TokenBatch, start: int, stop: int, rows: int | None = None) -> TokenBatch:
     """Rows ``[start, stop)`` of every tensor of ``batch`` (broadcast 1-row tensors kept whole)."""
     n = batch_rows(batch) if rows is None else rows
-    return {k: (v[start:stop] if v.shape[0] == n else v) for k, v in batch.items()}
+    return as_token_batch(
+        {k: (v[start:stop] if v.shape[0] == n else v) for k, v in batch_tensors(batch).items()}
+    )
 
 
 class RngState:
@@ -118,8 +126,8 @@ def grad_cache_backward(
         inputs: one token batch per role, e.g. ``[view_a, view_b]`` or
             ``[anchor, positive, hard_negative]``; each is chunked along dim 0 independently.
         loss_fn: maps the list of full embeddings ``[(N_0, D), (N_1, D), ...]`` (in ``inputs``
-            order) to a scalar loss; may call
-            :func:`textcl.distributed.distributed_info_nce` (all ranks run it in lockstep).
+            order) to a scalar loss; may be a distributed :class:`textcl.losses.InfoNCE`
+            (all ranks run it in lockstep).
         chunk_size: rows per re-embedded chunk (the memory bound); ``>= N`` means one chunk.
         autocast: a factory of the autocast context (e.g.
             ``lambda: textcl.encoder.autocast_context(device, "bf16")``) entered around every
@@ -132,14 +140,18 @@ def grad_cache_backward(
     Gradients are *added* to the parameters' ``.grad`` as ``loss.backward()`` would (zero them
     before). Returns the loss, detached (unscaled). RNG order: see the module docstring.
 
-    Distributed: without DDP, call :func:`textcl.distributed.sync_gradients` after this
-    function. With a DDP-wrapped ``embed``, wrap this call in ``ddp.no_sync()`` and
-    all-reduce afterwards the same way (DDP would otherwise all-reduce after every chunk).
+    Distributed: when ``embed`` has a ``no_sync()`` context (a DDP-wrapped encoder), every
+    chunk backward but the last runs inside it, so gradients accumulate locally and DDP
+    averages the accumulated gradients over ranks once, in the last chunk's backward (instead
+    of after every chunk).
     """
     chunk_size = _check_chunk_size(chunk_size)
     if len(inputs) == 0:
         raise ValueError("inputs is empty: pass at least one token batch")
     ctx = autocast if autocast is not None else contextlib.nullcontext
+    no_sync: Callable[[], contextlib.AbstractContextManager[Any]] = getattr(
+        embed, "no_sync", contextlib.nullcontext
+    )
     rows = [batch_rows(b, f"inputs[{i}]") for i, b in enumerate(inputs)]
     bounds = [[(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)] for n in rows]
 
@@ -152,7 +164,7 @@ def grad_cache_backward(
             parts: list[Tensor] = []
             for start, stop in chunks:
                 part = slice_batch(batch, start, stop, n)
-                input_states.append(RngState(list(part.values())))
+                input_states.append(RngState(list(batch_tensors(part).values())))
                 with ctx():
                     parts.append(embed(part))
             states.append(input_states)
@@ -174,21 +186,87 @@ def grad_cache_backward(
     del leaves
 
     # Pass 2: replay each chunk with graph and push its cached gradient through it.
+    n_chunks = sum(len(c) for c in bounds)
+    done = 0
     for i, (batch, n, chunks) in enumerate(zip(inputs, rows, bounds, strict=True)):
         for (start, stop), state in zip(chunks, states[i], strict=True):
             state.restore()
             part = slice_batch(batch, start, stop, n)
-            with ctx():
-                rep = embed(part)
-            if check_replay:
-                diff = (rep.detach().float() - reps[i][start:stop].float()).abs().max()
-                if float(diff) > replay_atol:
-                    raise RuntimeError(
-                        f"grad cache replay mismatch on inputs[{i}] rows [{start}, {stop}): "
-                        f"max |diff| {float(diff):.3g} > {replay_atol} (RNG state not restored "
-                        "on the device the model runs on, or a non-deterministic model)"
-                    )
-            rep.backward(grads[i][start:stop].to(rep.dtype))
-            del rep
+            done += 1
+            # DDP: forward and backward of all chunks but the last without the all-reduce.
+            sync = contextlib.nullcontext() if done == n_chunks else no_sync()
+            with sync:
+                _replay_chunk(
+                    embed,
+                    part,
+                    grads[i][start:stop],
+                    ctx,
+                    reps[i][start:stop],
+                    i,
+                    start,
+                    stop,
+                    check_replay,
+                    replay_atol,
+                )
     end_state.restore()
     return loss.detach()
+
+
+def _replay_chunk(
+    embed: Callable[[TokenBatch], Tensor],
+    part: TokenBatch,
+    grad: Tensor,
+    ctx: Callable[[], contextlib.AbstractContextManager[Any]],
+    cached: Tensor,
+    i: int,
+    start: int,
+    stop: int,
+    check_replay: bool,
+    replay_atol: float,
+) -> None:
+    with ctx():
+        rep = embed(part)
+    if check_replay:
+        diff = (rep.detach().float() - cached.float()).abs().max()
+        if float(diff) > replay_atol:
+            raise RuntimeError(
+                f"grad cache replay mismatch on inputs[{i}] rows [{start}, {stop}): "
+                f"max |diff| {float(diff):.3g} > {replay_atol} (RNG state not restored "
+                "on the device the model runs on, or a non-deterministic model)"
+            )
+    rep.backward(grad.to(rep.dtype))
+
+
+class CachedLoss(LossStep):
+    """A loss wrapped in the gradient cache: the same call as :class:`LossStep` (and the same
+    loss and gradients), with at most ``chunk_size`` rows' activations in memory.
+
+    ``CachedLoss(InfoNCE(...), chunk_size=64)(encoder, [view_a, view_b])`` runs
+    :func:`grad_cache_backward`: embeds every chunk without graph, computes ``loss`` over the
+    detached embeddings and backpropagates it to them, then replays each chunk with graph and
+    pushes the cached embedding gradient through it. A DDP-wrapped ``embed`` synchronises
+    once, after the last chunk.
+    """
+
+    def __init__(
+        self, loss: Callable[..., Tensor], chunk_size: int, *, check_replay: bool = False
+    ) -> None:
+        super().__init__(loss)
+        self.chunk_size = _check_chunk_size(chunk_size)
+        self.check_replay = check_replay
+
+    def step(
+        self, embed: Embed, inputs: Inputs, autocast: AutocastFactory, scaler: Scaler
+    ) -> Tensor:
+        return grad_cache_backward(
+            embed,
+            inputs,
+            self.compute,
+            self.chunk_size,
+            autocast,
+            scaler,
+            check_replay=self.check_replay,
+        )
+
+    def __repr__(self) -> str:
+        return f"CachedLoss({self.loss!r}, chunk_size={self.chunk_size})"

@@ -258,10 +258,9 @@ def test_supervised_triples_and_pairs(tiny_model_dir: Path, tmp_path: Path) -> N
     seen: list[int] = []
 
     class Spy(Trainer):
-        def make_inputs(self, rows):  # type: ignore[no-untyped-def]
-            inputs = super().make_inputs(rows)
+        def train_step(self, inputs):  # type: ignore[no-untyped-def]
             seen.append(len(inputs))
-            return inputs
+            return super().train_step(inputs)
 
     cfg = make_config(
         tiny_model_dir,
@@ -298,12 +297,12 @@ def test_dropout_override_makes_views_deterministic(
     tiny_model_dir: Path, corpus_file: Path, tmp_path: Path
 ) -> None:
     trainer = Trainer(make_config(tiny_model_dir, corpus_file, tmp_path / "r", dropout=0.0))
-    trainer._build(None)
+    trainer.setup()
     enc = trainer.encoder.train()
     batch = enc.tokenize(list(TINY_SENTENCES[:4]))
     assert torch.equal(enc(batch), enc(batch))  # ConSERT's --no_dropout
     trainer = Trainer(make_config(tiny_model_dir, corpus_file, tmp_path / "s"))
-    trainer._build(None)
+    trainer.setup()
     enc = trainer.encoder.train()
     assert not torch.equal(enc(batch), enc(batch))  # SimCSE: dropout is the augmentation
 
@@ -312,15 +311,87 @@ def test_merged_forward_equals_separate_forwards(
     tiny_model_dir: Path, corpus_file: Path, tmp_path: Path
 ) -> None:
     trainer = Trainer(make_config(tiny_model_dir, corpus_file, tmp_path / "r", dropout=0.0))
-    trainer._build(None)
+    trainer.setup()
     trainer.encoder.train()
     base = trainer.encoder.tokenize(list(TINY_SENTENCES[:5]), max_length=16)
-    from textcl.views import TokenMask, bind_view
+    from textcl.views import TokenMask
 
-    masked = bind_view(TokenMask(0.3, seed=0), trainer.encoder)(base)
+    masked = TokenMask(0.3, seed=0, mask_token_id=trainer.encoder.tokenizer.mask_token_id)(base)
     merged = trainer.embed([base, masked])
     for got, batch in zip(merged, [base, masked], strict=True):
         torch.testing.assert_close(got, trainer.encoder(batch), rtol=1e-5, atol=1e-6)
     short = trainer.encoder.tokenize(list(TINY_SENTENCES[:5]), max_length=6)
     apart = trainer.embed([base, short])  # different lengths: one forward each
     torch.testing.assert_close(apart[1], trainer.encoder(short))
+
+
+def test_non_finite_loss_raises_before_the_update(
+    tiny_model_dir: Path, corpus_file: Path, tmp_path: Path
+) -> None:
+    """A NaN loss stops the run BEFORE optimizer.step(): weights, optimizer state and the
+    schedule are unchanged (the old order applied the NaN update first)."""
+    trainer = Trainer(make_config(tiny_model_dir, corpus_file, tmp_path / "r", max_grad_norm=0.0))
+    trainer.setup()
+    inputs = trainer.make_inputs(trainer.local_rows(trainer.plan(0)[0]))
+    trainer.train_step(inputs)  # one good step: the optimizer has state
+    before = {k: v.clone() for k, v in trainer.encoder.state_dict().items()}
+    opt_steps = [s["step"].clone() for s in trainer.optimizer.state.values()]
+    lr = trainer.scheduler.get_last_lr()
+    criterion = trainer.objective.loss
+    trainer.objective.loss = lambda *z: criterion(*z) * float("nan")
+    with pytest.raises(FloatingPointError, match=r"loss is nan at step 1.*no update"):
+        trainer.train_step(inputs)
+    after = trainer.encoder.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert [s["step"] for s in trainer.optimizer.state.values()] == opt_steps
+    assert trainer.scheduler.get_last_lr() == lr
+    assert all(p.grad is None for p in trainer.encoder.parameters())
+
+
+@pytest.mark.slow
+def test_dataloader_workers_give_the_same_run(
+    tiny_model_dir: Path, corpus_file: Path, tmp_path: Path
+) -> None:
+    """Tokenization and token-level views in 2 DataLoader worker processes: the same batches,
+    noise and weights as in the training process (views are seeded per batch)."""
+    kw: dict[str, Any] = dict(
+        max_steps=4, eval_steps=-1, view_a="shuffle+token_cutoff:0.2", view_b="mask:0.3"
+    )
+    runs = [
+        train(make_config(tiny_model_dir, corpus_file, tmp_path / f"w{n}", num_workers=n, **kw))
+        for n in (0, 2)
+    ]
+    w0, w2 = weights(runs[0].final_dir), weights(runs[1].final_dir)
+    for k in w0:
+        assert torch.equal(w0[k], w2[k]), k
+    loss = lambda out: [r["loss"] for r in read_log(out) if r["event"] == "train"]  # noqa: E731
+    assert loss(tmp_path / "w0") == loss(tmp_path / "w2")
+
+
+def test_num_workers_is_validated(tiny_model_dir: Path, corpus_file: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="num_workers"):
+        make_config(tiny_model_dir, corpus_file, tmp_path / "r", num_workers=-1)
+
+
+@pytest.mark.slow  # ~130 s on a busy 2-core box: inductor compiles forward and backward
+def test_compile_matches_eager_on_cpu(
+    tiny_model_dir: Path, corpus_file: Path, tmp_path: Path
+) -> None:
+    """``compile=True`` (torch.compile of the transformer, inductor on CPU): a few steps with
+    dropout off and a feature-cutoff view (the inputs_embeds path) give finite losses equal to
+    eager within float tolerance."""
+    pytest.importorskip("torch._inductor")
+    kw: dict[str, Any] = dict(
+        max_steps=3, eval_steps=-1, dropout=0.0, view_b="feature_cutoff:0.2", head="none"
+    )
+    eager = train(make_config(tiny_model_dir, corpus_file, tmp_path / "eager", **kw))
+    compiled = train(
+        make_config(tiny_model_dir, corpus_file, tmp_path / "compiled", compile=True, **kw)
+    )
+    loss = lambda out: [r["loss"] for r in read_log(out) if r["event"] == "train"]  # noqa: E731
+    got, ref = loss(tmp_path / "compiled"), loss(tmp_path / "eager")
+    assert len(got) == 3 and all(np.isfinite(got))
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
+    w1, w2 = weights(eager.final_dir), weights(compiled.final_dir)
+    for k in w1:
+        torch.testing.assert_close(w1[k], w2[k], rtol=1e-3, atol=1e-4, msg=k)

@@ -18,7 +18,7 @@ from textcl.views import (
     SpanCutoff,
     TokenCutoff,
     TokenShuffle,
-    bind_view,
+    ViewContext,
     build_view,
 )
 
@@ -115,7 +115,7 @@ def test_feature_cutoff_needs_hidden_size() -> None:
         "attention_mask": torch.ones(1, 3, dtype=torch.long),
         "special_tokens_mask": torch.tensor([[1, 0, 1]]),
     }
-    with pytest.raises(ValueError, match="bind_view"):
+    with pytest.raises(ValueError, match="pass hidden_size"):
         FeatureCutoff(0.2, seed=0)(batch)
     with pytest.raises(ValueError, match="hidden_size"):
         FeatureCutoff(0.2, hidden_size=0)
@@ -149,7 +149,7 @@ def test_feature_cutoff_changes_input_embeddings_only_in_chosen_dims(
     batch = enc.tokenize(sentences[:5])
     if arch == "roberta":
         batch.pop("token_type_ids", None)
-    view = bind_view(FeatureCutoff(0.25, seed=7), enc)
+    view = FeatureCutoff(0.25, seed=7, hidden_size=enc.hidden_size)
     out = view(batch)
     plain = _capture_embedding_sum(enc, batch)
     cut = _capture_embedding_sum(enc, out)
@@ -220,12 +220,38 @@ def test_roberta_view_path_matches_plain_path(tiny_tokenizer: Any, sentences: li
     with torch.no_grad():
         assert torch.allclose(enc(ones), enc(batch), atol=1e-6)
         # and a real feature cutoff runs on RoBERTa and changes the output
-        view = bind_view(build_view("shuffle+feature_cutoff:0.2", seed=1), enc)
+        view = build_view(
+            "shuffle+feature_cutoff:0.2", seed=1, context=ViewContext.from_encoder(enc)
+        )
         assert isinstance(view, Compose) and isinstance(view.views[0], TokenShuffle)
         assert view.views[1].hidden_size == 32  # type: ignore[attr-defined]
         out = enc(view(batch))
     assert out.shape == (6, 32) and torch.isfinite(out).all()
     assert not torch.allclose(out, enc(batch), atol=1e-4)
+
+
+def test_roberta_embedding_mask_path_with_left_padding(
+    tiny_tokenizer: Any, sentences: list[str]
+) -> None:
+    """Left padding: RoBERTa numbers positions past the padding; the inputs_embeds path must
+    give it the same position ids (from inputs_embeds alone it would count the padding)."""
+    enc = _tiny_roberta_encoder(tiny_tokenizer)
+    right = enc.tokenize(sentences[:6])
+    pad = enc.tokenizer.pad_token_id
+    lengths = right["attention_mask"].sum(1)
+    assert int(lengths.min()) < right["input_ids"].shape[1]  # some rows are padded
+    shift = right["input_ids"].shape[1] - lengths
+    idx = (torch.arange(right["input_ids"].shape[1]) - shift.unsqueeze(1)) % right[
+        "input_ids"
+    ].shape[1]
+    left = {k: torch.gather(right[k], 1, idx) for k in ("input_ids", "attention_mask")}
+    assert int(left["input_ids"][lengths.argmin(), 0]) == pad
+    ones = dict(left)
+    ones["embedding_mask"] = torch.ones(6, 1, enc.hidden_size)
+    with torch.no_grad():
+        plain = enc(left)
+        torch.testing.assert_close(enc(ones), plain, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(plain, enc(right), atol=1e-5, rtol=1e-5)
 
 
 def _tiny_model(arch: str, tokenizer: Any) -> Any:
@@ -271,7 +297,9 @@ def test_embedding_mask_path_matches_plain_path_for_other_models(
     width = enc.model.get_input_embeddings().embedding_dim
     ones = dict(batch)
     ones["embedding_mask"] = torch.ones(batch["input_ids"].shape[0], 1, width)
-    view = bind_view(build_view("feature_cutoff:0.25+token_cutoff:0.2", seed=2), enc)
+    view = build_view(
+        "feature_cutoff:0.25+token_cutoff:0.2", seed=2, context=ViewContext.from_encoder(enc)
+    )
     with torch.no_grad():
         plain = enc(batch)
         assert torch.allclose(enc(ones), plain, atol=1e-5)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from textcl.views import TokenMask, bind_view, build_view
+from textcl.views import TokenMask, ViewContext, build_view
 
 
 def test_masks_only_editable_tokens(tiny_encoder) -> None:  # type: ignore[no-untyped-def]
     batch = tiny_encoder.tokenize(["a man is playing a guitar", "the cat", "a bird is singing"])
-    view = bind_view(TokenMask(rate=0.5, seed=0), tiny_encoder)
+    view = TokenMask(rate=0.5, seed=0, mask_token_id=tiny_encoder.tokenizer.mask_token_id)
     out = view(batch)
     mask_id = tiny_encoder.tokenizer.mask_token_id
     special = batch["special_tokens_mask"].bool()
@@ -31,12 +31,11 @@ def test_masks_only_editable_tokens(tiny_encoder) -> None:  # type: ignore[no-un
 def test_rate_statistics_and_determinism(tiny_encoder) -> None:  # type: ignore[no-untyped-def]
     batch = tiny_encoder.tokenize(["a man is playing a guitar on the street"] * 200)
     editable = (batch["attention_mask"].bool() & ~batch["special_tokens_mask"].bool()).sum()
-    view = build_view("mask:0.25", seed=3)
-    bind_view(view, tiny_encoder)
+    view = build_view("mask:0.25", seed=3, context=ViewContext.from_encoder(tiny_encoder))
     out = view(batch)
     frac = (out["input_ids"] != batch["input_ids"]).sum() / editable
     assert 0.21 < float(frac) < 0.29
-    again = bind_view(build_view("mask:0.25", seed=3), tiny_encoder)(batch)
+    again = build_view("mask:0.25", seed=3, context=ViewContext.from_encoder(tiny_encoder))(batch)
     assert torch.equal(out["input_ids"], again["input_ids"])
 
 
@@ -50,5 +49,5 @@ def test_attention_mode_and_errors(tiny_encoder) -> None:  # type: ignore[no-unt
         TokenMask(rate=1.0)
     with pytest.raises(ValueError, match="mode"):
         TokenMask(mode="zero")
-    with pytest.raises(ValueError, match="bind_view"):
+    with pytest.raises(ValueError, match="pass mask_token_id"):
         TokenMask(seed=0)(batch)

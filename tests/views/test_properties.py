@@ -19,9 +19,9 @@ from textcl.views import (
     TokenCutoff,
     TokenShuffle,
     View,
+    ViewContext,
     WordRepetition,
     available_views,
-    bind_view,
     build_view,
 )
 
@@ -172,6 +172,46 @@ def test_registry_names_and_defaults() -> None:
         build_view("token_cutoff:1.2")
 
 
+def test_a_rate_for_a_view_without_one_is_a_clear_error() -> None:
+    """``shuffle:0.5`` used to surface ``__init__() got an unexpected keyword argument``."""
+    with pytest.raises(ValueError, match=r"'shuffle' in 'shuffle:0\.5' takes no rate.*seed"):
+        build_view("shuffle:0.5", seed=0)
+    with pytest.raises(ValueError, match=r"'dropout'.*takes no rate.*parameters: none"):
+        build_view("mask:0.2+dropout:0.1")
+
+
+def test_context_gives_each_view_what_its_constructor_takes() -> None:
+    context = ViewContext(pad_token_id=5, mask_token_id=7, hidden_size=12, max_length=30)
+    view = build_view("mask+repetition+feature_cutoff+shuffle", seed=0, context=context)
+    assert isinstance(view, Compose)
+    mask, rep, feat, _ = view.views
+    assert mask.mask_token_id == 7  # type: ignore[attr-defined]
+    assert (rep.pad_token_id, rep.max_length) == (5, 30)  # type: ignore[attr-defined]
+    assert feat.hidden_size == 12  # type: ignore[attr-defined]
+
+
+def test_reseed_depends_only_on_seed_and_key() -> None:
+    """The collator's per-batch seeding: the same (seed, epoch, batch) gives the same noise
+    whatever ran before (a worker, a resumed run); another key gives other noise."""
+    from textcl.views import reseed_view
+
+    batch = {
+        "input_ids": torch.tensor([[2, *range(10, 30), 3]]),
+        "attention_mask": torch.ones(1, 22, dtype=torch.long),
+        "special_tokens_mask": torch.tensor([[1] + [0] * 20 + [1]]),
+    }
+    used = build_view("shuffle+token_cutoff:0.3", seed=5)
+    for _ in range(3):
+        used(batch)  # advance its generators
+    fresh = build_view("shuffle+token_cutoff:0.3", seed=5)
+    reseed_view(used, 1, 4)
+    reseed_view(fresh, 1, 4)
+    a, b = used(batch), fresh(batch)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    reseed_view(fresh, 1, 5)
+    assert not torch.equal(fresh(batch)["input_ids"], a["input_ids"])
+
+
 TOKEN_VIEW_SPECS = ["shuffle", "token_cutoff:0.3", "span_cutoff:0.3", "feature_cutoff:0.25"]
 
 
@@ -216,8 +256,8 @@ def test_view_a_and_view_b_may_differ(tiny_encoder: SentenceEncoder, sentences: 
     enc = tiny_encoder.eval()
     batch = enc.tokenize(sentences[:6])
     before = clone_batch(batch)
-    view_a = bind_view(build_view("shuffle", seed=0), enc)
-    view_b = bind_view(build_view("feature_cutoff", seed=1), enc)
+    view_a = build_view("shuffle", seed=0, context=ViewContext.from_encoder(enc))
+    view_b = build_view("feature_cutoff", seed=1, context=ViewContext.from_encoder(enc))
     a, b = view_a(batch), view_b(batch)
     assert "embedding_mask" not in a and "embedding_mask" in b
     for k, v in before.items():
@@ -238,7 +278,7 @@ def test_every_registered_view_runs_in_the_encoder(
     enc = tiny_encoder.eval()
     batch = enc.tokenize(sentences[:8])
     assert bool((batch["attention_mask"] == 0).any())  # mixed lengths
-    out = bind_view(build_view(name, seed=0), enc)(batch)
+    out = build_view(name, seed=0, context=ViewContext.from_encoder(enc))(batch)
     for b in range(batch["input_ids"].shape[0]):
         # specials (CLS/SEP) and their order are kept; padding stays pad id with attention 0
         def specials(x: TokenBatch, row: int = b) -> list[int]:

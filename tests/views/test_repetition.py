@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from tests.views.batches import PAD, clone_batch, fixed_slots, token_batches
 from textcl import SentenceEncoder
 from textcl.encoder import TokenBatch
-from textcl.views import TokenCutoff, WordRepetition, bind_view
+from textcl.views import TokenCutoff, ViewContext, WordRepetition, build_view
 
 SETTINGS = settings(max_examples=50, deadline=None)
 
@@ -99,7 +99,7 @@ def test_repetition_keeps_cut_tokens_dropped_and_caps_length() -> None:
 def test_repetition_in_encoder(tiny_encoder: SentenceEncoder, sentences: list[str]) -> None:
     enc = tiny_encoder.eval()
     batch = enc.tokenize(sentences[:8])
-    view = bind_view(WordRepetition(seed=0), enc)
+    view = build_view("repetition", seed=0, context=ViewContext.from_encoder(enc))
     assert view.pad_token_id == enc.tokenizer.pad_token_id  # type: ignore[attr-defined]
     assert view.max_length == 64  # type: ignore[attr-defined]  # tiny BERT positions
     out = view(batch)

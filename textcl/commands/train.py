@@ -27,6 +27,7 @@ SHORT_HELP = {
     "head": "projection head: none, train (MLP at training time only: SimCSE), always",
     "eval_steps": "STS-B dev every N steps (0: only at the end, -1: never)",
     "grad_cache_chunk": "gradient cache: embed in chunks of N sentences (huge batches)",
+    "num_workers": "DataLoader processes for tokenization and token-level views (0: none)",
     "dropout": "set every transformer dropout layer to this rate (ConSERT: 0)",
     "precision": "auto (bf16/fp16 on GPU, fp32 on CPU), fp32, bf16, fp16",
 }

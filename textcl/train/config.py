@@ -76,6 +76,9 @@ class TrainConfig:
     """Set every dropout layer of the transformer to this rate (ConSERT: 0); None: keep."""
     compile: bool = False
     """``torch.compile`` the transformer (opt-in)."""
+    num_workers: int = 0
+    """DataLoader worker processes that tokenize and apply the token-level views (0: in the
+    training process)."""
     drop_last: bool = False
     overwrite: bool = False
     """Start a new run in a folder that holds another run: its checkpoints, best/, final/
@@ -125,6 +128,8 @@ class TrainConfig:
             raise bad("eval_steps", "must be an integer >= -1")
         if self.dropout is not None and not 0 <= self.dropout < 1:
             raise bad("dropout", "must be in [0, 1) or null")
+        if not isinstance(self.num_workers, int) or self.num_workers < 0:
+            raise bad("num_workers", "must be an integer >= 0")
         if self.save_total_limit < 1:
             raise bad("save_total_limit", "must be >= 1")
         if self.objective == "sup" and len(self.columns) not in (2, 3):

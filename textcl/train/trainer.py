@@ -5,8 +5,9 @@ One :class:`Trainer` runs one :class:`TrainConfig`:
 * data: raw sentences (``unsup``: two views of each sentence) or pairs/triples (``sup``:
   anchor, positive and optional hard negative), planned into batches per epoch with no
   duplicate text inside a batch;
-* step: views -> encoder (autocast) -> InfoNCE -> backward (optionally through the gradient
-  cache) -> clip -> AdamW -> linear schedule;
+* step: DataLoader collator (tokenize + views, :mod:`textcl.train.batches`) -> objective
+  (encoder under autocast -> InfoNCE -> backward, plain or through the gradient cache; the
+  encoder in DDP under torchrun) -> non-finite check -> clip -> AdamW -> linear schedule;
 * every ``eval_steps``: the evaluator (default: STS-B dev Spearman, alignment and
   uniformity); the best model by its primary metric is kept in ``OUTPUT_DIR/best``;
 * one run state, :class:`~textcl.train.state.TrainerState` (step, log history, best metric
@@ -47,13 +48,17 @@ from textcl.distributed import (
     DistEnv,
     all_reduce_mean,
     barrier,
-    broadcast_parameters,
-    distributed_info_nce,
     init_distributed,
     shard_batch,
-    sync_gradients,
+    wrap_ddp,
 )
-from textcl.encoder import SentenceEncoder, TokenBatch, autocast_context
+from textcl.encoder import (
+    SentenceEncoder,
+    TokenBatch,
+    as_token_batch,
+    autocast_context,
+    batch_tensors,
+)
 from textcl.errors import CorruptFileError, FolderConflictError, InputError
 from textcl.io import (
     FolderLock,
@@ -66,6 +71,8 @@ from textcl.io import (
     write_json,
 )
 from textcl.losses import InfoNCE
+from textcl.objective import Embed, LossStep, embed_batches
+from textcl.train.batches import BatchCollator, PlannedBatches, make_loader
 from textcl.train.config import TrainConfig
 from textcl.train.state import (
     LEGACY_STATE_FILE,
@@ -76,7 +83,7 @@ from textcl.train.state import (
     save_checkpoint_state,
     set_rng_state,
 )
-from textcl.views import bind_view, build_view
+from textcl.views import ViewContext, build_view
 from textcl.views.base import View
 
 logger = logging.getLogger(__name__)
@@ -416,19 +423,35 @@ class Trainer:
 
     def make_inputs(self, rows: Sequence[int]) -> list[TokenBatch]:
         """Token batches, one per role: ``[view_a, view_b]`` (unsup) or
-        ``[anchor, positive(, hard_negative)]`` (sup), on the training device."""
-        cfg = self.config
-        if cfg.objective == "unsup":
-            base = self.encoder.tokenize(self.data.texts(rows), max_length=cfg.max_length)
-            batches = [self.view_a(base), self.view_b(base)]
-        else:
-            columns = list(zip(*(self.data[i] for i in rows), strict=True))
-            toks = [self.encoder.tokenize(list(c), max_length=cfg.max_length) for c in columns]
-            batches = [self.view_a(toks[0])] + [self.view_b(t) for t in toks[1:]]
-        return [{k: v.to(self.device, non_blocking=True) for k, v in b.items()} for b in batches]
+        ``[anchor, positive(, hard_negative)]`` (sup), on the training device (the
+        collator's work, in this process, with the views' generators as they are)."""
+        return self.to_device(self.collator.collate(rows))
+
+    def to_device(self, batches: Sequence[TokenBatch]) -> list[TokenBatch]:
+        """``batches`` on the training device."""
+        return [
+            as_token_batch(
+                {k: v.to(self.device, non_blocking=True) for k, v in batch_tensors(b).items()}
+            )
+            for b in batches
+        ]
+
+    def loader(self, epoch: int) -> Any:
+        """The DataLoader of ``epoch``'s remaining batches (from ``batch_in_epoch``):
+        tokenization and token-level views in ``num_workers`` processes."""
+        return make_loader(
+            PlannedBatches(epoch, self.plan(epoch), self.batch_in_epoch, self.env),
+            self.collator,
+            num_workers=self.config.num_workers,
+            pin_memory=self.device.type == "cuda",
+            seed=self.config.seed + epoch,
+        )
 
     # ------------------------------------------------------------------ model
-    def _build(self, resume_from: Path | None) -> None:
+    def setup(self, resume_from: Path | None = None) -> None:
+        """Build the encoder (from ``resume_from``'s model when given), its DDP wrapper under
+        torchrun, the views, the objective (loss, gradient cache), optimizer, schedule and
+        scaler. :meth:`train` calls it; call it yourself to use :meth:`train_step` directly."""
         cfg = self.config
         # Each rank draws its own dropout masks and view noise.
         seed_everything(cfg.seed + 7919 * self.rank)
@@ -440,17 +463,38 @@ class Trainer:
             for module in self.encoder.model.modules():
                 if isinstance(module, torch.nn.Dropout):
                     module.p = cfg.dropout
-        broadcast_parameters(self.encoder, self.env)  # e.g. a new head: rank 0's wins
         if cfg.compile:
             self.encoder.model.compile()
+        # The module the step runs: under torchrun DDP (its constructor copies rank 0's
+        # parameters to every rank, e.g. a new head; its backward averages the gradients,
+        # bucketed and overlapped with the backward pass). self.encoder stays the plain
+        # encoder (evaluation, saving).
+        self.model: Embed = self.encoder
+        if self.env.is_distributed:
+            self.model = wrap_ddp(self.encoder, self.env)
         view_seed = cfg.seed + 1000 + 7919 * self.rank
-        self.view_a: View = bind_view(build_view(cfg.view_a, seed=view_seed), self.encoder)
-        self.view_b: View = bind_view(build_view(cfg.view_b, seed=view_seed + 500), self.encoder)
+        context = ViewContext.from_encoder(self.encoder)
+        self.view_a: View = build_view(cfg.view_a, seed=view_seed, context=context)
+        self.view_b: View = build_view(cfg.view_b, seed=view_seed + 500, context=context)
+        self.collator = BatchCollator(
+            self.data,
+            cfg.objective,
+            self.encoder.tokenizer,
+            cfg.max_length,
+            self.view_a,
+            self.view_b,
+        )
         self.loss_fn = InfoNCE(
             temperature=cfg.temperature,
             symmetric=cfg.symmetric,
             hard_negative_weight=cfg.hard_negative_weight,
+            dist=self.env,
         )
+        self.objective: LossStep = LossStep(self.loss_fn)
+        if cfg.grad_cache_chunk is not None:
+            from textcl.gradcache import CachedLoss
+
+            self.objective = CachedLoss(self.loss_fn, cfg.grad_cache_chunk)
         decay: list[torch.nn.Parameter] = []
         no_decay: list[torch.nn.Parameter] = []
         for name, p in self.encoder.named_parameters():
@@ -484,8 +528,7 @@ class Trainer:
     def compute_loss(self, reps: Sequence[Tensor]) -> Tensor:
         """InfoNCE of ``reps = [z_a, z_b(, z_neg)]``; across ranks, each rank's anchors
         are contrasted with the positives and hard negatives of the global batch."""
-        z_neg = reps[2] if len(reps) > 2 else None
-        return distributed_info_nce(self.loss_fn, reps[0], reps[1], z_neg, self.env)
+        return self.objective.compute(reps)
 
     def _can_fuse(self, params: Sequence[torch.nn.Parameter]) -> bool:
         """Fused AdamW: CPU and CUDA, floating-point parameters on one device type."""
@@ -494,61 +537,37 @@ class Trainer:
         )
 
     def embed(self, inputs: Sequence[TokenBatch]) -> list[Tensor]:
-        """The embeddings of each token batch of ``inputs``.
-
-        Batches of one shape (the two views of unsupervised SimCSE, any length-preserving
-        view) go through the encoder as ONE ``(k*B, L)`` batch, as in the SimCSE reference
-        code: half the per-layer kernel launches and Python dispatch, and larger GEMMs.
-        Dropout masks are drawn independently per row either way. Batches of different
-        lengths (supervised pairs) keep one forward pass each, so no padding is added.
-        """
-        first = inputs[0]
-        rows = first["input_ids"].shape[0]
-        mergeable = (
-            len(inputs) > 1
-            and all(v.dim() > 0 and v.shape[0] == rows for v in first.values())
-            and all(
-                b.keys() == first.keys() and all(b[k].shape == first[k].shape for k in first)
-                for b in inputs[1:]
-            )
-        )
-        if not mergeable:
-            return [self.encoder(b) for b in inputs]
-        merged = {k: torch.cat([b[k] for b in inputs]) for k in first}
-        return list(self.encoder(merged).chunk(len(inputs)))
+        """The embeddings of each token batch of ``inputs`` (same-shaped batches in one
+        forward pass: :func:`textcl.objective.embed_batches`)."""
+        return embed_batches(self.model, inputs)
 
     def train_step(self, inputs: Sequence[TokenBatch]) -> float:
-        """One optimizer step over ``inputs``; returns the loss."""
+        """One optimizer step over ``inputs``; returns the loss (the mean over ranks).
+
+        Raises ``FloatingPointError`` on a non-finite loss BEFORE the optimizer step: the
+        weights, optimizer and schedule are left as they were.
+        """
         cfg = self.config
         self.optimizer.zero_grad(set_to_none=True)
-        if cfg.grad_cache_chunk is not None:
-            from textcl.gradcache import grad_cache_backward
-
-            loss = grad_cache_backward(
-                self.encoder,
-                inputs,
-                self.compute_loss,
-                cfg.grad_cache_chunk,
-                autocast=lambda: autocast_context(self.device, self.precision),
-                scaler=self.scaler if self.scaler.is_enabled() else None,
+        loss = self.objective(
+            self.model,
+            inputs,
+            autocast=lambda: autocast_context(self.device, self.precision),
+            scaler=self.scaler if self.scaler.is_enabled() else None,
+        )
+        value = all_reduce_mean(loss, self.env)
+        if not math.isfinite(value):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise FloatingPointError(
+                f"loss is {value} at step {self.step + 1}; lower lr or use fp32/bf16 "
+                "(no update was applied)"
             )
-        else:
-            with autocast_context(self.device, self.precision):
-                reps = self.embed(inputs)
-                loss = self.compute_loss(reps)
-            self.scaler.scale(loss).backward()
-        sync_gradients(self.encoder, self.env)  # the mean over ranks (DDP's averaging)
         if cfg.max_grad_norm > 0:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.encoder.parameters(), cfg.max_grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        value = all_reduce_mean(loss.detach(), self.env)
-        if not math.isfinite(value):
-            raise FloatingPointError(
-                f"loss is {value} at step {self.step + 1}; lower lr or use fp32/bf16"
-            )
         return value
 
     # ------------------------------------------------------------------ run identity
@@ -876,7 +895,7 @@ class Trainer:
         if checkpoint is not None:
             load_checkpoint_state(checkpoint)  # refuse a damaged/old one before the model loads
         self._model_digest = _weights_digest(cfg.model)
-        self._build(checkpoint)
+        self.setup(checkpoint)
         if checkpoint is not None:
             self._load_state(checkpoint)
             logger.info("resumed from %s at step %d", checkpoint, self.step)
@@ -904,10 +923,11 @@ class Trainer:
         try:
             while self.step < total:
                 plan = self.plan(self.epoch)
-                while self.batch_in_epoch < len(plan) and self.step < total:
+                for cpu_inputs in self.loader(self.epoch):
+                    if self.step >= total:
+                        break
                     batch = plan[self.batch_in_epoch]
-                    inputs = self.make_inputs(self.local_rows(batch))
-                    loss = self.train_step(inputs)
+                    loss = self.train_step(self.to_device(cpu_inputs))
                     self.batch_in_epoch += 1
                     self.step += 1
                     window_sentences += len(batch)

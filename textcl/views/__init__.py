@@ -5,10 +5,18 @@ Importing this package registers every built-in view with :mod:`textcl.views.reg
 
 from __future__ import annotations
 
-from textcl.views.base import Compose, Dropout, RandomView, View, check_rate, editable_mask
+from textcl.views.base import (
+    Compose,
+    Dropout,
+    RandomView,
+    View,
+    ViewContext,
+    check_rate,
+    editable_mask,
+    reseed_view,
+)
 
 # View modules (each registers its views on import); one line per module.
-from textcl.views.binding import bind_view
 from textcl.views.cutoff import FeatureCutoff, SpanCutoff, TokenCutoff
 from textcl.views.masking import TokenMask
 from textcl.views.registry import VIEW_REGISTRY, available_views, build_view, register_view
@@ -26,11 +34,12 @@ __all__ = [
     "TokenMask",
     "TokenShuffle",
     "View",
+    "ViewContext",
     "WordRepetition",
     "available_views",
-    "bind_view",
     "build_view",
     "check_rate",
     "editable_mask",
     "register_view",
+    "reseed_view",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from textcl.encoder import TokenBatch
+from textcl.encoder import TokenBatch, as_token_batch, batch_tensors
 
 
 def require_special_tokens_mask(batch: TokenBatch, view: str) -> Tensor:
@@ -30,11 +30,6 @@ def require_special_tokens_mask(batch: TokenBatch, view: str) -> Tensor:
             f"{tuple(special.shape)}"
         )
     return special.bool()
-
-
-def editable(batch: TokenBatch, special: Tensor) -> Tensor:
-    """Bool ``(B, L)``: real (attended), non-special tokens; the only ones a view may touch."""
-    return batch["attention_mask"].bool() & ~special
 
 
 def per_token_keys(batch: TokenBatch) -> list[str]:
@@ -84,16 +79,16 @@ def gather_tokens(batch: TokenBatch, index: Tensor) -> TokenBatch:
     ``index`` is ``(B, L)`` (same length: a permutation within rows). Per-token keys and a
     per-token ``embedding_mask`` move; ``position_ids`` and other keys stay.
     """
-    out = dict(batch)
+    out = batch_tensors(batch.copy())
     dev_index = index.to(batch["input_ids"].device)
     for key in per_token_keys(batch):
-        out[key] = torch.gather(batch[key], 1, dev_index)
+        out[key] = torch.gather(batch_tensors(batch)[key], 1, dev_index)
     mask = embedding_mask_3d(batch)
     if mask is not None and is_per_token_mask(mask, index.shape[1]):
         full = mask.expand(index.shape[0], -1, -1)
         idx3 = dev_index.to(full.device).unsqueeze(-1).expand(-1, -1, full.shape[2])
         out["embedding_mask"] = torch.gather(full, 1, idx3)
-    return out
+    return as_token_batch(out)
 
 
 def random_ranks(allowed: Tensor, generator: torch.Generator) -> Tensor:

@@ -15,8 +15,10 @@ modified in place) that :meth:`textcl.SentenceEncoder.forward` accepts. Rules ev
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from textcl.encoder import TokenBatch
@@ -33,12 +35,68 @@ def check_rate(rate: float, name: str = "rate") -> float:
 
 
 def editable_mask(batch: TokenBatch) -> torch.Tensor:
-    """Bool ``(B, L)``: True where a view may act (real, non-special tokens)."""
+    """Bool ``(B, L)``: True where a view may act (real, non-special tokens): attended and
+    not in ``special_tokens_mask`` (when the batch has one)."""
     attention = batch["attention_mask"].bool()
     special = batch.get("special_tokens_mask")
     if special is None:
         return attention
     return attention & ~special.bool()
+
+
+@dataclass(frozen=True)
+class ViewContext:
+    """What views need to know about the encoder, given at construction (see
+    :func:`textcl.views.build_view`): each view takes the fields its constructor accepts.
+
+    Attributes:
+        pad_token_id: id of new padding slots (word repetition).
+        mask_token_id: the tokenizer's mask token (token masking; None: it has none).
+        hidden_size: width of the input (word) embeddings (feature cutoff).
+        max_length: the model's position limit (word repetition never grows past it).
+    """
+
+    pad_token_id: int | None = None
+    mask_token_id: int | None = None
+    hidden_size: int | None = None
+    max_length: int | None = None
+
+    @classmethod
+    def from_encoder(cls, encoder: Any) -> ViewContext:
+        """The facts of a :class:`textcl.SentenceEncoder` (its tokenizer and model)."""
+        from textcl.encoder import max_positions
+
+        tok = encoder.tokenizer
+        pad = getattr(tok, "pad_token_id", None)
+        mask = getattr(tok, "mask_token_id", None)
+        return cls(
+            pad_token_id=None if pad is None else int(pad),
+            mask_token_id=None if mask is None else int(mask),
+            hidden_size=int(encoder.model.get_input_embeddings().embedding_dim),
+            max_length=max_positions(encoder.model),
+        )
+
+
+def derived_seed(seed: int, *key: int) -> int:
+    """A 63-bit seed from ``seed`` and ``key`` (e.g. epoch, batch index): independent
+    streams for every key, the same on every run."""
+    state = np.random.SeedSequence([int(seed) % 2**63, *(int(k) for k in key)])
+    return int(state.generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def reseed_view(view: View, *key: int) -> None:
+    """Re-seed every seeded random part of ``view`` from its own seed and ``key``.
+
+    The trainer's collator calls it with ``(epoch, batch index)`` before each batch: the
+    noise of a batch then depends only on the seed and the batch's place in the run, so it
+    is the same in a DataLoader worker, in the main process and after a resume.
+    """
+    parts = view.views if isinstance(view, Compose) else [view]
+    for part in parts:
+        if isinstance(part, Compose):
+            reseed_view(part, *key)
+        elif isinstance(part, RandomView) and part.seed is not None:
+            part.generator.manual_seed(derived_seed(part.seed, *key))
 
 
 class RandomView:
@@ -71,7 +129,7 @@ class Dropout:
     """
 
     def __call__(self, batch: TokenBatch) -> TokenBatch:
-        return dict(batch)
+        return batch.copy()
 
     def __repr__(self) -> str:
         return "Dropout()"

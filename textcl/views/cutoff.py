@@ -6,7 +6,8 @@ al. 2021) uses token cutoff and feature cutoff as contrastive views.
 
 All three act through the batch's ``embedding_mask`` (a float multiplier applied by
 :meth:`textcl.SentenceEncoder.forward` to the INPUT embeddings, i.e. the output of
-``model.get_input_embeddings()``, scaled by a forward hook on that layer); token and
+``model.get_input_embeddings()``, which it then passes to the model as ``inputs_embeds``);
+token and
 span cutoff also set ``attention_mask`` to 0 for the dropped tokens, so that no other token
 attends to them and pooling averages over the kept tokens only. Masks of composed views are
 multiplied, never overwritten. ``input_ids`` are left unchanged (the model still derives its
@@ -18,31 +19,28 @@ the sentence) or ``int(rate * hidden_size)`` dimensions per sentence.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
-from textcl.encoder import TokenBatch
+from textcl.encoder import TokenBatch, as_token_batch, batch_tensors
 from textcl.views._batch import (
     combine_embedding_mask,
-    editable,
     random_ranks,
     require_special_tokens_mask,
 )
-from textcl.views.base import RandomView, check_rate
+from textcl.views.base import RandomView, check_rate, editable_mask
 from textcl.views.registry import register_view
 
 
 def _drop_tokens(batch: TokenBatch, cut: torch.Tensor) -> TokenBatch:
     """Zero the embeddings and the attention of the slots in bool ``cut`` ``(B, L)``."""
-    out = dict(batch)
+    out = batch_tensors(batch.copy())
     device = batch["input_ids"].device
     cut = cut.to(device)
     keep = (~cut).float().unsqueeze(-1)  # (B, L, 1)
     out["embedding_mask"] = combine_embedding_mask(batch, keep)
     attention = batch["attention_mask"]
     out["attention_mask"] = attention.masked_fill(cut, 0)
-    return out
+    return as_token_batch(out)
 
 
 class _TokenDrop(RandomView):
@@ -60,10 +58,10 @@ class _TokenDrop(RandomView):
         raise NotImplementedError
 
     def __call__(self, batch: TokenBatch) -> TokenBatch:
-        special = require_special_tokens_mask(batch, self.name)
+        require_special_tokens_mask(batch, self.name)
         if self.rate == 0.0:
-            return dict(batch)
-        return _drop_tokens(batch, self._choose(editable(batch, special).cpu()))
+            return batch.copy()
+        return _drop_tokens(batch, self._choose(editable_mask(batch).cpu()))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(rate={self.rate}, seed={self.seed})"
@@ -135,8 +133,9 @@ class FeatureCutoff(RandomView):
     ids). Token ids, attention and positions (special tokens included) are unchanged. For
     ALBERT/ELECTRA the width is the embedding size, not the hidden size.
 
-    The view must know the encoder's hidden size: pass ``hidden_size=`` or call
-    :func:`textcl.views.bind_view` (the trainer does) before use.
+    The view must know the encoder's input-embedding width: pass ``hidden_size=`` (or build
+    it with ``build_view(spec, context=ViewContext.from_encoder(encoder))``, as the trainer
+    does).
 
     Args:
         rate: fraction of dimensions to zero, in ``[0, 1)``.
@@ -153,26 +152,22 @@ class FeatureCutoff(RandomView):
             raise ValueError(f"hidden_size must be a positive integer, got {hidden_size!r}")
         self.hidden_size = hidden_size
 
-    def bind(self, encoder: Any) -> None:
-        """Take the hidden size from a :class:`textcl.SentenceEncoder` (its input embeddings)."""
-        self.hidden_size = int(encoder.model.get_input_embeddings().embedding_dim)
-
     def __call__(self, batch: TokenBatch) -> TokenBatch:
         require_special_tokens_mask(batch, "feature_cutoff")
         if self.rate == 0.0:
-            return dict(batch)
+            return batch.copy()
         if self.hidden_size is None:
             raise ValueError(
-                "feature_cutoff does not know the encoder's hidden size: pass hidden_size= or "
-                "call textcl.views.bind_view(view, encoder) first"
+                "feature_cutoff does not know the encoder's hidden size: pass hidden_size= "
+                "(build_view(spec, context=ViewContext.from_encoder(encoder)) does)"
             )
         n_rows = batch["input_ids"].shape[0]
         hidden = self.hidden_size
         ranks = random_ranks(torch.ones((n_rows, hidden), dtype=torch.bool), self.generator)
         keep = (ranks >= int(hidden * self.rate)).float().unsqueeze(1)  # (B, 1, H)
-        out = dict(batch)
+        out = batch_tensors(batch.copy())
         out["embedding_mask"] = combine_embedding_mask(batch, keep.to(batch["input_ids"].device))
-        return out
+        return as_token_batch(out)
 
     def __repr__(self) -> str:
         return f"FeatureCutoff(rate={self.rate}, seed={self.seed}, hidden_size={self.hidden_size})"

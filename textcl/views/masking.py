@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
-from textcl.encoder import TokenBatch
+from textcl.encoder import TokenBatch, as_token_batch, batch_tensors
 from textcl.views.base import RandomView, check_rate, editable_mask
 from textcl.views.registry import register_view
 
@@ -31,8 +29,8 @@ class TokenMask(RandomView):
         seed: seed of the view's own CPU generator (None: non-deterministic).
 
     Special tokens and padding are never touched. ``token`` mode needs the mask token id:
-    :func:`textcl.views.bind_view` supplies it from the encoder's tokenizer (or pass
-    ``mask_token_id``).
+    pass ``mask_token_id`` (``build_view(spec, context=ViewContext.from_encoder(encoder))``
+    passes the tokenizer's).
     """
 
     def __init__(
@@ -49,30 +47,18 @@ class TokenMask(RandomView):
         self.mode = mode
         self.mask_token_id = mask_token_id
 
-    def bind(self, encoder: Any) -> None:
-        """Take the mask token id from ``encoder.tokenizer`` (token mode)."""
-        if self.mode != "token" or self.mask_token_id is not None:
-            return
-        mask_id = getattr(encoder.tokenizer, "mask_token_id", None)
-        if mask_id is None:
-            raise ValueError(
-                "mask view: the tokenizer has no mask token; use mode='attention' "
-                "(zero the attention of masked tokens) instead"
-            )
-        self.mask_token_id = int(mask_id)
-
     def __call__(self, batch: TokenBatch) -> TokenBatch:
         if "input_ids" not in batch or "attention_mask" not in batch:
             raise ValueError("mask view: a token batch needs 'input_ids' and 'attention_mask'")
         allowed = editable_mask(batch).cpu()
         draw = torch.rand(allowed.shape, generator=self.generator) < self.rate
         chosen = (draw & allowed).to(batch["input_ids"].device)
-        out = dict(batch)
+        out = batch_tensors(batch.copy())
         if self.mode == "token":
             if self.mask_token_id is None:
                 raise ValueError(
-                    "mask view: no mask token id; call bind_view(view, encoder) or pass "
-                    "mask_token_id"
+                    "mask view: no mask token id (pass mask_token_id; a tokenizer without a "
+                    "mask token needs mode='attention')"
                 )
             out["input_ids"] = batch["input_ids"].masked_fill(chosen, self.mask_token_id)
         else:
@@ -80,7 +66,7 @@ class TokenMask(RandomView):
             if "special_tokens_mask" in batch:
                 # A token nothing attends to behaves like padding for later views.
                 out["special_tokens_mask"] = batch["special_tokens_mask"].masked_fill(chosen, 1)
-        return out
+        return as_token_batch(out)
 
     def __repr__(self) -> str:
         return f"TokenMask(rate={self.rate}, mode={self.mode!r}, seed={self.seed})"

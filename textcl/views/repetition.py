@@ -3,35 +3,21 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import torch
 from torch import Tensor
 
-from textcl.encoder import TokenBatch
+from textcl.encoder import TokenBatch, as_token_batch, batch_tensors
 from textcl.views._batch import (
-    editable,
     embedding_mask_3d,
     is_per_token_mask,
     per_token_keys,
     require_special_tokens_mask,
 )
-from textcl.views.base import RandomView, check_rate
+from textcl.views.base import RandomView, check_rate, editable_mask
 from textcl.views.registry import register_view
 
 logger = logging.getLogger(__name__)
-
-_ROBERTA_TYPES = ("roberta", "xlm-roberta", "camembert")
-
-
-def model_position_limit(encoder: Any) -> int | None:
-    """Longest sequence the encoder's position embeddings allow (None: unknown)."""
-    cfg = getattr(encoder.model, "config", None)
-    pos = getattr(cfg, "max_position_embeddings", None)
-    if not isinstance(pos, int) or pos <= 0:
-        return None
-    offset = 2 if getattr(cfg, "model_type", "") in _ROBERTA_TYPES else 0
-    return pos - offset
 
 
 @register_view("repetition")
@@ -54,10 +40,10 @@ class WordRepetition(RandomView):
     Args:
         rate: ``dup_rate`` in ``[0, 1)``.
         seed: seed of the view's own CPU generator.
-        pad_token_id: id for new padding slots; default: taken from the batch's padding (or
-            from :func:`textcl.views.bind_view`), 0 when the batch has none.
+        pad_token_id: id for new padding slots; default: taken from the batch's padding, 0
+            when the batch has none (``ViewContext.from_encoder`` gives the tokenizer's).
         max_length: never grow a sentence beyond this many tokens (default: no limit;
-            :func:`textcl.views.bind_view` sets the model's position limit).
+            ``ViewContext.from_encoder`` gives the model's position limit).
     """
 
     def __init__(
@@ -75,11 +61,6 @@ class WordRepetition(RandomView):
         self.max_length = max_length
         self._warned_pad = False
 
-    def bind(self, encoder: Any) -> None:
-        """Take the pad id and the model's position limit from a SentenceEncoder."""
-        self.pad_token_id = int(encoder.tokenizer.pad_token_id)
-        self.max_length = model_position_limit(encoder)
-
     def _pad_id(self, ids: Tensor, padding: Tensor) -> int:
         if self.pad_token_id is not None:
             return int(self.pad_token_id)
@@ -87,8 +68,8 @@ class WordRepetition(RandomView):
             return int(ids[padding][0])
         if not self._warned_pad:
             logger.warning(
-                "repetition: pad id unknown (no padding in the batch, view not bound); "
-                "new padding slots use id 0 with attention 0. Call textcl.views.bind_view."
+                "repetition: pad id unknown (no padding in the batch, no pad_token_id given); "
+                "new padding slots use id 0 with attention 0. Pass pad_token_id."
             )
             self._warned_pad = True
         return 0
@@ -110,12 +91,12 @@ class WordRepetition(RandomView):
     def __call__(self, batch: TokenBatch) -> TokenBatch:
         special = require_special_tokens_mask(batch, "repetition").cpu()
         if self.rate == 0.0:
-            return dict(batch)
+            return batch.copy()
         ids = batch["input_ids"]
         device = ids.device
         attention = batch["attention_mask"].bool().cpu()
         padding = special & ~attention
-        allowed = editable(batch, special.to(device)).cpu()
+        allowed = editable_mask(batch).cpu()
         n_rows, length = ids.shape
         left = bool((padding[:, 0] & ~padding[:, -1]).any())
 
@@ -138,9 +119,9 @@ class WordRepetition(RandomView):
         gather_index = index.clamp(min=0).to(device)
         padding_dev = padding.to(device)
 
-        out = dict(batch)
+        out = batch_tensors(batch.copy())
         for key in per_token_keys(batch):
-            value = batch[key]
+            value = batch_tensors(batch)[key]
             if key == "input_ids":
                 fill = self._pad_id(ids.cpu(), padding)
             elif key == "attention_mask":
@@ -167,7 +148,7 @@ class WordRepetition(RandomView):
             idx3 = gather_index.to(full.device).unsqueeze(-1).expand(-1, -1, full.shape[2])
             rows_mask = torch.gather(full, 1, idx3)
             out["embedding_mask"] = rows_mask.masked_fill(is_pad.to(full.device).unsqueeze(-1), 1)
-        return out
+        return as_token_batch(out)
 
     def __repr__(self) -> str:
         return f"WordRepetition(rate={self.rate}, seed={self.seed})"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from textcl.encoder import TokenBatch
-from textcl.views._batch import editable, gather_tokens, require_special_tokens_mask
-from textcl.views.base import RandomView
+from textcl.views._batch import gather_tokens, require_special_tokens_mask
+from textcl.views.base import RandomView, editable_mask
 from textcl.views.registry import register_view
 
 
@@ -31,8 +31,8 @@ class TokenShuffle(RandomView):
     """
 
     def __call__(self, batch: TokenBatch) -> TokenBatch:
-        special = require_special_tokens_mask(batch, "shuffle")
-        allowed = editable(batch, special).cpu()
+        require_special_tokens_mask(batch, "shuffle")
+        allowed = editable_mask(batch).cpu()
         n_rows, length = allowed.shape
         positions = torch.arange(length).expand(n_rows, length).float()
         # Allowed slots first (random order), then the others in slot order.

@@ -1,0 +1,109 @@
+"""The training data path before the model: planned batches -> tokenization and token-level
+views, inside a ``torch.utils.data.DataLoader`` (optionally in worker processes).
+
+Every rank plans the same global batches (:func:`textcl.data.text.plan_epoch`) and takes its
+share; :class:`BatchCollator` turns a share into token batches, one per role
+(``[view_a, view_b]`` unsupervised, ``[anchor, positive(, hard_negative)]`` supervised). The
+views of batch ``k`` of epoch ``e`` are seeded from ``(view seed, e, k)``
+(:func:`textcl.views.reseed_view`), so a batch's noise is the same in a worker, in the main
+process and after a resume.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from textcl.distributed import DistEnv, shard_batch
+from textcl.encoder import TokenBatch, tokenize_texts
+from textcl.views import View, reseed_view
+
+BatchKey = tuple[int, int, list[int]]
+"""``(epoch, batch index in the epoch, this rank's rows)``."""
+
+
+class PlannedBatches(Dataset[Any]):
+    """This rank's rows of the planned global batches ``batches[start:]`` of ``epoch``: one
+    item per batch (the DataLoader runs with ``batch_size=None``)."""
+
+    def __init__(
+        self, epoch: int, batches: Sequence[Sequence[int]], start: int, env: DistEnv | None
+    ) -> None:
+        self.epoch, self.batches, self.start, self.env = epoch, batches, start, env
+
+    def __len__(self) -> int:
+        return max(0, len(self.batches) - self.start)
+
+    def __getitem__(self, k: int) -> BatchKey:
+        index = self.start + k
+        return self.epoch, index, shard_batch(self.batches[index], self.env)
+
+
+class BatchCollator:
+    """Rows -> token batches: read the texts, tokenize, apply the token-level views.
+
+    Args:
+        data: a :class:`textcl.data.text.TextCorpus` (``unsup``) or a
+            :class:`textcl.data.pairs.PairDataset` (``sup``).
+        objective: ``unsup`` or ``sup``.
+        tokenizer: the encoder's tokenizer; ``max_length``: truncation length.
+        view_a, view_b: the views; ``view_b`` also applies to hard negatives.
+    """
+
+    def __init__(
+        self,
+        data: Any,
+        objective: str,
+        tokenizer: Any,
+        max_length: int,
+        view_a: View,
+        view_b: View,
+    ) -> None:
+        self.data, self.objective = data, objective
+        self.tokenizer, self.max_length = tokenizer, max_length
+        self.view_a, self.view_b = view_a, view_b
+
+    def collate(self, rows: Sequence[int]) -> list[TokenBatch]:
+        """Token batches (CPU) of ``rows``, the views' generators as they are."""
+        if self.objective == "unsup":
+            base = tokenize_texts(self.tokenizer, self.data.texts(rows), self.max_length)
+            return [self.view_a(base), self.view_b(base)]
+        columns = list(zip(*(self.data[i] for i in rows), strict=True))
+        toks = [tokenize_texts(self.tokenizer, list(c), self.max_length) for c in columns]
+        return [self.view_a(toks[0])] + [self.view_b(t) for t in toks[1:]]
+
+    def __call__(self, key: Any) -> list[TokenBatch]:
+        """``key``: a :data:`BatchKey` (the DataLoader passes it as its "batch")."""
+        epoch, index, rows = key
+        reseed_view(self.view_a, epoch, index)
+        reseed_view(self.view_b, epoch, index)
+        return self.collate(rows)
+
+
+def make_loader(
+    dataset: PlannedBatches,
+    collator: BatchCollator,
+    *,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    seed: int = 0,
+) -> DataLoader[Any]:
+    """A DataLoader yielding one list of token batches per planned batch, in plan order.
+
+    ``num_workers`` > 0 tokenizes and applies views in worker processes (prefetching 2 batches
+    each). The loader's own generator is seeded, so creating it never draws from torch's
+    global RNG (whose state, e.g. dropout's, must continue exactly on resume).
+    """
+    return DataLoader(
+        dataset,
+        batch_size=None,
+        shuffle=False,
+        collate_fn=collator,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        prefetch_factor=2 if num_workers > 0 else None,
+        generator=torch.Generator().manual_seed(seed),
+    )
