@@ -287,3 +287,36 @@ def test_unreadable_input_and_unwritable_output_as_a_plain_user(open_dir: Path) 
         line = one_error_line(proc.stderr, command)
         assert proc.returncode == errors.EXIT_OS, proc.stderr
         assert str(path) in line and "permission denied" in line.lower(), line
+
+
+# ---------------------------------------------------------------------- newcomer path
+@pytest.mark.parametrize("target", ["test", "demo"])
+def test_make_targets_install_what_they_need(tmp_path: Path, target: str) -> None:
+    # README's two commands work on a fresh clone: each first builds the venv and installs
+    # (the stamp), and installs again only when pyproject.toml changes (dry runs: make -n).
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("make is not installed")
+    venv = tmp_path / "venv"
+
+    def dry(*extra: str) -> str:
+        proc = subprocess.run(
+            [make, "-n", "-C", str(ROOT), f"VENV={venv}", "DATA=/nonexistent", *extra, target],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    fresh = dry()
+    assert "-m venv" in fresh and "pip install" in fresh and f"touch {venv}/.installed" in fresh
+    work = "python -m pytest" if target == "test" else "make demo: data not found"
+    assert fresh.index("pip install") < fresh.index(work)
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").touch()
+    (venv / ".installed").touch()  # newer than pyproject.toml: installed
+    installed = dry()
+    assert "pip install" not in installed and "-m venv" not in installed and work in installed
+    changed = dry("-W", "pyproject.toml")  # pyproject.toml edited since the install
+    assert "pip install" in changed and "-m venv" not in changed
