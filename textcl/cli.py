@@ -52,6 +52,7 @@ EXIT_INTERRUPTED = 130
 """Exit code after Ctrl-C (128 + SIGINT), as shells report it."""
 
 _OS_HINTS: dict[int, str] = {
+    errno.ENOENT: "check the path",
     errno.EACCES: "check its permissions or choose another path",
     errno.EPERM: "check its permissions or choose another path",
     errno.EROFS: "the filesystem is read-only: choose a writable location",
