@@ -261,7 +261,23 @@ def open_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def test_unreadable_input_and_unwritable_output_as_a_plain_user(open_dir: Path) -> None:
+def run_as_plain_user(
+    prefix: list[str], argv: list[str], cwd: Path
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HOME": str(cwd), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [*prefix, sys.executable, "-m", "textcl", *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+def test_unreadable_inputs_and_unwritable_outputs_as_a_plain_user(
+    open_dir: Path, tiny_model_dir: Path
+) -> None:
     prefix = _unprivileged()
     if prefix is None:
         pytest.skip("running as root without setpriv: permissions cannot be tested")
@@ -271,22 +287,28 @@ def test_unreadable_input_and_unwritable_output_as_a_plain_user(open_dir: Path) 
     queries = open_dir / "queries.txt"
     queries.write_text("a query\n")
     queries.chmod(0o000)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HOME": str(open_dir)}
-    for argv, command, path in [
+    model = open_dir / "model"
+    shutil.copytree(tiny_model_dir, model)
+    for path in [model, *model.iterdir()]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    corpus = open_dir / "corpus.txt"
+    corpus.write_text("\n".join(TINY_SENTENCES) + "\n")
+    corpus.chmod(0o644)
+    locked = open_dir / "locked"  # a folder the user may read but not write
+    locked.mkdir()
+    locked.chmod(0o555)
+    cases = [
         (["train", "--config", str(secret)], "train", secret),
         (["search", "--index", str(open_dir), "--queries", str(queries)], "search", queries),
-    ]:
-        proc = subprocess.run(
-            [*prefix, sys.executable, "-m", "textcl", *argv],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=open_dir,
-            timeout=300,
-        )
+        (train_argv(model, corpus, locked / "run"), "train", locked / "run"),
+        (encode_argv(model, corpus, locked / "index"), "encode", locked / "index"),
+    ]
+    for argv, command, path in cases:
+        proc = run_as_plain_user(prefix, argv, open_dir)
         line = one_error_line(proc.stderr, command)
         assert proc.returncode == errors.EXIT_OS, proc.stderr
         assert str(path) in line and "permission denied" in line.lower(), line
+    assert list(locked.iterdir()) == []
 
 
 # ---------------------------------------------------------------------- newcomer path
