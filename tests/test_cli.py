@@ -342,3 +342,30 @@ def test_make_targets_install_what_they_need(tmp_path: Path, target: str) -> Non
     assert "pip install" not in installed and "-m venv" not in installed and work in installed
     changed = dry("-W", "pyproject.toml")  # pyproject.toml edited since the install
     assert "pip install" in changed and "-m venv" not in changed
+
+
+def _st_search(*argv: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    script = ROOT / "examples" / "st_search.py"
+    return subprocess.run(
+        [sys.executable, str(script), *argv], capture_output=True, text=True, env=env, timeout=300
+    )
+
+
+def test_demo_search_script_skips_a_folder_that_is_not_sentence_transformers(
+    tiny_model_dir: Path,
+) -> None:
+    proc = _st_search(str(tiny_model_dir), str(ROOT / "examples" / "search_corpus.txt"), "q")
+    assert proc.returncode == 0, proc.stderr
+    assert "not a sentence-transformers folder" in proc.stdout
+
+
+@pytest.mark.slow
+def test_demo_search_script_on_a_sentence_transformers_folder(minilm_dir: Path) -> None:
+    # What `make demo` runs once saved folders are sentence-transformers folders.
+    proc = _st_search(
+        str(minilm_dir), str(ROOT / "examples" / "search_corpus.txt"), "Someone is playing music."
+    )
+    assert proc.returncode == 0, proc.stderr
+    top = proc.stdout.splitlines()[1]
+    assert "guitar" in top, proc.stdout
