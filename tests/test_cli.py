@@ -369,3 +369,11 @@ def test_demo_search_script_on_a_sentence_transformers_folder(minilm_dir: Path) 
     assert proc.returncode == 0, proc.stderr
     top = proc.stdout.splitlines()[1]
     assert "guitar" in top, proc.stdout
+
+
+def test_unknown_flag_names_the_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", "x", "--bogus", "1"]) == errors.EXIT_USAGE
+    line = one_error_line(capsys.readouterr().err, "report")
+    assert line == (
+        "textcl report: error: unrecognized arguments: --bogus 1 (see textcl report --help)"
+    )

@@ -128,9 +128,18 @@ def _fail(command: str, message: str, code: int, verbose: int) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
     if not getattr(args, "func", None):
+        if extras:
+            parser.error(f"unrecognized arguments: {' '.join(extras)}")
         parser.print_help()
+        return EXIT_USAGE
+    if extras:  # named after the sub-command that did not take them (argparse: "textcl: ")
+        print(
+            f"textcl {args.command}: error: unrecognized arguments: {' '.join(extras)} "
+            f"(see textcl {args.command} --help)",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     verbose = args.verbose + getattr(args, "verbose_after", 0)
     args.verbose = verbose
