@@ -58,3 +58,81 @@ def test_cli_run_end_to_end(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert (out / "final" / "config.json").is_file()
     saved = json.loads((out / "config.json").read_text())["config"]
     assert saved["view_a"] == "mask:0.1" and saved["max_steps"] == 3
+
+
+def train_parser():  # type: ignore[no-untyped-def]
+    from textcl.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    return sub.choices["train"]
+
+
+def test_every_flag_has_plain_help_with_its_default() -> None:
+    import argparse
+    import dataclasses
+
+    from textcl.train.config import TrainConfig, field_docs
+
+    docs = field_docs()
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert set(docs) == fields, f"fields without a docstring: {sorted(fields - set(docs))}"
+    parser = train_parser()
+    seen = set()
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        text = action.help or ""
+        assert text.strip(), action.option_strings
+        for markup in ("``", ":class:", ":func:", "TrainConfig."):
+            assert markup not in text, (action.option_strings, text)
+        if action.dest in fields and action.option_strings[0] == "--" + action.dest.replace(
+            "_", "-"
+        ):
+            seen.add(action.dest)
+            assert "(default: " in text or "(required)" in text or "default:" in text, text
+    assert seen == fields
+    shown = " ".join(parser.format_help().split())
+    assert "(default: 64)" in shown and "(default: 3e-05)" in shown
+    assert "{cls,mean,max,first_last_avg,last2_avg}" in shown  # choices
+    assert "GLOBAL batch" in shown and "not a per-device batch" in shown
+
+
+def test_help_is_plain_text_in_a_real_terminal_run(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "``" not in out and ":class:" not in out and "TrainConfig." not in out
+    assert "--learning-rate" in out and "--num-train-epochs" in out and "--bf16" in out
+
+
+def test_training_arguments_aliases() -> None:
+    cfg = parse(["--learning-rate", "1e-4", "--num-train-epochs", "3", "--bf16"])
+    assert (cfg.lr, cfg.epochs, cfg.precision) == (1e-4, 3, "bf16")
+    assert parse(["--fp16"]).precision == "fp16"
+    assert parse(["--precision", "fp32"]).precision == "fp32"
+    assert parse(["--lr", "2e-5"]).lr == 2e-5
+
+
+def test_precision_flags_exclude_each_other(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        parse(["--bf16", "--fp16"])
+    assert e.value.code == 2
+    assert "not allowed with" in capsys.readouterr().err
+
+
+def test_choices_are_checked_at_parse_time(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse(["--pooling", "avg"])
+    assert "invalid choice: 'avg'" in capsys.readouterr().err
+
+
+def test_resume_from_checkpoint_alias() -> None:
+    from textcl.cli import build_parser
+
+    parser = build_parser()
+    base = ["train", "--model", "m"]
+    assert parser.parse_args([*base, "--resume-from-checkpoint"]).resume == "latest"
+    assert parser.parse_args([*base, "--resume-from-checkpoint", "ck/step-1"]).resume == "ck/step-1"
+    assert parser.parse_args(base).resume is None

@@ -10,27 +10,80 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import types
 import typing
 from typing import Any
 
 HELP = "train a sentence encoder with contrastive learning (SimCSE / ConSERT family)"
 
-SHORT_HELP = {
-    "model": "hub id or local folder of the starting encoder",
-    "train_file": "training data: text file/folder/dataset (unsup) or CSV/TSV/JSONL (sup)",
-    "output_dir": "run folder (checkpoints/, best/, final/, metrics.jsonl, config.json)",
-    "objective": "unsup (two views of raw sentences) or sup (pairs/triples)",
-    "columns": "sup: comma-separated anchor,positive[,hard_negative] column names",
-    "view_a": "view spec of the first view, e.g. dropout, mask:0.15, shuffle",
-    "view_b": "view spec of the second view (and of hard negatives), e.g. feature_cutoff:0.2",
-    "head": "projection head: none, train (MLP at training time only: SimCSE), always",
-    "eval_steps": "STS-B dev every N steps (0: only at the end, -1: never)",
-    "grad_cache_chunk": "gradient cache: embed in chunks of N sentences (huge batches)",
-    "num_workers": "DataLoader processes for tokenization and token-level views (0: none)",
-    "dropout": "set every transformer dropout layer to this rate (ConSERT: 0)",
-    "precision": "auto (bf16/fp16 on GPU, fp32 on CPU), fp32, bf16, fp16",
+DESCRIPTION = (
+    HELP + ". Every TrainConfig field is a flag; values come from the flags given, then "
+    "--config FILE, then the defaults (the unsupervised SimCSE recipe). Hugging Face "
+    "TrainingArguments names work as aliases: --learning-rate, --num-train-epochs, "
+    "--resume-from-checkpoint, --bf16, --fp16. --batch-size is the GLOBAL batch over all "
+    "processes (there is no per-device batch flag)."
+)
+
+ALIASES: dict[str, tuple[str, ...]] = {
+    "lr": ("--learning-rate",),
+    "epochs": ("--num-train-epochs",),
 }
+"""Extra flag names of config fields (Hugging Face ``TrainingArguments`` names)."""
+
+
+def _choices() -> dict[str, tuple[str, ...]]:
+    from textcl.pooling import HEAD_MODES, POOLING_STRATEGIES
+    from textcl.train.config import OBJECTIVES, PRECISIONS
+
+    return {
+        "objective": tuple(OBJECTIVES),
+        "pooling": tuple(POOLING_STRATEGIES),
+        "head": tuple(HEAD_MODES),
+        "precision": tuple(PRECISIONS),
+    }
+
+
+_ROLE = re.compile(r":[a-z]+:`~?([^`]+)`")
+
+
+def plain_text(doc: str) -> str:
+    """A docstring made fit for ``--help``: reST roles and literals become plain text and
+    ``%`` is escaped for argparse."""
+    doc = _ROLE.sub(lambda m: m.group(1).rsplit(".", 1)[-1], doc)
+    return doc.replace("``", "").replace("%", "%%")
+
+
+def _default_text(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def field_help(field: dataclasses.Field[Any], doc: str, choices: tuple[str, ...] | None) -> str:
+    """``--help`` text of a config field: its docstring, choices and default."""
+    text = plain_text(doc).rstrip(".") if doc else field.name.replace("_", " ")
+    if field.name in ("view_a", "view_b"):
+        from textcl.views.registry import available_views
+
+        text += "; views: " + ", ".join(available_views())
+    if choices and not all(re.search(rf"\b{re.escape(c)}\b", text) for c in choices):
+        text += "; choices: " + ", ".join(choices)
+    if re.search(r"\bdefault:", text, re.IGNORECASE):
+        return text  # the docstring says what the default means
+    if field.default is not dataclasses.MISSING:
+        default: Any = field.default
+    elif field.default_factory is not dataclasses.MISSING:
+        default = field.default_factory()
+    else:  # pragma: no cover - every TrainConfig field has a default
+        default = None
+    if default == "":
+        return f"{text} (required)"
+    return f"{text} (default: {plain_text(_default_text(default))})"
 
 
 def _field_type(field: dataclasses.Field[Any]) -> type:
@@ -53,17 +106,24 @@ def _split_list(text: str) -> list[str]:
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "train", help=HELP, description=HELP + ". " + __doc__.split("\n\n")[1]
+    from textcl.train.config import field_docs
+
+    p = subparsers.add_parser("train", help=HELP, description=DESCRIPTION)
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="JSON or YAML file of TrainConfig fields (a run's config.json works too); "
+        "flags given on the command line win (default: none)",
     )
-    p.add_argument("--config", metavar="FILE", help="JSON or YAML file of TrainConfig fields")
     p.add_argument(
         "--resume",
+        "--resume-from-checkpoint",
         nargs="?",
         const="latest",
         default=None,
         metavar="CHECKPOINT",
-        help="continue from a checkpoint folder, or (no value) the newest one in --output-dir",
+        help="continue from a checkpoint folder, or (no value) from the newest checkpoint "
+        "in --output-dir (default: start a new run)",
     )
     p.add_argument(
         "--mlp-train-only",
@@ -73,17 +133,33 @@ def register(subparsers: Any) -> None:
         default=argparse.SUPPRESS,
         help="SimCSE: MLP head at training time only (same as --head train)",
     )
+    docs = field_docs(_config_class())
+    choices = _choices()
     for field in dataclasses.fields(_config_class()):
-        flag = "--" + field.name.replace("_", "-")
+        flags = ["--" + field.name.replace("_", "-"), *ALIASES.get(field.name, ())]
         kind = _field_type(field)
         kwargs: dict[str, Any] = {"dest": field.name, "default": argparse.SUPPRESS}
-        kwargs["help"] = SHORT_HELP.get(field.name, f"TrainConfig.{field.name}")
+        kwargs["help"] = field_help(field, docs.get(field.name, ""), choices.get(field.name))
+        target: Any = p
+        if field.name == "precision":
+            target = p.add_mutually_exclusive_group()
+            for name in ("bf16", "fp16"):
+                target.add_argument(
+                    f"--{name}",
+                    dest="precision",
+                    action="store_const",
+                    const=name,
+                    default=argparse.SUPPRESS,
+                    help=f"same as --precision {name}",
+                )
+        if field.name in choices:
+            kwargs["choices"] = choices[field.name]
         if kind is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+            target.add_argument(*flags, action=argparse.BooleanOptionalAction, **kwargs)
         elif kind is list:
-            p.add_argument(flag, type=_split_list, **kwargs)
+            target.add_argument(*flags, type=_split_list, metavar="A,B", **kwargs)
         else:
-            p.add_argument(flag, type=kind, **kwargs)
+            target.add_argument(*flags, type=kind, **kwargs)
     p.set_defaults(func=run)
 
 

@@ -29,6 +29,7 @@ class TrainConfig:
     train_file: str = ""
     """Text file / folder / saved dataset / hub id (unsup); CSV/TSV/JSONL or dataset (sup)."""
     output_dir: str = ""
+    """Run folder: config.json, metrics.jsonl, checkpoints/, best/, final/, results.json."""
     objective: str = "unsup"
     """``unsup`` (raw sentences, two views) or ``sup`` (pairs/triples)."""
     columns: list[str] = field(default_factory=lambda: ["sent0", "sent1", "hard_neg"])
@@ -36,40 +37,58 @@ class TrainConfig:
     text_column: str = "text"
     """Text column of a ``datasets`` source (unsup)."""
     skip_bad_rows: bool = False
+    """Supervised data: skip malformed rows (and report how many) instead of stopping."""
     view_a: str = "dropout"
+    """View of the first side: a name, ``name:rate``, or views composed with ``+``."""
     view_b: str = "dropout"
+    """View of the second side (and of hard negatives), e.g. ``feature_cutoff:0.2``."""
     pooling: str = "cls"
+    """How token vectors become one sentence vector."""
     head: str = "train"
     """Projection head: ``none``, ``train`` (SimCSE: MLP at training time only), ``always``."""
     temperature: float = 0.05
+    """InfoNCE temperature: cosine similarities are divided by it."""
     symmetric: bool = False
+    """Also score positives against anchors (b -> a) and average both directions."""
     hard_negative_weight: float = 0.0
+    """Logit offset for each anchor's own hard negative (SimCSE's log alpha; triples)."""
     lr: float = 3e-5
+    """Peak AdamW learning rate (linear warmup, then linear decay to 0)."""
     weight_decay: float = 0.0
+    """AdamW weight decay (never on biases and norm weights)."""
     warmup_ratio: float = 0.0
+    """Fraction of the total steps spent warming the learning rate up linearly."""
     max_grad_norm: float = 1.0
+    """Clip the global gradient norm to this value; 0: no clipping."""
     batch_size: int = 64
-    """Sentences per step, over all processes (each of N ranks takes batch_size / N)."""
+    """Sentences per step: the global batch over all processes (each of N ranks takes
+    batch_size / N), not a per-device batch."""
     epochs: int = 1
+    """Passes over the training data (``max_steps`` overrides it)."""
     max_steps: int | None = None
     """Stop after this many steps (overrides ``epochs``)."""
     max_length: int = 32
+    """Truncate training sentences to this many tokens."""
     seed: int = 42
+    """Seed of the data order, the views and a new head's initial weights."""
     precision: str = "auto"
     """``auto`` (bf16 on GPUs that support it, else fp16 + grad scaler; fp32 on CPU)."""
     device: str | None = None
+    """``cpu``, ``cuda``, ``cuda:1``; default: the (local rank's) GPU if present, else CPU."""
     eval_steps: int = 125
     """Evaluate on STS-B dev every N steps and at the end; 0: only at the end; -1: never."""
     eval_at_start: bool = False
     """Also evaluate the starting model (step 0): the "before" of a before/after table."""
     eval_batch_size: int = 128
+    """Sentences per forward pass during the STS-B dev evaluation."""
     data_dir: str | None = None
-    """Evaluation data root (``sts/`` inside); default ``TEXTCL_DATA`` / the hub."""
+    """Evaluation data root (``sts/`` inside); default: ``$TEXTCL_DATA``, else the hub."""
     save_steps: int | None = None
     """Checkpoint every N steps (default: at every evaluation)."""
     save_total_limit: int = 2
     """Keep only the newest N step checkpoints (``best/`` and ``final/`` are kept apart)."""
     logging_steps: int = 10
+    """Log loss, learning rate and sentences/s every N steps."""
     grad_cache_chunk: int | None = None
     """Gradient cache (Gao et al. 2021): embed the batch in chunks of this many sentences."""
     dropout: float | None = None
@@ -80,6 +99,7 @@ class TrainConfig:
     """DataLoader worker processes that tokenize and apply the token-level views (0: in the
     training process)."""
     drop_last: bool = False
+    """Drop each epoch's last incomplete batch (always on with several processes)."""
     overwrite: bool = False
     """Start a new run in a folder that holds another run: its checkpoints, best/, final/
     and logs are removed first (without it, such a folder is refused)."""
@@ -152,16 +172,40 @@ class TrainConfig:
         except TypeError as e:
             raise ValueError(f"{source}: {e}") from None
 
-    @classmethod
-    def from_file(cls, path: str | os.PathLike[str]) -> TrainConfig:
-        """Read a JSON or YAML (``.yaml``/``.yml``, needs PyYAML) config file."""
-        return cls.from_dict(read_config_file(path), str(path))
-
     def save(self, path: str | os.PathLike[str], **extra: Any) -> None:
         """Write the config (plus ``extra`` keys such as step and metrics) as JSON."""
         from textcl.io import write_json
 
         write_json(path, {"config": self.to_dict(), **extra})
+
+
+def field_docs(cls: type = TrainConfig) -> dict[str, str]:
+    """The attribute docstrings of a dataclass's fields (the string literal right below each
+    field), read from its source with :mod:`ast`; whitespace collapsed, markup kept.
+
+    The CLI builds every ``textcl train`` flag's help from these; a field without a docstring
+    is simply absent (the CLI test requires one for every field)."""
+    import ast
+    import inspect
+    import textwrap
+
+    try:
+        source = textwrap.dedent(inspect.getsource(cls))
+    except (OSError, TypeError):  # no source shipped (e.g. a frozen build)
+        return {}
+    docs: dict[str, str] = {}
+    body = ast.parse(source).body[0]
+    assert isinstance(body, ast.ClassDef)
+    for node, after in zip(body.body, body.body[1:], strict=False):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
 
 
 def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
