@@ -94,7 +94,9 @@ def test_every_flag_has_plain_help_with_its_default() -> None:
     assert seen == fields
     shown = " ".join(parser.format_help().split())
     assert "(default: 64)" in shown and "(default: 3e-05)" in shown
-    assert "{cls,mean,max,first_last_avg,last2_avg}" in shown  # choices
+    from textcl.pooling import POOLING_STRATEGIES
+
+    assert "{" + ",".join(POOLING_STRATEGIES) + "}" in shown  # choices
     assert "GLOBAL batch" in shown and "not a per-device batch" in shown
 
 
