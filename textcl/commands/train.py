@@ -30,6 +30,11 @@ SHORT_HELP = {
     "num_workers": "DataLoader processes for tokenization and token-level views (0: none)",
     "dropout": "set every transformer dropout layer to this rate (ConSERT: 0)",
     "precision": "auto (bf16/fp16 on GPU, fp32 on CPU), fp32, bf16, fp16",
+    "queue_size": "momentum contrast: queue of N past keys as extra negatives (0: off)",
+    "momentum": "EMA rate of the queue's key encoder (ESimCSE 0.995; 0: online detached keys)",
+    "fn_margin": "false negatives: mask negatives with cos > positive's cos - MARGIN",
+    "fn_threshold": "false negatives: mask negatives with cos > THRESHOLD",
+    "guide_model": "frozen guide encoder (folder) whose cosines pick the false negatives",
 }
 
 
