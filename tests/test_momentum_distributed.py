@@ -159,3 +159,53 @@ def test_a_rank_local_queue_would_differ(spawned: list[dict[str, Any]]) -> None:
     assert q.shape[0] == GLOBAL
     assert not torch.allclose(q[: GLOBAL // 2], q[GLOBAL // 2 :])
     torch.testing.assert_close(q, spawned[1]["online_keys_grad_cache"]["queues"][0])
+
+
+def test_torchrun_training_with_queue_equals_one_process(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """The trainer under `torchrun --nproc_per_node 2` with a momentum queue and false-negative
+    control: same losses, weights and checkpointed queue as one process."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.train.test_torchrun import _launcher, _no_dropout_copy
+    from textcl import SentenceEncoder
+    from textcl.train.state import load_checkpoint_state
+
+    model = _no_dropout_copy(tiny_model_dir, tmp_path / "model")
+    data = tmp_path / "c.txt"
+    data.write_text("\n".join(f"{s} {i}" for i in range(2) for s in TINY_SENTENCES) + "\n")
+    common = ["train", "--model", str(model), "--train-file", str(data), "--batch-size", "8"]
+    common += ["--max-steps", "3", "--eval-steps", "-1", "--lr", "1e-3", "--max-length", "16"]
+    common += ["--logging-steps", "1", "--pooling", "mean", "--head", "none"]
+    common += ["--queue-size", "12", "--momentum", "0.9", "--fn-margin", "0.0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    single = [sys.executable, "-m", "textcl", *common, "--output-dir", str(tmp_path / "one")]
+    subprocess.run(single, check=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [*_launcher("torchrun"), "-m", "textcl", *common, "--output-dir", str(tmp_path / "two")],
+        env=env,
+        timeout=300,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = lambda d: [  # noqa: E731
+        json.loads(x)["loss"] for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert log("one") == pytest.approx(log("two"), rel=1e-4)
+    assert len(set(log("one"))) == 3
+    one, two = (
+        load_checkpoint_state(tmp_path / d / "checkpoints" / "step-00000003")["momentum"]
+        for d in ("one", "two")
+    )
+    assert int(one["queue"]["filled"]) == 12 and int(one["queue"]["ptr"]) == 0
+    torch.testing.assert_close(one["queue"]["buffer"], two["queue"]["buffer"], rtol=1e-3, atol=1e-4)
+    w1 = SentenceEncoder.load(tmp_path / "one" / "final").model.state_dict()
+    w2 = SentenceEncoder.load(tmp_path / "two" / "final").model.state_dict()
+    flat = lambda w: torch.cat([v.flatten().float() for v in w.values()])  # noqa: E731
+    w0 = flat(SentenceEncoder.load(model).model.state_dict())
+    # Adam + float rounding: see tests/train/test_torchrun.py for the measured tolerance.
+    assert float((flat(w1) - flat(w2)).norm() / (flat(w1) - w0).norm()) < 0.02
