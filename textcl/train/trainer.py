@@ -8,6 +8,10 @@ One :class:`Trainer` runs one :class:`TrainConfig`:
 * step: DataLoader collator (tokenize + views, :mod:`textcl.train.batches`) -> objective
   (encoder under autocast -> InfoNCE -> backward, plain or through the gradient cache; the
   encoder in DDP under torchrun) -> non-finite check -> clip -> AdamW -> linear schedule;
+* optional momentum queue of negatives (``queue_size``, ``momentum``) and false-negative
+  control (``fn_margin``/``fn_threshold``, ``guide_model``): the objective becomes a
+  :class:`textcl.momentum.MomentumContrast` over :class:`textcl.losses.ExtendedInfoNCE`, its
+  queue and EMA weights saved in every checkpoint;
 * every ``eval_steps``: the evaluator (default: STS-B dev Spearman, alignment and
   uniformity); the best model by its primary metric is kept in ``OUTPUT_DIR/best``;
 * one run state, :class:`~textcl.train.state.TrainerState` (step, log history, best metric
