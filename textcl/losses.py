@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
@@ -154,3 +155,227 @@ class InfoNCE(nn.Module):
             total = out.logits.shape[1] // (1 if z_neg is None else 2)
             loss = loss * (self.world_size * z_a.shape[0] / total)
         return loss
+
+
+# ---------------------------------------------------------------------------------------------
+# Extra (queued) negatives and false-negative control (issue 17). Kept apart from InfoNCE so the
+# plain loss stays as it is.
+def false_negative_mask(
+    sims: Tensor,
+    labels: Tensor,
+    *,
+    margin: float | None = None,
+    threshold: float | None = None,
+) -> Tensor:
+    """Which candidates of each anchor are suspected false negatives, ``(Q, C)`` bool.
+
+    ``sims[i, j]`` is the cosine similarity of anchor ``i`` and candidate ``j`` (of the
+    trained model, or of a frozen guide encoder as in GISTEmbed, Solatorio 2024), and
+    ``labels[i]`` the column of the anchor's positive. Candidate ``j != labels[i]`` is
+    flagged when
+
+    * ``margin`` ("relative", GISTEmbed-style): ``sims[i, j] > sims[i, labels[i]] - margin``
+      (a negative nearly as close as the positive, or closer);
+    * ``threshold`` ("absolute"): ``sims[i, j] > threshold``.
+
+    Exactly one of ``margin`` and ``threshold`` must be given. The positive is never flagged.
+    """
+    if (margin is None) == (threshold is None):
+        raise ValueError("give exactly one of margin (relative) and threshold (absolute)")
+    rows = torch.arange(sims.shape[0], device=sims.device)
+    if margin is not None:
+        limit = (sims[rows, labels] - margin).unsqueeze(1)
+    else:
+        limit = torch.full((sims.shape[0], 1), float(threshold), device=sims.device)  # type: ignore[arg-type]
+    mask = sims > limit
+    mask[rows, labels] = False
+    return mask
+
+
+class ExtendedInfoNCE(InfoNCE):
+    """:class:`InfoNCE` with extra negatives (a momentum queue) and false-negative control.
+
+    With a queue ``q_1..q_K`` of past key embeddings (no gradient) the loss of anchor ``i`` is
+
+        -log  exp(s_ii/t) / ( sum_j exp(s(a_i, b_j)/t) + sum_j w_ij exp(s(a_i, n_j)/t)
+                               + sum_k exp(s(a_i, q_k)/t) )
+
+    (notation of :class:`InfoNCE`): the queue adds ``K`` negatives to every anchor of the
+    ``a -> b`` direction, the momentum-contrast term of MoCo (He et al. 2020, "Momentum
+    Contrast for Unsupervised Visual Representation Learning"), ESimCSE (Wu et al. 2022,
+    "ESimCSE: Enhanced Sample Building Method for Contrastive Learning of Unsupervised
+    Sentence Embedding": queue of momentum-encoder embeddings of the positive view, 2.5x the
+    batch, momentum 0.995) and MoCoSE (Cao et al. 2022, "Exploring the Impact of Negative
+    Samples of Contrastive Learning: A Case Study of Sentence Embedding"). The queue is the
+    same on every rank (the trainer enqueues the global batch), so it is not gathered.
+
+    False-negative control (``fn_margin`` or ``fn_threshold``, see
+    :func:`false_negative_mask`): a candidate flagged as a false negative of anchor ``i``
+    (in-batch positives, hard negatives and queued keys alike; never the positive) gets the
+    logit ``log(fn_weight)`` added: ``fn_weight = 0`` (default) masks it (logit ``-inf``), a
+    weight in ``(0, 1)`` down-weights it. The similarities that decide are the model's own
+    cosines, or (``guide=`` in :meth:`forward`) those of a frozen guide encoder over the same
+    rows (GISTEmbed, Solatorio 2024, "GISTEmbed: Guided In-sample Selection of Training
+    Negatives for Text Embedding Fine-tuning"). In the symmetric direction ``b -> a`` the
+    same rule applies to the positives against the anchors.
+
+    ``forward(z_a, z_b, z_neg=None, extra_negatives=None, guide=None)``: ``extra_negatives``
+    is ``(K, D)`` (may be empty); ``guide`` is ``(g_a, g_b, g_neg, g_extra)``: the guide's
+    embeddings of the same rows (``g_neg``/``g_extra`` ``None`` when absent). Without extras
+    and false-negative control it equals :class:`InfoNCE`.
+    """
+
+    def __init__(
+        self,
+        temperature: float = 0.05,
+        symmetric: bool = False,
+        hard_negative_weight: float = 0.0,
+        dist: DistEnv | Any | None = None,
+        *,
+        fn_margin: float | None = None,
+        fn_threshold: float | None = None,
+        fn_weight: float = 0.0,
+    ) -> None:
+        super().__init__(temperature, symmetric, hard_negative_weight, dist)
+        if fn_margin is not None and fn_threshold is not None:
+            raise ValueError("fn_margin and fn_threshold exclude each other: give one")
+        for name, value in (("fn_margin", fn_margin), ("fn_threshold", fn_threshold)):
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{name} must be finite, got {value!r}")
+        if not 0.0 <= fn_weight < 1.0:
+            raise ValueError(f"fn_weight must be in [0, 1) (0: mask), got {fn_weight!r}")
+        self.fn_margin = fn_margin
+        self.fn_threshold = fn_threshold
+        self.fn_weight = float(fn_weight)
+
+    @property
+    def filters_false_negatives(self) -> bool:
+        return self.fn_margin is not None or self.fn_threshold is not None
+
+    def extra_repr(self) -> str:
+        return (
+            super().extra_repr()
+            + f", fn_margin={self.fn_margin}, fn_threshold={self.fn_threshold}, "
+            f"fn_weight={self.fn_weight}"
+        )
+
+    def _cos(self, queries: Tensor, candidates: Tensor) -> Tensor:
+        with torch.autocast(device_type=queries.device.type, enabled=False):
+            q = F.normalize(queries.float(), dim=-1)
+            c = F.normalize(candidates.float(), dim=-1)
+            return q @ c.T
+
+    def _suppress(self, logits: Tensor, sims: Tensor, labels: Tensor) -> Tensor:
+        mask = false_negative_mask(
+            sims.detach(), labels, margin=self.fn_margin, threshold=self.fn_threshold
+        )
+        fill = -math.inf if self.fn_weight == 0.0 else math.log(self.fn_weight)
+        return logits + torch.zeros_like(logits).masked_fill(mask, fill)
+
+    def get_logits(
+        self,
+        z_a: Tensor,
+        z_b: Tensor,
+        z_neg: Tensor | None = None,
+        extra_negatives: Tensor | None = None,
+        guide: Sequence[Tensor | None] | None = None,
+    ) -> ContrastiveLogits:
+        from textcl.distributed import gather_sizes, gather_with_grad
+
+        self._check(z_a, z_b, z_neg)
+        if extra_negatives is not None and (
+            extra_negatives.dim() != 2
+            or (extra_negatives.shape[0] > 0 and extra_negatives.shape[1] != z_a.shape[1])
+        ):
+            raise ValueError(
+                f"extra_negatives must be (K, {z_a.shape[1]}), got {tuple(extra_negatives.shape)}"
+            )
+        if extra_negatives is not None and extra_negatives.shape[0] == 0:
+            extra_negatives = None
+        n_local = z_a.shape[0]
+        offset, sizes = 0, [n_local]
+        if self.dist.is_distributed:
+            if n_local == 0:
+                raise ValueError(
+                    f"rank {self.rank} has an empty batch: every rank needs >= 1 anchor"
+                )
+            sizes = gather_sizes(n_local, z_a.device, self.dist)
+            offset = sum(sizes[: self.rank])
+        total = sum(sizes)
+        labels = torch.arange(n_local, device=z_a.device) + offset
+
+        def candidates(b: Tensor, neg: Tensor | None, extra: Tensor | None) -> Tensor:
+            parts = [gather_with_grad(b, self.dist, sizes)]
+            if neg is not None:
+                parts.append(gather_with_grad(neg, self.dist, sizes))
+            if extra is not None:
+                parts.append(extra.detach().to(b.dtype))
+            return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+        cands = candidates(z_b, z_neg, extra_negatives)
+        logits = self._scores(z_a, cands)
+        if z_neg is not None and self.hard_negative_weight != 0.0:
+            bonus = torch.zeros_like(logits)
+            bonus[torch.arange(n_local, device=z_a.device), total + labels] = (
+                self.hard_negative_weight
+            )
+            logits = logits + bonus
+        back = None
+        if self.symmetric:
+            back = self._scores(z_b, gather_with_grad(z_a, self.dist, sizes))
+        if self.filters_false_negatives:
+            if guide is None:
+                sims = self._cos(z_a, cands)
+                back_sims = None if back is None else back.detach() * self.temperature
+            else:
+                g_a, g_b, g_neg, g_extra = _guide_parts(guide, z_neg, extra_negatives)
+                with torch.no_grad():
+                    sims = self._cos(g_a, candidates(g_b, g_neg, g_extra))
+                    back_sims = (
+                        None
+                        if back is None
+                        else self._cos(g_b, gather_with_grad(g_a, self.dist, sizes))
+                    )
+            logits = self._suppress(logits, sims, labels)
+            if back is not None and back_sims is not None:
+                back = self._suppress(back, back_sims, labels)
+        return ContrastiveLogits(logits, labels, back)
+
+    def forward(
+        self,
+        z_a: Tensor,
+        z_b: Tensor,
+        z_neg: Tensor | None = None,
+        extra_negatives: Tensor | None = None,
+        guide: Sequence[Tensor | None] | None = None,
+    ) -> Tensor:
+        out = self.get_logits(z_a, z_b, z_neg, extra_negatives, guide)
+        loss = F.cross_entropy(out.logits, out.labels)
+        if out.back is not None:
+            loss = (loss + F.cross_entropy(out.back, out.labels)) / 2
+        if self.dist.is_distributed:
+            # Mean over ranks == the global mean over anchors (see InfoNCE's docstring); the
+            # candidates are N positives (+ N hard negatives) + K extras.
+            extra = 0 if extra_negatives is None else extra_negatives.shape[0]
+            total = (out.logits.shape[1] - extra) // (1 if z_neg is None else 2)
+            loss = loss * (self.world_size * z_a.shape[0] / total)
+        return loss
+
+
+def _guide_parts(
+    guide: Sequence[Tensor | None], z_neg: Tensor | None, extra: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    if len(guide) != 4:
+        raise ValueError("guide must be (g_a, g_b, g_neg, g_extra)")
+    g_a, g_b, g_neg, g_extra = guide
+    if g_a is None or g_b is None:
+        raise ValueError("guide needs the guide embeddings of the anchors and positives")
+    if (g_neg is None) != (z_neg is None):
+        raise ValueError("guide: g_neg must be given exactly when z_neg is")
+    if (g_extra is None or g_extra.shape[0] == 0) != (extra is None):
+        raise ValueError("guide: g_extra must hold one row per extra negative")
+    if extra is not None and g_extra is not None and g_extra.shape[0] != extra.shape[0]:
+        raise ValueError(
+            f"guide: g_extra has {g_extra.shape[0]} rows, extra_negatives {extra.shape[0]}"
+        )
+    return g_a, g_b, g_neg, g_extra

@@ -8,6 +8,10 @@ One :class:`Trainer` runs one :class:`TrainConfig`:
 * step: DataLoader collator (tokenize + views, :mod:`textcl.train.batches`) -> objective
   (encoder under autocast -> InfoNCE -> backward, plain or through the gradient cache; the
   encoder in DDP under torchrun) -> non-finite check -> clip -> AdamW -> linear schedule;
+* optional momentum queue of negatives (``queue_size``, ``momentum``) and false-negative
+  control (``fn_margin``/``fn_threshold``, ``guide_model``): the objective becomes a
+  :class:`textcl.momentum.MomentumContrast` over :class:`textcl.losses.ExtendedInfoNCE`, its
+  queue and EMA weights saved in every checkpoint;
 * every ``eval_steps``: the evaluator (default: STS-B dev Spearman, alignment and
   uniformity); the best model by its primary metric is kept in ``OUTPUT_DIR/best``;
 * one run state, :class:`~textcl.train.state.TrainerState` (step, log history, best metric
@@ -273,6 +277,11 @@ def _weights_digest(model: str) -> str | None:
     return h.hexdigest()
 
 
+def _uses_extended_loss(cfg: TrainConfig) -> bool:
+    """Momentum queue or false-negative control asked for."""
+    return bool(cfg.queue_size) or cfg.fn_margin is not None or cfg.fn_threshold is not None
+
+
 class Trainer:
     """Runs one :class:`TrainConfig`.
 
@@ -495,6 +504,8 @@ class Trainer:
             from textcl.gradcache import CachedLoss
 
             self.objective = CachedLoss(self.loss_fn, cfg.grad_cache_chunk)
+        if _uses_extended_loss(cfg):
+            self._setup_negatives()
         decay: list[torch.nn.Parameter] = []
         no_decay: list[torch.nn.Parameter] = []
         for name, p in self.encoder.named_parameters():
@@ -522,6 +533,40 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
         self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=self.precision == "fp16" and self.device.type == "cuda"
+        )
+
+    def _setup_negatives(self) -> None:
+        """Momentum queue and/or false-negative control (issue 17): an ExtendedInfoNCE run
+        by a MomentumContrast objective (plain or gradient cache)."""
+        from textcl.losses import ExtendedInfoNCE
+        from textcl.momentum import GuideEncoder, MomentumContrast
+
+        cfg = self.config
+        self.loss_fn = ExtendedInfoNCE(
+            temperature=cfg.temperature,
+            symmetric=cfg.symmetric,
+            hard_negative_weight=cfg.hard_negative_weight,
+            dist=self.env,
+            fn_margin=cfg.fn_margin,
+            fn_threshold=cfg.fn_threshold,
+        )
+        guide = None
+        if cfg.guide_model is not None:
+            if not Path(cfg.guide_model).is_dir():
+                raise InputError(
+                    f"config field 'guide_model': {cfg.guide_model} is not a model folder"
+                )
+            guide = GuideEncoder.load(
+                cfg.guide_model, self.encoder.tokenizer, cfg.max_length, self.device
+            )
+        self.objective = MomentumContrast(
+            self.loss_fn,
+            queue_size=cfg.queue_size,
+            momentum=cfg.momentum,
+            online=self.encoder,
+            chunk_size=cfg.grad_cache_chunk,
+            guide=guide,
+            dist=self.env,
         )
 
     # ------------------------------------------------------------------ step
@@ -660,7 +705,18 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "ranks": ranks,
+            **self._negatives_state(),
         }
+
+    def _negatives_state(self) -> dict[str, Any]:
+        """The momentum queue and EMA weights (same on every rank), when in use."""
+        if not _uses_extended_loss(self.config):
+            return {}
+        from textcl.momentum import MomentumContrast
+
+        if not isinstance(self.objective, MomentumContrast):
+            return {}
+        return {"momentum": self.objective.state_dict()}
 
     def model_card_data(self) -> dict[str, Any]:
         """The run facts the model card of ``best/`` and ``final/`` shows
@@ -752,6 +808,11 @@ class Trainer:
                 if name in mine["views"] and hasattr(view, "load_state_dict"):
                     view.load_state_dict(mine["views"][name])
             set_rng_state(mine["rng"])
+            if _uses_extended_loss(self.config):
+                from textcl.momentum import MomentumContrast
+
+                if isinstance(self.objective, MomentumContrast):
+                    self.objective.load_state_dict(payload["momentum"], self.device)
         except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
             if isinstance(e, CorruptFileError | FolderConflictError):
                 raise
