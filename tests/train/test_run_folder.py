@@ -362,12 +362,17 @@ def test_plan_epoch_drop_last_gives_only_full_batches() -> None:
 
 # ---------------------------------------------------------------------- logging
 def test_sentences_per_s_excludes_evaluation_time(
-    tiny_model_dir: Path, corpus_file: Path, tmp_path: Path
+    tiny_model_dir: Path, corpus_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pause = 1.0
+    # A clock that jumps 1000 s during each evaluation: deterministic however loaded the
+    # machine is (a real sleep races with slow training steps on a busy box).
+    pause = 1000.0
+    real = time.perf_counter
+    skipped = [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: real() + skipped[0])
 
     def slow(encoder: Any) -> dict[str, float]:
-        time.sleep(pause)
+        skipped[0] += pause
         return fake_evaluator(encoder)
 
     out = tmp_path / "run"
@@ -384,10 +389,10 @@ def test_sentences_per_s_excludes_evaluation_time(
     train(cfg, evaluator=slow)
     wall = time.perf_counter() - start
     rates = [r["sentences_per_s"] for r in read_log(out) if r["event"] == "train"]
-    # Each window of 4 steps (32 sentences) holds >= 1 evaluation of 1 s: counted, the
-    # rate would be below 32 sentences/s. 4 tiny steps take far less than a second.
+    # Each window of 4 steps (32 sentences) holds >= 1 evaluation of 1000 s: counted, the
+    # rate would be below 32/1000 sentences/s; 4 tiny steps take far less than 1000 s.
     assert len(rates) == 2 and min(rates) > 32 / pause, rates
-    assert wall > 4 * pause  # control: the evaluations did take their time
+    assert wall > 4 * pause  # control: the evaluations did take their (clock) time
 
 
 def test_report_to_wandb_logs_config_and_metrics(
