@@ -29,7 +29,9 @@ SHORT_HELP = {
     "grad_cache_chunk": "gradient cache: embed in chunks of N sentences (huge batches)",
     "num_workers": "DataLoader processes for tokenization and token-level views (0: none)",
     "dropout": "set every transformer dropout layer to this rate (ConSERT: 0)",
-    "precision": "auto (bf16/fp16 on GPU, fp32 on CPU), fp32, bf16, fp16",
+    "precision": (
+        "auto (bf16/fp16 on GPU, bf16 on CPUs with AMX/AVX512-BF16, else fp32), fp32, bf16, fp16"
+    ),
 }
 
 

@@ -56,7 +56,8 @@ class TrainConfig:
     max_length: int = 32
     seed: int = 42
     precision: str = "auto"
-    """``auto`` (bf16 on GPUs that support it, else fp16 + grad scaler; fp32 on CPU)."""
+    """``auto`` (bf16 on GPUs that support it, else fp16 + grad scaler; on CPU bf16 autocast
+    with native bf16 (AMX / AVX512-BF16), else fp32)."""
     device: str | None = None
     eval_steps: int = 125
     """Evaluate on STS-B dev every N steps and at the end; 0: only at the end; -1: never."""

@@ -221,14 +221,18 @@ def sts_dev_evaluator(data_dir: str | None = None, batch_size: int = 128) -> Met
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto``: bf16 on GPUs that support it, fp16 on other GPUs, fp32 on CPU."""
+    """``auto``: bf16 on GPUs that support it, fp16 on other GPUs; on CPU bf16 autocast where
+    the CPU has native bf16 (AMX / AVX512-BF16, :func:`~textcl.encoder.native_bf16`), else
+    fp32."""
     if precision != "auto":
         if precision == "fp16" and device.type != "cuda":
             raise ValueError("precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "fp32"
+    from textcl.encoder import native_bf16
+
+    return "bf16" if device.type == "cpu" and native_bf16(device) else "fp32"
 
 
 def seed_everything(seed: int) -> None:
@@ -311,6 +315,12 @@ class Trainer:
         self.env: DistEnv = init_distributed(config.device)
         self.device = self.env.device
         self.precision = resolve_precision(config.precision, self.device)
+        logger.info(
+            "training precision: %s (requested %s, device %s)",
+            self.precision,
+            config.precision,
+            self.device,
+        )
         self.rank, self.world_size = self.env.rank, self.env.world_size
         self.is_main = self.env.is_main
         if config.batch_size % self.world_size:
