@@ -81,6 +81,10 @@ class TrainConfig:
     """DataLoader worker processes that tokenize and apply the token-level views (0: in the
     training process)."""
     drop_last: bool = False
+    group_by_length: bool = False
+    """Length-grouped batching: batches of sentences of similar length (character count of
+    the first text), drawn at random from buckets of 50 batches (less padding; negatives
+    still random within a bucket); deterministic in seed and epoch."""
     overwrite: bool = False
     """Start a new run in a folder that holds another run: its checkpoints, best/, final/
     and logs are removed first (without it, such a folder is refused)."""

@@ -72,7 +72,12 @@ from textcl.io import (
 )
 from textcl.losses import InfoNCE
 from textcl.objective import Embed, LossStep, embed_batches
-from textcl.train.batches import BatchCollator, PlannedBatches, make_loader
+from textcl.train.batches import (
+    BatchCollator,
+    PlannedBatches,
+    length_grouped_order,
+    make_loader,
+)
 from textcl.train.config import TrainConfig
 from textcl.train.state import (
     LEGACY_STATE_FILE,
@@ -347,6 +352,7 @@ class Trainer:
                 f"lower batch_size to at most {distinct} or add data"
             )
         self._plans: dict[int, list[list[int]]] = {}
+        self._lengths: np.ndarray | None = None
 
     # The run state lives in self.state; these read and write it.
     @property
@@ -413,6 +419,7 @@ class Trainer:
                     seed=self.config.seed,
                     epoch=epoch,
                     drop_last=self.config.drop_last or self.world_size > 1,
+                    order=self._length_order(epoch),
                 )
             }
             if not self._plans[epoch]:
@@ -421,6 +428,19 @@ class Trainer:
                     f"one batch of {self.config.batch_size}; lower batch_size"
                 )
         return self._plans[epoch]
+
+    def _length_order(self, epoch: int) -> np.ndarray | None:
+        """With ``group_by_length``: the item order of ``epoch`` (else None: random)."""
+        if not self.config.group_by_length:
+            return None
+        if self._lengths is None:
+            first = (
+                (lambda i: self.data[i])
+                if isinstance(self.data, TextCorpus)
+                else (lambda i: self.data[i][0])
+            )
+            self._lengths = np.array([len(first(i)) for i in range(len(self.hashes))])
+        return length_grouped_order(self._lengths, self.config.batch_size, self.config.seed, epoch)
 
     def total_steps(self) -> int:
         if self.config.max_steps is not None:
