@@ -23,6 +23,8 @@ Run::
     nice .venv/bin/python benchmarks/encode_throughput.py --repeats 3
     nice .venv/bin/python benchmarks/encode_throughput.py --corpus all --sample 3000  # subset
     nice .venv/bin/python benchmarks/encode_throughput.py --threads 1 ...  # busy machine
+    # precisions and peers (bf16 weights/autocast, qint8, ST bf16, ONNX/OpenVINO if installed)
+    nice .venv/bin/python benchmarks/encode_throughput.py --sample 1000 --peers --stsb-dev
 
 Wall-clock rates and CPU-time rates (``time.process_time``, all threads of the process) are
 both printed: on a shared, oversubscribed machine the wall clock mostly measures the other
@@ -82,6 +84,74 @@ def sts_sentences(root: Path, corpus: str = "all") -> list[str]:
     return list(seen)
 
 
+class _Encode:
+    """``encode(texts, batch_size=...)`` over a plain function (for ``evaluate_sts``)."""
+
+    def __init__(self, fn: Callable[[list[str]], np.ndarray]) -> None:
+        self.fn = fn
+
+    def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        return self.fn(list(texts))
+
+
+def st_backends(model_dir: Path, device: str) -> list[tuple[str, Any]]:
+    """sentence-transformers' ONNX (fp32, int8) and OpenVINO (bf16 hint, int8) backends,
+    where installed (the ``bench`` extra); each skipped one prints why."""
+    import tempfile
+
+    from sentence_transformers import SentenceTransformer
+
+    out: list[tuple[str, Any]] = []
+    tmp = Path(tempfile.mkdtemp(prefix="textcl-bench-"))
+
+    def attempt(name: str, make: Callable[[], Any]) -> None:
+        try:
+            out.append((name, make()))
+        except Exception as e:  # optional peers: report and go on
+            print(f"skipped {name}: {type(e).__name__}: {str(e)[:160]}")
+
+    def onnx_int8() -> Any:
+        from sentence_transformers import export_dynamic_quantized_onnx_model
+
+        m = SentenceTransformer(str(model_dir), device=device, backend="onnx")
+        m.save(str(tmp / "onnx"))
+        export_dynamic_quantized_onnx_model(m, "avx512_vnni", str(tmp / "onnx"))
+        return SentenceTransformer(
+            str(tmp / "onnx"),
+            backend="onnx",
+            model_kwargs={"file_name": "onnx/model_qint8_avx512_vnni.onnx"},
+        )
+
+    def openvino_int8() -> Any:
+        from sentence_transformers import export_static_quantized_openvino_model
+
+        m = SentenceTransformer(str(model_dir), device=device, backend="openvino")
+        m.save(str(tmp / "ov"))
+        export_static_quantized_openvino_model(m, None, str(tmp / "ov"))
+        return SentenceTransformer(
+            str(tmp / "ov"),
+            backend="openvino",
+            model_kwargs={"file_name": "openvino/openvino_model_qint8_quantized.xml"},
+        )
+
+    attempt(
+        "st onnx fp32",
+        lambda: SentenceTransformer(str(model_dir), device=device, backend="onnx"),
+    )
+    attempt("st onnx int8", onnx_int8)
+    attempt(
+        "st openvino bf16",
+        lambda: SentenceTransformer(
+            str(model_dir),
+            device=device,
+            backend="openvino",
+            model_kwargs={"ov_config": {"INFERENCE_PRECISION_HINT": "bf16"}},
+        ),
+    )
+    attempt("st openvino int8", openvino_int8)
+    return out
+
+
 def main() -> int:
     from tests.helpers import minilm_path, sts_data_dir
 
@@ -98,11 +168,19 @@ def main() -> int:
     p.add_argument("--limit", type=int, default=0, help="use the first N sentences only")
     p.add_argument("--sample", type=int, default=0, help="use N sentences drawn at random (seed 0)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    p.add_argument(
+        "--peers",
+        action="store_true",
+        help="precision variants and peers: textcl auto/bf16 (weights, autocast)/qint8, "
+        "sentence-transformers bf16 weights, ONNX and OpenVINO backends where installed",
+    )
+    p.add_argument("--stsb-dev", action="store_true", help="also score each contender on STS-B dev")
     args = p.parse_args()
 
     from sentence_transformers import SentenceTransformer
 
     from textcl import SentenceEncoder
+    from textcl.encoder import native_bf16
 
     model_dir, sts = minilm_path(), sts_data_dir()
     if model_dir is None or sts is None:
@@ -122,36 +200,63 @@ def main() -> int:
     ours = SentenceEncoder.from_pretrained(model_dir, device="cpu")
     peer = SentenceTransformer(str(model_dir), device="cpu")
     print(
-        f"{n} unique STS sentences; all-MiniLM-L6-v2 fp32 on CPU; batch size {args.batch_size}; "
+        f"{n} unique STS sentences; all-MiniLM-L6-v2 on CPU; batch size {args.batch_size}; "
         f"textcl max_tokens {max_tokens}; torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, {os.cpu_count()} cores, {platform.python_version()}"
+        f"{torch.get_num_threads()} threads, {os.cpu_count()} cores, {platform.python_version()}; "
+        f"native bf16: {native_bf16()}; load average {os.getloadavg()}"
     )
 
-    def run_ours(budget: int | None) -> np.ndarray:
-        out = ours.encode(
-            sentences, batch_size=args.batch_size, max_tokens=budget, show_progress=False
-        )
-        assert isinstance(out, np.ndarray)
-        return out
+    def ours_at(precision: str, budget: int | None, mode: str = "weights") -> Any:
+        def run(texts: list[str]) -> np.ndarray:
+            ours.bf16_inference = mode
+            out = ours.encode(
+                texts,
+                batch_size=args.batch_size,
+                max_tokens=budget,
+                precision=precision,
+                show_progress=False,
+            )
+            assert isinstance(out, np.ndarray)
+            return out
 
-    def run_peer() -> np.ndarray:
-        out = peer.encode(sentences, batch_size=args.batch_size, show_progress_bar=False)
-        return np.asarray(out)
+        return run
+
+    def st_run(model: Any) -> Any:
+        def run(texts: list[str]) -> np.ndarray:
+            return np.asarray(
+                model.encode(texts, batch_size=args.batch_size, show_progress_bar=False),
+                dtype=np.float32,
+            )
+
+        return run
 
     report_padding(
         sentences, ours.tokenizer, args.batch_size, max_tokens, ours.effective_max_length
     )
 
-    # Warm-up on a slice (allocator, thread pools, lazy imports) for both.
-    ours.encode(sentences[:256], batch_size=args.batch_size, show_progress=False)
-    peer.encode(sentences[:256], batch_size=args.batch_size, show_progress_bar=False)
-
-    contenders: list[tuple[str, Callable[[], np.ndarray]]] = [
-        ("textcl", lambda: run_ours(None)),
-        ("sentence-transformers", run_peer),
+    ref_name = "sentence-transformers"
+    contenders: list[tuple[str, Callable[[list[str]], np.ndarray]]] = [
+        ("textcl fp32", ours_at("fp32", None)),
+        (ref_name, st_run(peer)),
     ]
     if max_tokens is not None:
-        contenders.insert(1, (f"textcl max_tokens={max_tokens}", lambda: run_ours(max_tokens)))
+        contenders.insert(1, (f"textcl fp32 max_tokens={max_tokens}", ours_at("fp32", max_tokens)))
+    if args.peers:
+        import copy
+
+        peer_bf16 = copy.deepcopy(peer).to(torch.bfloat16)
+        contenders += [
+            ("textcl default (auto)", ours_at("auto", max_tokens)),
+            ("textcl bf16 weights", ours_at("bf16", max_tokens, "weights")),
+            ("textcl bf16 autocast", ours_at("bf16", max_tokens, "autocast")),
+            ("textcl qint8", ours_at("qint8", max_tokens)),
+            ("st bf16 weights", st_run(peer_bf16)),
+        ]
+        contenders += [(name, st_run(m)) for name, m in st_backends(model_dir, "cpu")]
+
+    # Warm-up on a slice (allocator, thread pools, lazy imports, cached weight copies).
+    for _, fn in contenders:
+        fn(sentences[:256])
     rates: dict[str, list[float]] = {name: [] for name, _ in contenders}
     cpu_rates: dict[str, list[float]] = {name: [] for name, _ in contenders}
     emb: dict[str, np.ndarray] = {}
@@ -159,51 +264,47 @@ def main() -> int:
         order = contenders if r % 2 == 0 else contenders[::-1]
         for name, fn in order:
             t0, c0 = time.perf_counter(), time.process_time()
-            emb[name] = fn()
+            emb[name] = fn(sentences)
             dt, dc = time.perf_counter() - t0, time.process_time() - c0
             rates[name].append(n / dt)
             cpu_rates[name].append(n / dc)
             print(
-                f"repeat {r + 1} {name:>26}: {n / dt:8.1f} sentences/s wall ({dt:.1f} s), "
+                f"repeat {r + 1} {name:>34}: {n / dt:8.1f} sentences/s wall ({dt:.1f} s), "
                 f"{n / dc:8.1f} sentences per CPU-second ({dc:.1f} CPU s)",
                 flush=True,
             )
+    print(f"load average after the runs: {os.getloadavg()}")
 
-    peer_rates = rates["sentence-transformers"]
+    peer_rates = rates[ref_name]
     med_peer = statistics.median(peer_rates)
-    for name, _ in contenders:
-        med = statistics.median(rates[name])
-        line = f"median {name:>26}: {med:8.1f} sentences/s"
-        if name != "sentence-transformers":
-            per = [x / y for x, y in zip(rates[name], peer_rates, strict=True)]
-            line += (
-                f"  ratio of medians {med / med_peer:.3f}x, "
-                f"median per-repeat ratio {statistics.median(per):.3f}x"
-            )
-        print(line)
-    cpu_peer = statistics.median(cpu_rates["sentence-transformers"])
-    for name, _ in contenders:
-        med = statistics.median(cpu_rates[name])
-        line = f"median {name:>26}: {med:8.1f} sentences per CPU-second"
-        if name != "sentence-transformers":
-            per = [
-                x / y
-                for x, y in zip(cpu_rates[name], cpu_rates["sentence-transformers"], strict=True)
-            ]
-            line += (
-                f"  ratio of medians {med / cpu_peer:.3f}x, "
-                f"median per-repeat ratio {statistics.median(per):.3f}x"
-            )
-        print(line)
+    cpu_peer = statistics.median(cpu_rates[ref_name])
+    ref = emb[ref_name]
+    stsb: dict[str, float] = {}
+    if args.stsb_dev:
+        from textcl.evaluation import evaluate_sts
+
+        for name, fn in contenders:
+            res = evaluate_sts(_Encode(fn), ["stsb"], split="dev", data_dir=sts)
+            stsb[name] = float(res["tasks"]["stsb"]["spearman"])
+    print(
+        f"| {'contender':34} | sent/s (median) | x ST fp32 | sent/CPU-s | x ST | "
+        "min cos | mean cos | STS-B dev |"
+    )
+    print("|" + "---|" * 8)
     ok = True
     for name, _ in contenders:
-        if name == "sentence-transformers":
-            continue
-        a, b = emb[name], emb["sentence-transformers"]
-        cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-        print(f"cosine {name} vs sentence-transformers: min {cos.min():.6f}, mean {cos.mean():.6f}")
-        ok = ok and bool(cos.min() >= 0.9999)
-    print("embeddings agree (min cosine >= 0.9999):", ok)
+        med = statistics.median(rates[name])
+        cmed = statistics.median(cpu_rates[name])
+        a = emb[name]
+        cos = (a * ref).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(ref, axis=1))
+        score = f"{stsb[name]:.2f}" if name in stsb else "-"
+        print(
+            f"| {name:34} | {med:8.1f} | {med / med_peer:.2f} | {cmed:8.1f} | "
+            f"{cmed / cpu_peer:.2f} | {cos.min():.5f} | {cos.mean():.6f} | {score} |"
+        )
+        if name.startswith("textcl fp32"):
+            ok = ok and bool(cos.min() >= 0.9999)
+    print("textcl fp32 embeddings agree with sentence-transformers (min cosine >= 0.9999):", ok)
     return 0 if ok else 1
 
 

@@ -105,6 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peak-tflops", type=float, default=None, help="override the peak")
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
     parser.add_argument(
+        "--attn",
+        default="sdpa",
+        help="transformers attention implementation: sdpa (default), eager, flash_attention_2",
+    )
+    parser.add_argument(
         "--cpu-smoke", action="store_true", help="run the loop on CPU (a check of the script only)"
     )
     args = parser.parse_args(argv)
@@ -134,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     on_gpu = device.type == "cuda"
     peak = args.peak_tflops or peak_tflops(name)
     encoder = SentenceEncoder.from_pretrained(
-        model_dir, pooling="mean", device=device, attn_implementation="sdpa"
+        model_dir, pooling="mean", device=device, attn_implementation=args.attn
     )
     encoder.train()
     flops_per_token, n_params = model_flops_per_token(encoder.model, args.max_length)

@@ -231,6 +231,80 @@ def autocast_context(device: torch.device, precision: str) -> Any:
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "qint8")
+"""Inference precisions of :meth:`SentenceEncoder.encode` (``float32`` is an alias of fp32)."""
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+"""``/proc/cpuinfo`` flags of CPUs with native bf16 matrix instructions."""
+
+
+def _cpuinfo_flags() -> set[str]:
+    """The CPU feature flags of ``/proc/cpuinfo`` (empty where there is no such file)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags") and ":" in line:
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def _torch_cpu_bf16() -> bool:
+    """torch's own CPU probes (private helpers, looked up defensively): AMX tiles or
+    AVX512-BF16."""
+    for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        fn = getattr(torch.cpu, probe, None)
+        if fn is None:
+            continue
+        try:
+            if fn():
+                return True
+        except Exception:  # a probe that fails means "unknown", not "no"
+            continue
+    return False
+
+
+def native_bf16(device: str | torch.device = "cpu") -> bool:
+    """Whether ``device`` runs bf16 matrix products natively (so bf16 is faster than fp32).
+
+    CUDA: ``torch.cuda.is_bf16_supported()``. CPU: AMX-BF16 or AVX512-BF16, from torch's CPU
+    probes or the ``/proc/cpuinfo`` flags :data:`BF16_CPU_FLAGS`. Without them torch emulates
+    bf16 on CPU, which is slower than fp32. Other devices: False.
+    """
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if dev.type != "cpu":
+        return False
+    return _torch_cpu_bf16() or bool(_cpuinfo_flags() & set(BF16_CPU_FLAGS))
+
+
+def resolve_inference_precision(precision: str | None, device: str | torch.device) -> str:
+    """The precision :meth:`SentenceEncoder.encode` runs at on ``device``.
+
+    ``auto`` (or None): bf16 where :func:`native_bf16` (CPUs with AMX/AVX512-BF16, CUDA GPUs
+    with bf16), fp32 elsewhere. ``fp16`` needs CUDA; ``qint8`` (dynamic int8 quantization of
+    the linear layers; the embeddings are still float32) runs on CPU only.
+    sentence-transformers' ``int8``/``uint8``/``binary``/``ubinary`` (quantised *embeddings*)
+    are refused.
+    """
+    p = "fp32" if precision == "float32" else (precision or "auto")
+    if p not in PRECISIONS:
+        raise ValueError(
+            f"unknown precision {precision!r}: expected one of {', '.join(PRECISIONS)} (textcl "
+            "does not quantise embeddings: sentence-transformers' int8/uint8/binary/ubinary "
+            "are not supported; qint8 computes float32 embeddings with int8 linear layers)"
+        )
+    dev = torch.device(device)
+    if p == "auto":
+        return "bf16" if native_bf16(dev) else "fp32"
+    if p == "fp16" and dev.type != "cuda":
+        raise ValueError("precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+    if p == "qint8" and dev.type != "cpu":
+        raise ValueError("precision qint8 (dynamic int8 quantization) runs on CPU only")
+    return p
+
+
 def batch_bounds(
     lengths: Sequence[int], batch_size: int, max_tokens: int | None = None
 ) -> list[tuple[int, int]]:
@@ -494,6 +568,16 @@ class SentenceEncoder(nn.Module):
 
     model: Any  # a transformers PreTrainedModel (typed loosely: its API is duck-typed here)
     tokenizer: Any
+    bf16_inference: str = "weights"
+    """How :meth:`encode` runs bf16: ``weights`` (a bf16 copy of the transformer; pooling,
+    head, normalisation in fp32) or ``autocast``. Weights: measured faster than autocast
+    (benchmarks/RESULTS.md, "Inference precision")."""
+    precision: str = "auto"
+    """Default precision of :meth:`encode` (see :func:`resolve_inference_precision`); set it
+    to ``"fp32"`` to force full precision everywhere (evaluation, indexing)."""
+    last_precision: str | None = None
+    """The precision (and bf16 mode) the last :meth:`encode` call ran at, e.g. ``bf16
+    (weights)``."""
 
     def __init__(
         self,
@@ -661,6 +745,11 @@ class SentenceEncoder(nn.Module):
         Applies ``embedding_mask`` to the word embeddings (passed as ``inputs_embeds``) and
         the projection head according to ``head_mode`` and the training flag.
         """
+        return self._embed(batch, self.model)
+
+    def _embed(self, batch: TokenBatch, model: Any) -> Tensor:
+        """:meth:`forward` through ``model`` (the transformer or a bf16/qint8 copy of it);
+        hidden states are promoted to fp32 before pooling, head and dense layers."""
         tensors = batch_tensors(batch)
         kwargs: dict[str, Any] = {k: tensors[k] for k in MODEL_INPUT_KEYS if k in tensors}
         embedding_mask = batch.get("embedding_mask")
@@ -673,22 +762,26 @@ class SentenceEncoder(nn.Module):
             # number every slot from inputs_embeds, padding too: give them the ids they
             # derive from input_ids (equal for right padding; left padding differs).
             ids = batch["input_ids"]
-            words = self.model.get_input_embeddings()(ids)
+            words = model.get_input_embeddings()(ids)
             kwargs["inputs_embeds"] = words * embedding_mask.to(
                 device=words.device, dtype=words.dtype
             )
             padding_idx = padding_position_offset(self.model)
             if padding_idx is not None and "position_ids" not in kwargs:
                 kwargs["position_ids"] = padded_position_ids(ids, padding_idx)
-        out = self.model(
+        out = model(
             **kwargs,
             output_hidden_states=self.pooling.needs_hidden_states,
             return_dict=True,
         )
+        last, hidden = out.last_hidden_state, out.hidden_states
+        if model is not self.model and last.dtype != torch.float32:
+            last = last.float()
+            hidden = tuple(h.float() for h in hidden) if hidden is not None else None
         pooled = self.pooling(
-            out.last_hidden_state,
+            last,
             batch.get("pooling_mask", batch["attention_mask"]),
-            out.hidden_states if self.pooling.needs_hidden_states else None,
+            hidden if self.pooling.needs_hidden_states else None,
         )
         if self.head is not None and (self.head_mode == "always" or self.training):
             pooled = self.head(pooled)
@@ -722,6 +815,46 @@ class SentenceEncoder(nn.Module):
                 yield self._pad([ids[i] for i in order[start:stop]])
 
         return order, gen()
+
+    def _inference_model(self, precision: str) -> Any:
+        """The transformer :meth:`encode` runs at ``precision``: the model itself, or a
+        cached bf16 (``bf16_inference == "weights"``) / qint8 copy of it.
+
+        The copy is rebuilt when any weight changed since (parameter identity, storage and
+        in-place version counters: an optimiser step or ``load_state_dict`` invalidates it),
+        or the device changed. The copy is not a submodule: not saved, not trained.
+        """
+        if precision not in ("bf16", "qint8") or (
+            precision == "bf16" and self.bf16_inference == "autocast"
+        ):
+            return self.model
+        params = list(self.model.parameters())
+        key = (
+            precision,
+            str(self.device),
+            tuple((id(q), q.data_ptr(), q._version) for q in params),
+        )
+        cached = self.__dict__.get("_inference_cache")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        self.__dict__.pop("_inference_cache", None)  # free the old copy first
+        import copy
+        import warnings
+
+        with torch.no_grad():
+            if precision == "bf16":
+                twin = copy.deepcopy(self.model).to(torch.bfloat16)
+            else:
+                from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # torch.ao's deprecation notice
+                    twin = quantize_dynamic(
+                        copy.deepcopy(self.model), {nn.Linear: per_channel_dynamic_qconfig}
+                    )
+        twin.eval()
+        self.__dict__["_inference_cache"] = (key, twin)
+        return twin
 
     @overload
     def encode(
@@ -787,7 +920,7 @@ class SentenceEncoder(nn.Module):
         max_length: int | None = None,
         device: str | torch.device | None = None,
         output: Output = "numpy",
-        precision: str = "fp32",
+        precision: str | None = None,
         show_progress: bool | None = None,
         max_tokens: int | None = None,
         prompt_name: str | None = None,
@@ -820,8 +953,14 @@ class SentenceEncoder(nn.Module):
             device: run on this device (the module is moved there); default: where it is.
             output: ``"numpy"`` or ``"torch"`` (a CPU tensor). ``convert_to_tensor=True`` or
                 ``convert_to_numpy=False`` (sentence-transformers' names) also give a tensor.
-            precision: ``fp32`` (alias ``float32``), or ``bf16``/``fp16`` autocast (fp16 on
-                CUDA only). sentence-transformers' quantised precisions are refused.
+            precision: ``auto`` (bf16 on hardware with native bf16, else fp32; see
+                :func:`resolve_inference_precision`), ``fp32`` (alias ``float32``: full
+                precision), ``bf16`` (weights cast to bf16, or autocast, see
+                :attr:`bf16_inference`; pooling and normalisation stay fp32), ``fp16``
+                (autocast, CUDA only) or ``qint8`` (dynamic int8 quantization of the linear
+                layers, CPU only; float32 embeddings). Default: :attr:`precision` (``auto``). The choice is logged and
+                kept in :attr:`last_precision`. sentence-transformers' quantised embedding
+                precisions (binary, ...) are refused.
             show_progress: progress bar (alias ``show_progress_bar``); default: on from
                 :data:`SHOW_PROGRESS_MIN_BATCHES` batches.
             max_tokens: token-budget batching: also cap each batch at this many padded
@@ -839,13 +978,8 @@ class SentenceEncoder(nn.Module):
                 f"output_value={output_value!r} is not supported: textcl returns sentence "
                 "embeddings only"
             )
-        if precision == "float32":
-            precision = "fp32"
-        if precision not in ("fp32", "bf16", "fp16"):
-            raise ValueError(
-                f"unknown precision {precision!r}: expected fp32, bf16 or fp16 (textcl does "
-                "not quantise embeddings; sentence-transformers' int8/binary are not supported)"
-            )
+        requested = self.precision if precision is None else precision
+        resolve_inference_precision(requested, self.device if device is None else device)
         if show_progress is None:
             show_progress = show_progress_bar
         if normalize_embeddings is not None:
@@ -876,6 +1010,15 @@ class SentenceEncoder(nn.Module):
         if device is not None:
             self.to(device)
         dev = self.device
+        precision = resolve_inference_precision(requested, dev)
+        model = self._inference_model(precision)
+        mode = precision
+        if precision == "bf16":
+            mode = "bf16 (weights)" if model is not self.model else "bf16 (autocast)"
+        if mode != self.last_precision:
+            logger.info("encode precision: %s (requested %s, device %s)", mode, requested, dev)
+        self.last_precision = mode
+        autocast = precision if model is self.model and precision != "qint8" else "fp32"
         norm = self.normalize if normalize is None else normalize
         order, batches = self.length_sorted_batches(items, batch_size, max_length, max_tokens)
         n_batches = (len(items) + batch_size - 1) // batch_size
@@ -886,7 +1029,7 @@ class SentenceEncoder(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            with torch.inference_mode(), autocast_context(dev, precision):
+            with torch.inference_mode(), autocast_context(dev, autocast):
                 done = 0
                 with tqdm(total=len(items), disable=not show, desc="encode", unit="sent") as bar:
                     for batch in batches:
@@ -900,7 +1043,7 @@ class SentenceEncoder(nn.Module):
                                 for k, v in batch_tensors(batch).items()
                             }
                         )
-                        emb = self.forward(batch).float()[:, :dim]
+                        emb = self._embed(batch, model).float()[:, :dim]
                         if norm:
                             emb = torch.nn.functional.normalize(emb, p=2, dim=-1)
                         n = emb.shape[0]

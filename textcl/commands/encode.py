@@ -33,7 +33,12 @@ def register(subparsers: Any) -> None:
         help="token-budget batching: at most this many padded tokens per forward pass",
     )
     p.add_argument(
-        "--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="autocast (CUDA)"
+        "--precision",
+        choices=("auto", "fp32", "bf16", "fp16", "qint8"),
+        default="auto",
+        help="auto (bf16 on CPUs with AMX/AVX512-BF16 and on bf16 GPUs, else fp32), fp32 "
+        "(force full precision), bf16, fp16 (CUDA), qint8 (CPU dynamic int8 quantization); "
+        "recorded in the index manifest, a resume must use the same (default: auto)",
     )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA if present)")
     p.add_argument(

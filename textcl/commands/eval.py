@@ -51,6 +51,14 @@ def register(subparsers: Any) -> None:
         help="extra similarities to report besides cosine: dot,euclidean,manhattan",
     )
     p.add_argument("--device", default=None, help="torch device (default: CUDA if available)")
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16", "fp16", "qint8"),
+        default="auto",
+        help="inference precision: auto (bf16 on CPUs with AMX/AVX512-BF16 and on bf16 GPUs, "
+        "else fp32), fp32 (force full precision), bf16, fp16 (CUDA), qint8 (CPU dynamic int8); recorded in "
+        "the results (default: auto)",
+    )
     p.add_argument("-o", "--output", default=None, help="write the results JSON here")
     p.add_argument(
         "--predictions", action="store_true", help="include per-pair predictions in the JSON"
@@ -60,6 +68,7 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from textcl import SentenceEncoder
+    from textcl.encoder import resolve_inference_precision
     from textcl.evaluation import evaluate_sts, expand_tasks, format_sts_table
 
     tasks = expand_tasks(args.tasks)  # fail on a bad task name before loading the model
@@ -69,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
     encoder = SentenceEncoder.from_pretrained(
         args.model, pooling=args.pooling, max_length=args.max_length, device=args.device
     )
+    resolve_inference_precision(args.precision, encoder.device)  # fail before encoding
+    encoder.precision = args.precision
     results = evaluate_sts(
         encoder,
         tasks=tasks,
@@ -80,6 +91,9 @@ def run(args: argparse.Namespace) -> int:
         model_name=str(args.model),
     )
     results["max_length"] = encoder.effective_max_length
+    results["precision"] = encoder.last_precision or resolve_inference_precision(
+        args.precision, encoder.device
+    )
     print(format_sts_table(results))
     if args.output:
         from textcl.io import write_json

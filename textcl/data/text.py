@@ -246,7 +246,12 @@ class TextCorpus:
 
 
 def plan_epoch(
-    hashes: np.ndarray, batch_size: int, seed: int, epoch: int, drop_last: bool = False
+    hashes: np.ndarray,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    drop_last: bool = False,
+    order: np.ndarray | None = None,
 ) -> list[list[int]]:
     """The batches of one epoch: indices in a seeded random order, no duplicate text inside
     a batch.
@@ -257,6 +262,8 @@ def plan_epoch(
         seed, epoch: the permutation is a function of both (reshuffled each epoch).
         drop_last: drop every batch smaller than ``batch_size`` (the last one, and those
             that deferred duplicates left short): then every batch is full.
+        order: the item order to fill batches from (a permutation, e.g.
+            :func:`textcl.train.batches.length_grouped_order`); default: seeded random.
 
     Returns a list of batches (lists of item indices). Each item appears exactly once,
     except that batches of a single item are dropped (they have no negatives) and, with
@@ -265,8 +272,8 @@ def plan_epoch(
     """
     if batch_size < 2:
         raise ValueError(f"batch_size must be >= 2 for in-batch negatives, got {batch_size}")
-    rng = np.random.default_rng([seed, epoch])
-    order = rng.permutation(len(hashes))
+    if order is None:
+        order = np.random.default_rng([seed, epoch]).permutation(len(hashes))
     batches: list[list[int]] = []
     pending: deque[int] = deque()
     current: list[int] = []

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from textcl.encoder import batch_bounds
+from textcl.encoder import batch_bounds, resolve_inference_precision
 from textcl.errors import FolderConflictError, InputError
 from textcl.io import FolderLock, atomic_write_bytes, remove_stale_tmp
 from textcl.search.manifest import (
@@ -215,6 +215,12 @@ def _settings_diffs(old: Manifest, new: Manifest) -> list[str]:
     for key in ("model", "dimension", "dtype", "shard_size", "encoder"):
         if getattr(old, key) != getattr(new, key):
             diffs.append(f"{key}: index has {getattr(old, key)!r}, now {getattr(new, key)!r}")
+    # Indexes written before the precision was recorded were encoded in fp32.
+    if (old.precision or "fp32") != (new.precision or "fp32"):
+        diffs.append(
+            f"precision: index was encoded at {old.precision or 'fp32'!r}, now "
+            f"{new.precision!r} (pass --precision {old.precision or 'fp32'} to resume)"
+        )
     for key in ("checksum", "text_column", "id_column", "split"):
         if old.source.get(key) != new.source.get(key):
             diffs.append(
@@ -263,7 +269,7 @@ def encode_corpus(
     batch_size: int = 64,
     max_tokens: int | None = None,
     normalize: bool = True,
-    precision: str = "fp32",
+    precision: str = "auto",
     device: Any = None,
     overwrite: bool = False,
     show_progress: bool = True,
@@ -283,7 +289,10 @@ def encode_corpus(
         shard_size: texts per shard (and the resume grain).
         batch_size / max_tokens: sentences and padded tokens per forward pass.
         normalize: store L2-normalised embeddings (cosine search); recorded in the manifest.
-        precision: ``fp32``, or ``bf16``/``fp16`` autocast on CUDA.
+        precision: ``auto`` (bf16 on hardware with native bf16, else fp32), ``fp32``,
+            ``bf16``, ``fp16`` (CUDA) or ``qint8`` (CPU); see
+            :func:`~textcl.encoder.resolve_inference_precision`. The resolved precision is
+            recorded in the manifest; resuming with another one is refused.
         overwrite: delete an existing index in ``output`` and start again.
 
     Returns:
@@ -350,6 +359,7 @@ def _same_complete(
         and old.dtype == kw["dtype"]
         and old.shard_size == kw["shard_size"]
         and old.normalized == bool(kw["normalize"])
+        and (old.precision or "fp32") == kw["precision"]
     )
 
 
@@ -382,7 +392,15 @@ def _encode_locked(
         pre_hash = model_weights_hash(
             model if isinstance(model, SentenceEncoder) else _model_folder(model, None)
         )
-    kw = {"dtype": dtype, "shard_size": shard_size, "normalize": normalize}
+    run_device = device
+    if run_device is None:
+        run_device = model.device if isinstance(model, SentenceEncoder) else "cpu"
+    kw = {
+        "dtype": dtype,
+        "shard_size": shard_size,
+        "normalize": normalize,
+        "precision": resolve_inference_precision(precision, run_device),
+    }
     if (
         old is not None
         and pre_hash is not None
@@ -393,6 +411,9 @@ def _encode_locked(
     corpus.validate()  # the whole input, before any shard is written
 
     encoder = load_encoder(model, device)
+    precision = resolve_inference_precision(precision, encoder.device)
+    kw["precision"] = precision
+    logger.info("%s: encoding at precision %s", folder, precision)
     if pre_hash is None:
         local = _model_folder(model, encoder)
         pre_hash = model_weights_hash(local if local is not None else encoder)
@@ -410,6 +431,7 @@ def _encode_locked(
         probe=model_probe(encoder),
         model_hash=pre_hash,
         textcl_version=__version__,
+        precision=precision,
     )
     if old is not None:
         if _same_complete(old, corpus, name, pre_hash, **kw):

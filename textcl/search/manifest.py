@@ -124,6 +124,9 @@ class Manifest:
     faiss: dict[str, dict[str, Any]] = field(default_factory=dict)
     format: int = FORMAT_VERSION
     textcl_version: str = ""
+    precision: str = ""
+    """The inference precision the embeddings were computed at (fp32, bf16, fp16, qint8; ""
+    in indexes written before it was recorded: fp32)."""
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -198,6 +201,10 @@ class Manifest:
             value = getattr(manifest, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise CorruptFileError(f"{path}: corrupt manifest, bad {key} {value!r:.40}")
+        if manifest.precision not in ("", "fp32", "bf16", "fp16", "qint8"):
+            raise CorruptFileError(
+                f"{path}: corrupt manifest, bad precision {manifest.precision!r:.40}"
+            )
         if not isinstance(manifest.source, dict) or not isinstance(manifest.encoder, dict):
             raise CorruptFileError(f"{path}: corrupt manifest, source/encoder must be objects")
         folder_path = Path(folder)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -23,6 +24,36 @@ from textcl.views import View, reseed_view
 
 BatchKey = tuple[int, int, list[int]]
 """``(epoch, batch index in the epoch, this rank's rows)``."""
+
+
+def length_grouped_order(
+    lengths: np.ndarray, batch_size: int, seed: int, epoch: int, bucket_batches: int = 50
+) -> np.ndarray:
+    """An item order for length-grouped batching (like transformers' ``group_by_length``).
+
+    Items are shuffled (seeded by ``seed`` and ``epoch``), cut into buckets of
+    ``bucket_batches * batch_size``, each bucket is sorted by length (ties keep their random
+    order) and cut into runs of ``batch_size``, and the runs are shuffled (short remainders
+    last). A batch then holds
+    sentences of similar length (less padding) drawn at random from its bucket, so in-batch
+    negatives stay random; the order is a pure function of ``seed`` and ``epoch`` (exact
+    resume).
+    """
+    lengths = np.asarray(lengths)
+    rng = np.random.default_rng([seed, epoch, 0x9B])
+    perm = rng.permutation(len(lengths))
+    size = max(1, batch_size * bucket_batches)
+    runs: list[np.ndarray] = []
+    for start in range(0, len(perm), size):
+        bucket = perm[start : start + size]
+        bucket = bucket[np.argsort(lengths[bucket], kind="stable")]
+        runs.extend(bucket[k : k + batch_size] for k in range(0, len(bucket), batch_size))
+    if not runs:
+        return perm
+    # Full runs in random order, then the short ones (a bucket's remainder), so batches stay
+    # aligned with runs (a short run in the middle would shift every later batch).
+    full = [runs[i] for i in rng.permutation(len(runs)) if len(runs[i]) == batch_size]
+    return np.concatenate(full + [r for r in runs if len(r) < batch_size])
 
 
 class PlannedBatches(Dataset[Any]):

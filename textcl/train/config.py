@@ -73,7 +73,8 @@ class TrainConfig:
     seed: int = 42
     """Seed of the data order, the views and a new head's initial weights."""
     precision: str = "auto"
-    """``auto`` (bf16 on GPUs that support it, else fp16 + grad scaler; fp32 on CPU)."""
+    """``auto`` (bf16 on GPUs that support it, else fp16 + grad scaler; on CPU bf16 autocast
+    with native bf16 (AMX / AVX512-BF16), else fp32)."""
     device: str | None = None
     """``cpu``, ``cuda``, ``cuda:1``; default: the (local rank's) GPU if present, else CPU."""
     eval_steps: int = 125
@@ -101,6 +102,10 @@ class TrainConfig:
     training process)."""
     drop_last: bool = False
     """Drop each epoch's last incomplete batch (always on with several processes)."""
+    group_by_length: bool = False
+    """Length-grouped batching: batches of sentences of similar length (character count of
+    the first text), drawn at random from buckets of 50 batches (less padding; negatives
+    still random within a bucket); deterministic in seed and epoch."""
     overwrite: bool = False
     """Start a new run in a folder that holds another run: its checkpoints, best/, final/
     and logs are removed first (without it, such a folder is refused)."""

@@ -76,7 +76,12 @@ from textcl.io import (
 )
 from textcl.losses import InfoNCE
 from textcl.objective import Embed, LossStep, embed_batches
-from textcl.train.batches import BatchCollator, PlannedBatches, make_loader
+from textcl.train.batches import (
+    BatchCollator,
+    PlannedBatches,
+    length_grouped_order,
+    make_loader,
+)
 from textcl.train.config import TrainConfig
 from textcl.train.state import (
     LEGACY_STATE_FILE,
@@ -225,14 +230,18 @@ def sts_dev_evaluator(data_dir: str | None = None, batch_size: int = 128) -> Met
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto``: bf16 on GPUs that support it, fp16 on other GPUs, fp32 on CPU."""
+    """``auto``: bf16 on GPUs that support it, fp16 on other GPUs; on CPU bf16 autocast where
+    the CPU has native bf16 (AMX / AVX512-BF16, :func:`~textcl.encoder.native_bf16`), else
+    fp32."""
     if precision != "auto":
         if precision == "fp16" and device.type != "cuda":
             raise ValueError("precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "fp32"
+    from textcl.encoder import native_bf16
+
+    return "bf16" if device.type == "cpu" and native_bf16(device) else "fp32"
 
 
 def seed_everything(seed: int) -> None:
@@ -320,6 +329,12 @@ class Trainer:
         self.env: DistEnv = init_distributed(config.device)
         self.device = self.env.device
         self.precision = resolve_precision(config.precision, self.device)
+        logger.info(
+            "training precision: %s (requested %s, device %s)",
+            self.precision,
+            config.precision,
+            self.device,
+        )
         self.rank, self.world_size = self.env.rank, self.env.world_size
         self.is_main = self.env.is_main
         if config.batch_size % self.world_size:
@@ -346,6 +361,7 @@ class Trainer:
                 f"lower batch_size to at most {distinct} or add data"
             )
         self._plans: dict[int, list[list[int]]] = {}
+        self._lengths: np.ndarray | None = None
 
     # The run state lives in self.state; these read and write it.
     @property
@@ -412,6 +428,7 @@ class Trainer:
                     seed=self.config.seed,
                     epoch=epoch,
                     drop_last=self.config.drop_last or self.world_size > 1,
+                    order=self._length_order(epoch),
                 )
             }
             if not self._plans[epoch]:
@@ -420,6 +437,19 @@ class Trainer:
                     f"one batch of {self.config.batch_size}; lower batch_size"
                 )
         return self._plans[epoch]
+
+    def _length_order(self, epoch: int) -> np.ndarray | None:
+        """With ``group_by_length``: the item order of ``epoch`` (else None: random)."""
+        if not self.config.group_by_length:
+            return None
+        if self._lengths is None:
+            first = (
+                (lambda i: self.data[i])
+                if isinstance(self.data, TextCorpus)
+                else (lambda i: self.data[i][0])
+            )
+            self._lengths = np.array([len(first(i)) for i in range(len(self.hashes))])
+        return length_grouped_order(self._lengths, self.config.batch_size, self.config.seed, epoch)
 
     def total_steps(self) -> int:
         if self.config.max_steps is not None:
