@@ -86,6 +86,19 @@ class TrainConfig:
     report_to: str = "auto"
     """Experiment tracker: ``auto`` (TensorBoard when installed), ``tensorboard``,
     ``wandb`` (offline with ``WANDB_MODE=offline``) or ``none``."""
+    # --- PromptBERT and Matryoshka (issue 17) ---
+    prompt_templates: list[str] | None = None
+    """``prompt`` pooling (PromptBERT, Jiang et al. 2022): the templates of view a and view b,
+    ``[X]`` the sentence and ``[MASK]`` the mask token (one template: both views use it). The
+    first is the saved model's template (and the one of every column with ``sup``). Default
+    (``null``): PromptBERT's two templates for ``unsup``, the first for ``sup``."""
+    prompt_denoise: bool = True
+    """``prompt`` pooling: template denoising (subtract the template-only [MASK] state)."""
+    matryoshka_dims: list[int] | None = None
+    """Matryoshka (Kusupati et al. 2022): also apply the loss to these embedding prefixes,
+    e.g. ``[768, 512, 256, 128, 64]``; the loss is ``sum_k w_k * InfoNCE(z[:, :d_k])``."""
+    matryoshka_weights: list[float] | None = None
+    """One weight per ``matryoshka_dims`` entry (default 1 each)."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -132,8 +145,48 @@ class TrainConfig:
             raise bad("num_workers", "must be an integer >= 0")
         if self.save_total_limit < 1:
             raise bad("save_total_limit", "must be >= 1")
+        self._validate_prompt_matryoshka(bad)
         if self.objective == "sup" and len(self.columns) not in (2, 3):
             raise bad("columns", "supervised data needs 2 (anchor, positive) or 3 columns")
+
+    def _validate_prompt_matryoshka(self, bad: Any) -> None:
+        if self.prompt_templates is not None:
+            if self.pooling != "prompt":
+                raise bad("prompt_templates", "needs pooling 'prompt'")
+            if not isinstance(self.prompt_templates, list) or len(self.prompt_templates) not in (
+                1,
+                2,
+            ):
+                raise bad("prompt_templates", "must be a list of 1 or 2 templates")
+            from textcl.prompt import check_template
+
+            for t in self.prompt_templates:
+                try:
+                    check_template(t)
+                except ValueError as e:
+                    raise bad("prompt_templates", str(e)) from None
+        if not isinstance(self.prompt_denoise, bool):
+            raise bad("prompt_denoise", "must be true or false")
+        if self.matryoshka_dims is not None or self.matryoshka_weights is not None:
+            from textcl.matryoshka import check_matryoshka
+
+            if self.matryoshka_dims is None:
+                raise bad("matryoshka_weights", "needs matryoshka_dims")
+            try:
+                check_matryoshka(self.matryoshka_dims, self.matryoshka_weights)
+            except ValueError as e:
+                raise bad("matryoshka_dims", str(e)) from None
+
+    def resolved_prompt_templates(self) -> list[str]:
+        """The templates of view a and view b (``prompt`` pooling; see ``prompt_templates``)."""
+        from textcl.prompt import DEFAULT_PROMPT_TEMPLATE, SECOND_PROMPT_TEMPLATE
+
+        if self.prompt_templates:
+            t = list(self.prompt_templates)
+            return t if len(t) == 2 else [t[0], t[0]]
+        if self.objective == "unsup":
+            return [DEFAULT_PROMPT_TEMPLATE, SECOND_PROMPT_TEMPLATE]
+        return [DEFAULT_PROMPT_TEMPLATE, DEFAULT_PROMPT_TEMPLATE]
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:
