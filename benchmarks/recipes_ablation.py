@@ -14,8 +14,8 @@ Recipes (the papers' settings where they apply to this budget):
 * ``simcse``: dropout / dropout (Gao et al. 2021).
 * ``queue``: SimCSE + a momentum queue of 160 keys (2.5x batch 64), momentum 0.995.
 * ``esimcse``: word repetition (dup rate 0.32) on the positive + the queue (Wu et al. 2022).
-* ``promptbert``: ``prompt`` pooling, PromptBERT's two templates as the two views, template
-  denoising (Jiang et al. 2022).
+* ``promptbert``: ``prompt`` pooling, PromptBERT's two BERT templates as the two views,
+  template denoising in training (Jiang et al. 2022, its ``unsup-bert`` recipe).
 * ``fn``: SimCSE + false-negative control (``fn_margin``, GISTEmbed-style).
 
 ``queue``, ``esimcse`` and ``fn`` need the momentum-queue / false-negative fields of
@@ -57,7 +57,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "simcse": {},
     "queue": {"queue_size": 160, "momentum": 0.995},
     "esimcse": {"view_b": "repetition:0.32", "queue_size": 160, "momentum": 0.995},
-    "promptbert": {"pooling": "prompt", "prompt_denoise": True},
+    "promptbert": {"pooling": "prompt", "prompt_denoise": "train"},
     "fn": {"fn_margin": 0.0},
 }
 """Each recipe's TrainConfig fields on top of the shared ones (SimCSE: dropout/dropout)."""

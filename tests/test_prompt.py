@@ -209,12 +209,30 @@ def test_train_config_prompt_fields() -> None:
     from textcl.train import TrainConfig
 
     cfg = TrainConfig(pooling="prompt")
-    assert cfg.resolved_prompt_templates() == [DEFAULT_PROMPT_TEMPLATE, SECOND_PROMPT_TEMPLATE]
+    assert cfg.resolved_prompt_templates() == [SECOND_PROMPT_TEMPLATE, DEFAULT_PROMPT_TEMPLATE]
     assert (
         TrainConfig(pooling="prompt", objective="sup").resolved_prompt_templates()
-        == [DEFAULT_PROMPT_TEMPLATE] * 2
+        == [SECOND_PROMPT_TEMPLATE] * 2
     )
+    with pytest.raises(ValueError, match="prompt_denoise"):
+        TrainConfig(pooling="prompt", prompt_denoise="yes")
     with pytest.raises(ValueError, match="prompt_templates"):
         TrainConfig(pooling="cls", prompt_templates=[DEFAULT_PROMPT_TEMPLATE])
     with pytest.raises(ValueError, match="prompt_templates"):
         TrainConfig(pooling="prompt", prompt_templates=["no slots"])
+
+
+def test_batches_with_the_template_are_denoised(tiny_model_dir: Path) -> None:
+    """Training-only denoising: an encoder that does not denoise at inference still
+    denoises the batches the collator builds with the template-only sequence."""
+    plain = SentenceEncoder.from_pretrained(
+        tiny_model_dir, pooling="prompt", prompt_denoise=False
+    ).eval()
+    denoising = SentenceEncoder.from_pretrained(tiny_model_dir, pooling="prompt").eval()
+    batch = PromptTemplate(DEFAULT_PROMPT_TEMPLATE, plain.tokenizer).tokenize(
+        [SENT, "The cat sat on the mat."], 32, denoise=True
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(plain(batch), denoising(batch))
+        without = {k: v for k, v in batch.items() if k != TEMPLATE_KEY}
+        assert not torch.allclose(plain(without), denoising(batch), atol=1e-4)  # type: ignore[arg-type]

@@ -147,7 +147,8 @@ class EncoderConfig:
     """``prompt`` pooling (PromptBERT): the template, with ``[X]`` for the sentence and
     ``[MASK]`` for the mask token (default :data:`textcl.prompt.DEFAULT_PROMPT_TEMPLATE`)."""
     prompt_denoise: bool = True
-    """``prompt`` pooling: subtract the template-only ``[MASK]`` state (template denoising)."""
+    """``prompt`` pooling: subtract the template-only ``[MASK]`` state (template denoising) at
+    inference (PromptBERT's supervised recipe; its unsupervised one denoises in training only)."""
 
     def __post_init__(self) -> None:
         check_pooling_name(self.pooling)
@@ -745,8 +746,13 @@ class SentenceEncoder(nn.Module):
             batch.get("pooling_mask", batch["attention_mask"]),
             out.hidden_states if self.pooling.needs_hidden_states else None,
         )
-        if self.pooling.strategy == "prompt" and self.prompt_denoise:
-            pooled = pooled - self._template_state(tensors)
+        if self.pooling.strategy == "prompt":
+            from textcl.prompt import TEMPLATE_KEY
+
+            # Denoise batches that carry the template (tokenize() adds it when the encoder
+            # denoises; the trainer's collator when training denoises).
+            if TEMPLATE_KEY in tensors or self.prompt_denoise:
+                pooled = pooled - self._template_state(tensors)
         if self.head is not None and (self.head_mode == "always" or self.training):
             pooled = self.head(pooled)
         for layer in self.dense:

@@ -31,9 +31,10 @@ from textcl.encoder import TokenBatch, as_token_batch, check_texts
 SENTENCE_SLOT = "[X]"
 MASK_SLOT = "[MASK]"
 DEFAULT_PROMPT_TEMPLATE = 'This sentence : "[X]" means [MASK] .'
-"""PromptBERT's best manual template for BERT (Jiang et al. 2022, Table 1)."""
+"""PromptBERT's manual template for BERT (Jiang et al. 2022, Table 1): the encoder's default."""
 SECOND_PROMPT_TEMPLATE = 'This sentence of "[X]" means [MASK] .'
-"""The second template of PromptBERT's unsupervised training (the other view)."""
+"""The other BERT template of PromptBERT's reference recipes: view a (and the inference
+template) of its unsupervised BERT run, ``DEFAULT_PROMPT_TEMPLATE`` being view b."""
 
 TEMPLATE_KEY = "prompt_template"
 """Batch key of the template-only sequence used for denoising: ``(B, T, 2)`` long, ``[..., 0]``

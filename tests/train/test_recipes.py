@@ -12,7 +12,7 @@ import torch
 
 from tests.train.test_trainer import corpus_file, make_config, read_log  # noqa: F401
 from textcl import SentenceEncoder
-from textcl.prompt import DEFAULT_PROMPT_TEMPLATE, SECOND_PROMPT_TEMPLATE
+from textcl.prompt import DEFAULT_PROMPT_TEMPLATE, SECOND_PROMPT_TEMPLATE, TEMPLATE_KEY
 from textcl.train import Trainer, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -47,7 +47,7 @@ def test_promptbert_run_saves_a_prompt_model(
     trainer.setup()
     view_a, view_b = trainer.make_inputs(list(range(4)))
     tok = trainer.encoder.tokenizer
-    for view, template in ((view_a, DEFAULT_PROMPT_TEMPLATE), (view_b, SECOND_PROMPT_TEMPLATE)):
+    for view, template in ((view_a, SECOND_PROMPT_TEMPLATE), (view_b, DEFAULT_PROMPT_TEMPLATE)):
         text = trainer.data.texts([0])[0]
         row = view["input_ids"][0][view["attention_mask"][0].bool()].tolist()
         assert row == tok(template.replace("[X]", text))["input_ids"]
@@ -56,9 +56,11 @@ def test_promptbert_run_saves_a_prompt_model(
     assert len(losses) == 3 and all(np.isfinite(losses))
     enc = SentenceEncoder.load(result.final_dir)
     assert enc.pooling.strategy == "prompt"
-    assert enc.prompt_template == DEFAULT_PROMPT_TEMPLATE and enc.prompt_denoise
+    # PromptBERT's unsupervised recipe: denoising in training only, view a's template kept
+    assert enc.prompt_template == SECOND_PROMPT_TEMPLATE and not enc.prompt_denoise
+    assert TEMPLATE_KEY in view_a and TEMPLATE_KEY in view_b
     card = (result.final_dir / "README.md").read_text()
-    assert SECOND_PROMPT_TEMPLATE in card  # the recipe lists both templates
+    assert DEFAULT_PROMPT_TEMPLATE in card  # the recipe lists both templates
     assert enc.encode(["A cat."]).shape == (1, 32)
 
 

@@ -91,9 +91,13 @@ class TrainConfig:
     """``prompt`` pooling (PromptBERT, Jiang et al. 2022): the templates of view a and view b,
     ``[X]`` the sentence and ``[MASK]`` the mask token (one template: both views use it). The
     first is the saved model's template (and the one of every column with ``sup``). Default
-    (``null``): PromptBERT's two templates for ``unsup``, the first for ``sup``."""
-    prompt_denoise: bool = True
-    """``prompt`` pooling: template denoising (subtract the template-only [MASK] state)."""
+    (``null``): PromptBERT's BERT templates, ``This sentence of "[X]" means [MASK] .`` then
+    ``This sentence : "[X]" means [MASK] .`` (``unsup``), the first alone (``sup``)."""
+    prompt_denoise: str = "train"
+    """``prompt`` pooling: template denoising (subtract the template-only [MASK] state):
+    ``train`` (in the training loss only; the saved model does not denoise: PromptBERT's
+    unsupervised recipe), ``always`` (training and the saved model: its supervised recipe)
+    or ``none``."""
     matryoshka_dims: list[int] | None = None
     """Matryoshka (Kusupati et al. 2022): also apply the loss to these embedding prefixes,
     e.g. ``[768, 512, 256, 128, 64]``; the loss is ``sum_k w_k * InfoNCE(z[:, :d_k])``."""
@@ -165,8 +169,8 @@ class TrainConfig:
                     check_template(t)
                 except ValueError as e:
                     raise bad("prompt_templates", str(e)) from None
-        if not isinstance(self.prompt_denoise, bool):
-            raise bad("prompt_denoise", "must be true or false")
+        if self.prompt_denoise not in ("none", "train", "always"):
+            raise bad("prompt_denoise", "expected one of none, train, always")
         if self.matryoshka_dims is not None or self.matryoshka_weights is not None:
             from textcl.matryoshka import check_matryoshka
 
@@ -184,9 +188,9 @@ class TrainConfig:
         if self.prompt_templates:
             t = list(self.prompt_templates)
             return t if len(t) == 2 else [t[0], t[0]]
-        if self.objective == "unsup":
-            return [DEFAULT_PROMPT_TEMPLATE, SECOND_PROMPT_TEMPLATE]
-        return [DEFAULT_PROMPT_TEMPLATE, DEFAULT_PROMPT_TEMPLATE]
+        if self.objective == "unsup":  # PromptBERT's unsup-bert: "of" (also at inference), ":"
+            return [SECOND_PROMPT_TEMPLATE, DEFAULT_PROMPT_TEMPLATE]
+        return [SECOND_PROMPT_TEMPLATE, SECOND_PROMPT_TEMPLATE]  # its sup-bert template
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:

@@ -460,7 +460,7 @@ class Trainer:
         if cfg.pooling == "prompt":
             prompt = {
                 "prompt_template": cfg.resolved_prompt_templates()[0],
-                "prompt_denoise": cfg.prompt_denoise,
+                "prompt_denoise": cfg.prompt_denoise == "always",
             }
         self.encoder = SentenceEncoder.from_pretrained(
             source, pooling=cfg.pooling, head_mode=cfg.head, **prompt
@@ -490,7 +490,7 @@ class Trainer:
             self.view_a,
             self.view_b,
             templates=self._prompt_templates(),
-            denoise=cfg.prompt_denoise,
+            denoise=cfg.prompt_denoise != "none",
         )
         self.loss_fn = InfoNCE(
             temperature=cfg.temperature,
