@@ -122,6 +122,10 @@ def test_train_config_fields() -> None:
     from textcl.train import TrainConfig
 
     TrainConfig(matryoshka_dims=[32, 16], matryoshka_weights=[1.0, 0.5])
+    cli = TrainConfig(matryoshka_dims=["32", "16"], matryoshka_weights=["1", "0.5"])  # type: ignore[list-item]
+    assert cli.matryoshka_dims == [32, 16] and cli.matryoshka_weights == [1.0, 0.5]
+    with pytest.raises(ValueError, match="matryoshka_dims"):
+        TrainConfig(matryoshka_dims=["32", "x"])  # type: ignore[list-item]
     with pytest.raises(ValueError, match="matryoshka_dims"):
         TrainConfig(matryoshka_dims=[32, 16], matryoshka_weights=[1.0])
     with pytest.raises(ValueError, match="matryoshka_weights"):

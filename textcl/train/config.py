@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import asdict, dataclass, field, fields
@@ -174,6 +175,10 @@ class TrainConfig:
         if self.matryoshka_dims is not None or self.matryoshka_weights is not None:
             from textcl.matryoshka import check_matryoshka
 
+            # the command line gives "768,512,..." as strings
+            self.matryoshka_dims = _numbers(self.matryoshka_dims, int)
+            self.matryoshka_weights = _numbers(self.matryoshka_weights, float)
+
             if self.matryoshka_dims is None:
                 raise bad("matryoshka_weights", "needs matryoshka_dims")
             try:
@@ -219,6 +224,19 @@ class TrainConfig:
         from textcl.io import write_json
 
         write_json(path, {"config": self.to_dict(), **extra})
+
+
+def _numbers(values: list[Any] | None, kind: type) -> list[Any] | None:
+    """``values`` with numeric strings converted to ``kind`` (others left for validation)."""
+    if not isinstance(values, list):
+        return values
+    out = []
+    for v in values:
+        if isinstance(v, str):
+            with contextlib.suppress(ValueError):
+                v = kind(v)
+        out.append(v)
+    return out
 
 
 def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
