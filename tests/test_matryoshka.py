@@ -130,3 +130,24 @@ def test_train_config_fields() -> None:
         TrainConfig(matryoshka_dims=[32, 16], matryoshka_weights=[1.0])
     with pytest.raises(ValueError, match="matryoshka_weights"):
         TrainConfig(matryoshka_weights=[1.0])
+
+
+def test_command_line_flags() -> None:
+    from textcl.cli import build_parser
+    from textcl.commands.train import config_from_args
+
+    args = build_parser().parse_args(
+        ["train", "--model", "m", "--train-file", "f", "--output-dir", "o", "--pooling",
+         "prompt", "--prompt-templates",
+         'This sentence of "[X]" means [MASK] .,This sentence : "[X]" means [MASK] .',
+         "--prompt-denoise", "always", "--matryoshka-dims", "768,512,256",
+         "--matryoshka-weights", "1,0.5,0.25"]
+    )  # fmt: skip
+    cfg = config_from_args(args)
+    assert cfg.prompt_templates == [
+        'This sentence of "[X]" means [MASK] .',
+        'This sentence : "[X]" means [MASK] .',
+    ]
+    assert cfg.prompt_denoise == "always"
+    assert cfg.matryoshka_dims == [768, 512, 256]
+    assert cfg.matryoshka_weights == [1.0, 0.5, 0.25]
