@@ -16,6 +16,8 @@ Recipes (the papers' settings where they apply to this budget):
 * ``esimcse``: word repetition (dup rate 0.32) on the positive + the queue (Wu et al. 2022).
 * ``promptbert``: ``prompt`` pooling, PromptBERT's two BERT templates as the two views,
   template denoising in training (Jiang et al. 2022, its ``unsup-bert`` recipe).
+* ``promptbert_always``: the same, the saved model also denoises (as PromptBERT's supervised
+  recipe evaluates).
 * ``fn``: SimCSE + false-negative control (``fn_margin``, GISTEmbed-style).
 
 ``queue``, ``esimcse`` and ``fn`` need the momentum-queue / false-negative fields of
@@ -58,6 +60,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "queue": {"queue_size": 160, "momentum": 0.995},
     "esimcse": {"view_b": "repetition:0.32", "queue_size": 160, "momentum": 0.995},
     "promptbert": {"pooling": "prompt", "prompt_denoise": "train"},
+    "promptbert_always": {"pooling": "prompt", "prompt_denoise": "always"},
     "fn": {"fn_margin": 0.0},
 }
 """Each recipe's TrainConfig fields on top of the shared ones (SimCSE: dropout/dropout)."""
