@@ -46,7 +46,7 @@ def _numpy_pool(strategy: str, hidden: list[np.ndarray], mask: np.ndarray) -> np
 
 
 @pytest.mark.parametrize("left", [False, True], ids=["right-pad", "left-pad"])
-@pytest.mark.parametrize("strategy", POOLING_STRATEGIES)
+@pytest.mark.parametrize("strategy", [s for s in POOLING_STRATEGIES if s != "prompt"])
 def test_pooling_matches_numpy_reference_with_padding(strategy: str, left: bool) -> None:
     g = torch.Generator().manual_seed(1)
     lengths = [5, 2, 7, 1]
@@ -63,6 +63,21 @@ def test_pooling_matches_numpy_reference_with_padding(strategy: str, left: bool)
     got = Pooling(strategy)(hidden[-1], mask, hidden)
     want = _numpy_pool(strategy, [h.numpy() for h in hidden], mask.numpy())
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_prompt_pooling_takes_the_one_marked_token() -> None:
+    g = torch.Generator().manual_seed(2)
+    states = torch.randn(3, 6, 4, generator=g)
+    slots = [4, 0, 5]
+    mask = torch.zeros(3, 6, dtype=torch.long)
+    mask[torch.arange(3), torch.tensor(slots)] = 1
+    got = Pooling("prompt")(states, mask)
+    np.testing.assert_array_equal(
+        got.numpy(), np.stack([states[i, s].numpy() for i, s in enumerate(slots)])
+    )
+    mask[0, 1] = 1  # two slots in row 0
+    with pytest.raises(ValueError, match=r"exactly one \[MASK\] slot"):
+        Pooling("prompt")(states, mask)
 
 
 def test_unknown_pooling_name() -> None:

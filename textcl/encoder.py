@@ -143,9 +143,27 @@ class EncoderConfig:
     include_prompt: bool = True
     """Whether prompt tokens take part in the pooling (sentence-transformers'
     ``Pooling(include_prompt=...)``); ``False``: the model sees them, the pooling does not."""
+    prompt_template: str | None = None
+    """``prompt`` pooling (PromptBERT): the template, with ``[X]`` for the sentence and
+    ``[MASK]`` for the mask token (default :data:`textcl.prompt.DEFAULT_PROMPT_TEMPLATE`)."""
+    prompt_denoise: bool = True
+    """``prompt`` pooling: subtract the template-only ``[MASK]`` state (template denoising) at
+    inference (PromptBERT's supervised recipe; its unsupervised one denoises in training only)."""
 
     def __post_init__(self) -> None:
         check_pooling_name(self.pooling)
+        if self.pooling == "prompt":
+            from textcl.prompt import DEFAULT_PROMPT_TEMPLATE, check_template
+
+            if self.prompt_template is None:
+                self.prompt_template = DEFAULT_PROMPT_TEMPLATE
+            check_template(self.prompt_template)
+        elif self.prompt_template is not None:
+            raise ValueError(
+                f"prompt_template is set but pooling is {self.pooling!r}: it needs pooling 'prompt'"
+            )
+        if not isinstance(self.prompt_denoise, bool):
+            raise ValueError(f"prompt_denoise must be true or false, got {self.prompt_denoise!r}")
         check_head_mode(self.head_mode)
         if self.max_length is not None and (
             not isinstance(self.max_length, int) or self.max_length < 2
@@ -180,6 +198,8 @@ class EncoderConfig:
             "prompts",
             "default_prompt_name",
             "include_prompt",
+            "prompt_template",
+            "prompt_denoise",
         }
         unknown = set(data) - known - {"textcl_version", "format", "dense_modules"}
         if unknown:
@@ -593,6 +613,8 @@ class SentenceEncoder(nn.Module):
         prompts: Mapping[str, str] | None = None,
         default_prompt_name: str | None = None,
         include_prompt: bool = True,
+        prompt_template: str | None = None,
+        prompt_denoise: bool = True,
     ) -> None:
         super().__init__()
         self.model = model
@@ -608,7 +630,16 @@ class SentenceEncoder(nn.Module):
             prompts=dict(prompts or {}),
             default_prompt_name=default_prompt_name,
             include_prompt=include_prompt,
+            prompt_template=prompt_template,
+            prompt_denoise=prompt_denoise,
         )
+        self.prompt_template = config.prompt_template
+        self.prompt_denoise = config.prompt_denoise
+        self._prompt: Any = None  # textcl.prompt.PromptTemplate for ``prompt`` pooling
+        if self.pooling.strategy == "prompt":
+            from textcl.prompt import PromptTemplate
+
+            self._prompt = PromptTemplate(str(self.prompt_template), tokenizer)
         self.max_length = config.max_length
         self.include_prompt = bool(include_prompt)
         self.normalize = normalize
@@ -644,6 +675,8 @@ class SentenceEncoder(nn.Module):
             prompts=dict(self.prompts),
             default_prompt_name=self.default_prompt_name,
             include_prompt=self.include_prompt,
+            prompt_template=self.prompt_template,
+            prompt_denoise=self.prompt_denoise,
         )
 
     @property
@@ -708,8 +741,26 @@ class SentenceEncoder(nn.Module):
     # ------------------------------------------------------------------ tokenization
     def tokenize(self, texts: Sequence[str], max_length: int | None = None) -> TokenBatch:
         """Tokenize, truncate and pad ``texts`` into a :data:`TokenBatch` (with
-        ``special_tokens_mask``)."""
+        ``special_tokens_mask``). With ``prompt`` pooling each text is wrapped in the
+        encoder's template (:meth:`textcl.prompt.PromptTemplate.tokenize`)."""
+        if self._prompt is not None:
+            return self.tokenize_prompted(texts, max_length)
         return tokenize_texts(self.tokenizer, texts, max_length or self.effective_max_length)
+
+    def tokenize_prompted(
+        self, texts: Sequence[str], max_length: int | None = None, template: Any = None
+    ) -> TokenBatch:
+        """``prompt`` pooling: ``texts`` wrapped in ``template`` (a
+        :class:`textcl.prompt.PromptTemplate`; default: the encoder's), with the
+        template-only sequence for denoising when the encoder denoises."""
+        tpl = template if template is not None else self._prompt
+        if tpl is None:
+            raise ValueError(
+                f"tokenize_prompted needs pooling 'prompt', not {self.pooling.strategy!r}"
+            )
+        return tpl.tokenize(
+            texts, max_length or self.effective_max_length, denoise=self.prompt_denoise
+        )
 
     def _token_ids(self, texts: list[str], max_length: int) -> list[list[int]]:
         enc = self.tokenizer(
@@ -774,6 +825,11 @@ class SentenceEncoder(nn.Module):
             output_hidden_states=self.pooling.needs_hidden_states,
             return_dict=True,
         )
+        if self.pooling.strategy == "prompt" and "pooling_mask" not in tensors:
+            raise ValueError(
+                "prompt pooling needs batches built by SentenceEncoder.tokenize (the template's "
+                "[MASK] slot in 'pooling_mask')"
+            )
         last, hidden = out.last_hidden_state, out.hidden_states
         if model is not self.model and last.dtype != torch.float32:
             last = last.float()
@@ -783,11 +839,44 @@ class SentenceEncoder(nn.Module):
             batch.get("pooling_mask", batch["attention_mask"]),
             hidden if self.pooling.needs_hidden_states else None,
         )
+        if self.pooling.strategy == "prompt":
+            from textcl.prompt import TEMPLATE_KEY
+
+            # Denoise batches that carry the template (tokenize() adds it when the encoder
+            # denoises; the trainer's collator when training denoises).
+            if TEMPLATE_KEY in tensors or self.prompt_denoise:
+                pooled = pooled - self._template_state(tensors)
         if self.head is not None and (self.head_mode == "always" or self.training):
             pooled = self.head(pooled)
         for layer in self.dense:
             pooled = layer(pooled)
         return pooled
+
+    def _template_state(self, tensors: Mapping[str, Tensor]) -> Tensor:
+        """Template denoising (PromptBERT): the ``[MASK]`` state of each row's template
+        alone, its tokens at the position ids they have in the full row, ``(B, H)``."""
+        from textcl.prompt import TEMPLATE_KEY, template_positions
+
+        template = tensors.get(TEMPLATE_KEY)
+        if template is None:
+            raise ValueError(
+                f"template denoising needs batch[{TEMPLATE_KEY!r}] (built by "
+                "SentenceEncoder.tokenize); or build the encoder with prompt_denoise=False"
+            )
+        ids = template[..., 0]
+        offset = padding_position_offset(self.model)
+        kwargs: dict[str, Tensor] = {
+            "input_ids": ids,
+            "attention_mask": torch.ones_like(ids),
+            "position_ids": template_positions(
+                template, tensors["attention_mask"], 0 if offset is None else offset + 1
+            ),
+        }
+        if "token_type_ids" in tensors:
+            kwargs["token_type_ids"] = torch.zeros_like(ids)
+        states = self.model(**kwargs, return_dict=True).last_hidden_state
+        slot = ids.eq(int(self.tokenizer.mask_token_id)).int().argmax(dim=1)
+        return states[torch.arange(ids.shape[0], device=ids.device), slot]
 
     # ------------------------------------------------------------------ encode
     def length_sorted_batches(
@@ -812,7 +901,10 @@ class SentenceEncoder(nn.Module):
 
         def gen() -> Iterator[TokenBatch]:
             for start, stop in bounds:
-                yield self._pad([ids[i] for i in order[start:stop]])
+                if self._prompt is not None:  # ordered by sentence length; wrapped per batch
+                    yield self.tokenize_prompted([texts[i] for i in order[start:stop]], max_length)
+                else:
+                    yield self._pad([ids[i] for i in order[start:stop]])
 
         return order, gen()
 
@@ -1033,7 +1125,7 @@ class SentenceEncoder(nn.Module):
                 done = 0
                 with tqdm(total=len(items), disable=not show, desc="encode", unit="sent") as bar:
                     for batch in batches:
-                        if prompt_length:
+                        if prompt_length and self._prompt is None:
                             batch["pooling_mask"] = exclude_prompt_from_mask(
                                 batch["attention_mask"], prompt_length
                             )
@@ -1141,6 +1233,8 @@ class SentenceEncoder(nn.Module):
         max_length: int | None = None,
         normalize: bool | None = None,
         device: str | torch.device | None = None,
+        prompt_template: str | None = None,
+        prompt_denoise: bool | None = None,
         **model_kwargs: Any,
     ) -> SentenceEncoder:
         """Load from a local folder or a Hugging Face hub id.
@@ -1204,6 +1298,8 @@ class SentenceEncoder(nn.Module):
                 max_length=max_length,
                 normalize=normalize,
                 device=device,
+                prompt_template=prompt_template,
+                prompt_denoise=prompt_denoise,
                 **model_kwargs,
             )
 
@@ -1212,10 +1308,14 @@ class SentenceEncoder(nn.Module):
             ("head_mode", head_mode),
             ("max_length", max_length),
             ("normalize", normalize),
+            ("prompt_template", prompt_template),
+            ("prompt_denoise", prompt_denoise),
         )
         for key, given in overrides:
             if given is not None:
                 settings[key] = given
+        if settings.get("pooling", "mean") != "prompt" and prompt_template is None:
+            settings.pop("prompt_template", None)  # a saved template, pooling overridden
         config = EncoderConfig(**settings)
 
         try:
@@ -1243,6 +1343,8 @@ class SentenceEncoder(nn.Module):
             prompts=config.prompts,
             default_prompt_name=config.default_prompt_name,
             include_prompt=config.include_prompt,
+            prompt_template=config.prompt_template,
+            prompt_denoise=config.prompt_denoise,
         )
         if encoder.head is not None and head_file is not None and head_file.is_file():
             from safetensors.torch import load_file

@@ -243,6 +243,9 @@ def render_model_card(
     ]
     if encoder.truncate_dim:
         rows.append(("Truncated to", encoder.truncate_dim))
+    if encoder.pooling.strategy == "prompt":
+        rows.append(("Prompt template (PromptBERT)", f"`{encoder.prompt_template}`"))
+        rows.append(("Template denoising", "yes" if encoder.prompt_denoise else "no"))
     if encoder.prompts:
         rows.append(("Prompts", encoder.prompts))
         rows.append(("Default prompt", encoder.default_prompt_name or "none"))
@@ -292,7 +295,21 @@ def render_model_card(
             "",
         ]
     out += ["```python", _st_snippet(encoder, path, sentences).rstrip(), "```"]
-    out += ["", "### transformers", "", "```python"]
+    out += ["", "### transformers", ""]
+    if encoder.pooling.strategy == "prompt":
+        out += [
+            "The vector is the last hidden state of the template's mask token (sentence "
+            f"wrapped in `{encoder.prompt_template}`"
+            + (
+                ", minus that of the template alone: template denoising"
+                if encoder.prompt_denoise
+                else ""
+            )
+            + "); use textcl (`SentenceEncoder.load`) to reproduce it exactly.",
+            "",
+        ]
+        return "\n".join(out)
+    out += ["```python"]
     out.append(_transformers_snippet(encoder, path, sentences).rstrip())
     out += ["```", ""]
     return "\n".join(out)

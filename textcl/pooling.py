@@ -21,6 +21,7 @@ POOLING_STRATEGIES: tuple[str, ...] = (
     "weightedmean",
     "lasttoken",
     "mean_sqrt_len_tokens",
+    "prompt",
 )
 """Names accepted by :class:`Pooling`.
 
@@ -42,6 +43,10 @@ POOLING_STRATEGIES: tuple[str, ...] = (
   E5-Mistral); right or left padding.
 * ``mean_sqrt_len_tokens``: ``sum_k h_k / sqrt(n)`` over the n real tokens
   (sentence-transformers' ``mean_sqrt_len_tokens``).
+* ``prompt``: PromptBERT (Jiang et al. 2022, arXiv:2201.04337): the last-layer state of the
+  prompt template's ``[MASK]`` token. The mask passed to the pooling (the batch's
+  ``pooling_mask``, built by :class:`textcl.prompt.PromptTemplate`) marks exactly that one
+  token per row; template denoising is done by the encoder (:mod:`textcl.prompt`).
 """
 
 ST_POOLING_MODES: dict[str, str] = {
@@ -53,8 +58,8 @@ ST_POOLING_MODES: dict[str, str] = {
     "lasttoken": "pooling_mode_lasttoken",
 }
 """textcl pooling names that sentence-transformers' ``Pooling`` module expresses, with the
-legacy boolean key of its ``1_Pooling/config.json``. ``first_last_avg`` and ``last2_avg``
-have no sentence-transformers equivalent."""
+legacy boolean key of its ``1_Pooling/config.json``. ``first_last_avg``, ``last2_avg`` and
+``prompt`` have no sentence-transformers equivalent."""
 
 
 def check_pooling_name(name: str) -> str:
@@ -121,6 +126,17 @@ class Pooling(nn.Module):
             else:  # last real token
                 length = present.shape[1]
                 index = length - 1 - present.flip(1).int().argmax(dim=1)
+            rows = torch.arange(last_hidden_state.shape[0], device=last_hidden_state.device)
+            return last_hidden_state[rows, index]
+        if strategy == "prompt":
+            counts = attention_mask.sum(dim=1)
+            if bool((counts != 1).any()):
+                raise ValueError(
+                    "prompt pooling needs a pooling mask with exactly one [MASK] slot per row "
+                    f"(got {counts.tolist()}); tokenize with SentenceEncoder.tokenize or "
+                    "textcl.prompt.PromptTemplate.tokenize"
+                )
+            index = attention_mask.bool().int().argmax(dim=1)
             rows = torch.arange(last_hidden_state.shape[0], device=last_hidden_state.device)
             return last_hidden_state[rows, index]
         if strategy == "mean":

@@ -43,6 +43,14 @@ def register(subparsers: Any) -> None:
     p.add_argument("--ef-search", type=int, default=None, help="FAISS HNSW candidate list")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default=None)
+    p.add_argument(
+        "--truncate-dim",
+        type=int,
+        default=None,
+        metavar="D",
+        help="Matryoshka: search on the first D dimensions of the stored vectors and the "
+        "queries (re-normalised; exact search only)",
+    )
     p.set_defaults(func=run)
 
 
@@ -97,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         nprobe=args.nprobe,
         ef_search=args.ef_search,
+        truncate_dim=args.truncate_dim,
     )
     if args.format == "jsonl":
         for hits in results:

@@ -299,21 +299,71 @@ class EmbeddingIndex:
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         nprobe: int | None = None,
         ef_search: int | None = None,
+        truncate_dim: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k ``(scores, indices)`` ``(Q, k)`` of query vectors ``(Q, D)``: exact over the
         memory-mapped shards, or through the FAISS index ``faiss_kind`` built for this folder.
+
+        ``truncate_dim`` (Matryoshka): exact search over the first ``truncate_dim`` dimensions
+        of the stored vectors, re-normalised when the index is normalised; the queries are
+        then ``(Q, truncate_dim)`` (e.g. ``encode(truncate_dim=...)``). Same hits as an index
+        encoded with ``truncate_dim``.
         """
         q = np.asarray(queries, dtype=np.float32)
         if q.ndim == 1:
             q = q[None, :]
-        if q.ndim != 2 or q.shape[1] != self.dimension:
+        dim = self.dimension
+        if truncate_dim is not None:
+            check_truncate_dim(truncate_dim, dim)
+            if faiss_kind is not None:
+                raise ValueError(
+                    f"truncate_dim needs exact search: the FAISS index {faiss_kind!r} of "
+                    f"{self.folder} holds the full {dim}-d vectors"
+                )
+            dim = truncate_dim
+        if q.ndim != 2 or q.shape[1] != dim:
             raise ValueError(
                 f"dimension mismatch: query vectors have shape {q.shape}, the index holds "
-                f"{self.dimension}-d vectors"
+                f"{dim}-d vectors" + (" (truncated)" if truncate_dim is not None else "")
             )
+        if truncate_dim is not None:
+            norm = self.manifest.normalized
+            shards = [PrefixShard(s, truncate_dim, norm) for s in self.shards]
+            return exact_search(q, shards, top_k=top_k, chunk_size=chunk_size)
         if faiss_kind is None:
             return exact_search(q, self.shards, top_k=top_k, chunk_size=chunk_size)
         return faiss_search(self, q, top_k, faiss_kind, nprobe=nprobe, ef_search=ef_search)
+
+
+def check_truncate_dim(truncate_dim: object, dimension: int) -> int:
+    """``truncate_dim`` if it is an integer in ``1..dimension``, else ``ValueError``."""
+    if isinstance(truncate_dim, bool) or not isinstance(truncate_dim, int) or truncate_dim < 1:
+        raise ValueError(f"truncate_dim must be a positive integer, got {truncate_dim!r}")
+    if truncate_dim > dimension:
+        raise ValueError(
+            f"truncate_dim {truncate_dim} is larger than the index's dimension {dimension}"
+        )
+    return truncate_dim
+
+
+class PrefixShard:
+    """A read-only view of the first ``dim`` columns of a ``(N, D)`` shard, each row
+    re-normalised to unit length when ``normalize`` (rows are read on slicing, so a
+    memory-mapped shard stays on disk)."""
+
+    def __init__(self, shard: Any, dim: int, normalize: bool) -> None:
+        self.shard, self.dim, self.normalize = shard, dim, normalize
+        self.ndim = 2
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(self.shard.shape[0]), self.dim)
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        out = np.asarray(self.shard[rows, : self.dim], dtype=np.float32)
+        if self.normalize:
+            out = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return out
 
 
 def open_index(
@@ -389,6 +439,7 @@ def search(
     nprobe: int | None = None,
     ef_search: int | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    truncate_dim: int | None = None,
 ) -> list[list[Hit]]:
     """Encode ``queries`` and return the ``top_k`` hits of each, best first.
 
@@ -405,6 +456,9 @@ def search(
         verify: check every file's sha256 at open (otherwise each file is checked on its
             first use in this process; sizes always).
         nprobe / ef_search: FAISS IVF / HNSW search-time parameters.
+        truncate_dim: Matryoshka: search on the first ``truncate_dim`` dimensions of the
+            stored vectors and of the queries (re-normalised when the index is normalised);
+            exact search only.
 
     Returns:
         One list of :class:`Hit` per query.
@@ -431,8 +485,14 @@ def search(
             )
     encoder = load_encoder(m.model if model is None else model, device)
     idx.check_encoder(encoder)  # cheap: 3 probe sentences; catches a changed model folder
+    if truncate_dim is not None:
+        check_truncate_dim(truncate_dim, idx.dimension)
     vectors = encoder.encode(
-        items, batch_size=batch_size, normalize=m.normalized, show_progress=False
+        items,
+        batch_size=batch_size,
+        normalize=m.normalized,
+        show_progress=False,
+        truncate_dim=truncate_dim,
     )
     kind: str | None
     if faiss is None or faiss is False:
@@ -448,7 +508,13 @@ def search(
     else:
         kind = str(faiss)
     scores, indices = idx.search_vectors(
-        vectors, top_k, faiss_kind=kind, chunk_size=chunk_size, nprobe=nprobe, ef_search=ef_search
+        vectors,
+        top_k,
+        faiss_kind=kind,
+        chunk_size=chunk_size,
+        nprobe=nprobe,
+        ef_search=ef_search,
+        truncate_dim=truncate_dim,
     )
     results: list[list[Hit]] = []
     for qi, query in enumerate(items):

@@ -82,6 +82,9 @@ class BatchCollator:
         objective: ``unsup`` or ``sup``.
         tokenizer: the encoder's tokenizer; ``max_length``: truncation length.
         view_a, view_b: the views; ``view_b`` also applies to hard negatives.
+        templates: ``prompt`` pooling: the :class:`textcl.prompt.PromptTemplate` of view a
+            and of view b (``unsup``; ``sup`` wraps every column in the first); ``denoise``:
+            add the template-only sequences for template denoising.
     """
 
     def __init__(
@@ -92,13 +95,35 @@ class BatchCollator:
         max_length: int,
         view_a: View,
         view_b: View,
+        templates: Sequence[Any] | None = None,
+        denoise: bool = False,
     ) -> None:
         self.data, self.objective = data, objective
         self.tokenizer, self.max_length = tokenizer, max_length
         self.view_a, self.view_b = view_a, view_b
+        self.templates = list(templates) if templates else None
+        self.denoise = denoise
+
+    def _prompted(self, rows: Sequence[int]) -> list[TokenBatch]:
+        """PromptBERT: texts wrapped in template a (view a / anchors) and template b (view b /
+        every other column): different templates as the two views."""
+        assert self.templates is not None
+        first, second = self.templates[0], self.templates[-1]
+
+        def wrap(template: Any, texts: Sequence[str]) -> TokenBatch:
+            return template.tokenize(texts, self.max_length, denoise=self.denoise)
+
+        if self.objective == "unsup":
+            texts = self.data.texts(rows)
+            return [self.view_a(wrap(first, texts)), self.view_b(wrap(second, texts))]
+        columns = list(zip(*(self.data[i] for i in rows), strict=True))
+        toks = [wrap(first, list(c)) for c in columns]
+        return [self.view_a(toks[0])] + [self.view_b(t) for t in toks[1:]]
 
     def collate(self, rows: Sequence[int]) -> list[TokenBatch]:
         """Token batches (CPU) of ``rows``, the views' generators as they are."""
+        if self.templates is not None:
+            return self._prompted(rows)
         if self.objective == "unsup":
             base = tokenize_texts(self.tokenizer, self.data.texts(rows), self.max_length)
             return [self.view_a(base), self.view_b(base)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -130,6 +131,23 @@ class TrainConfig:
     report_to: str = "auto"
     """Experiment tracker: ``auto`` (TensorBoard when installed), ``tensorboard``,
     ``wandb`` (offline with ``WANDB_MODE=offline``) or ``none``."""
+    # --- PromptBERT and Matryoshka (issue 17) ---
+    prompt_templates: list[str] | None = None
+    """``prompt`` pooling (PromptBERT, Jiang et al. 2022): the templates of view a and view b,
+    ``[X]`` the sentence and ``[MASK]`` the mask token (one template: both views use it). The
+    first is the saved model's template (and the one of every column with ``sup``). Default
+    (``null``): PromptBERT's BERT templates, ``This sentence of "[X]" means [MASK] .`` then
+    ``This sentence : "[X]" means [MASK] .`` (``unsup``), the first alone (``sup``)."""
+    prompt_denoise: str = "train"
+    """``prompt`` pooling: template denoising (subtract the template-only [MASK] state):
+    ``train`` (in the training loss only; the saved model does not denoise: PromptBERT's
+    unsupervised recipe), ``always`` (training and the saved model: its supervised recipe)
+    or ``none``."""
+    matryoshka_dims: list[int] | None = None
+    """Matryoshka (Kusupati et al. 2022): also apply the loss to these embedding prefixes,
+    e.g. ``[768, 512, 256, 128, 64]``; the loss is ``sum_k w_k * InfoNCE(z[:, :d_k])``."""
+    matryoshka_weights: list[float] | None = None
+    """One weight per ``matryoshka_dims`` entry (default 1 each)."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -177,6 +195,14 @@ class TrainConfig:
         if self.save_total_limit < 1:
             raise bad("save_total_limit", "must be >= 1")
         self._validate_negatives(bad)
+        self._validate_prompt_matryoshka(bad)
+        if self.matryoshka_dims and (
+            self.queue_size > 0 or self.fn_margin is not None or self.fn_threshold is not None
+        ):
+            raise bad(
+                "matryoshka_dims",
+                "cannot be combined with queue_size or false-negative control (yet)",
+            )
         if self.objective == "sup" and len(self.columns) not in (2, 3):
             raise bad("columns", "supervised data needs 2 (anchor, positive) or 3 columns")
 
@@ -203,6 +229,49 @@ class TrainConfig:
             raise bad(
                 "guide_model", "a guide judges false negatives: set fn_margin or fn_threshold"
             )
+
+    def _validate_prompt_matryoshka(self, bad: Any) -> None:
+        if self.prompt_templates is not None:
+            if self.pooling != "prompt":
+                raise bad("prompt_templates", "needs pooling 'prompt'")
+            if not isinstance(self.prompt_templates, list) or len(self.prompt_templates) not in (
+                1,
+                2,
+            ):
+                raise bad("prompt_templates", "must be a list of 1 or 2 templates")
+            from textcl.prompt import check_template
+
+            for t in self.prompt_templates:
+                try:
+                    check_template(t)
+                except ValueError as e:
+                    raise bad("prompt_templates", str(e)) from None
+        if self.prompt_denoise not in ("none", "train", "always"):
+            raise bad("prompt_denoise", "expected one of none, train, always")
+        if self.matryoshka_dims is not None or self.matryoshka_weights is not None:
+            from textcl.matryoshka import check_matryoshka
+
+            # the command line gives "768,512,..." as strings
+            self.matryoshka_dims = _numbers(self.matryoshka_dims, int)
+            self.matryoshka_weights = _numbers(self.matryoshka_weights, float)
+
+            if self.matryoshka_dims is None:
+                raise bad("matryoshka_weights", "needs matryoshka_dims")
+            try:
+                check_matryoshka(self.matryoshka_dims, self.matryoshka_weights)
+            except ValueError as e:
+                raise bad("matryoshka_dims", str(e)) from None
+
+    def resolved_prompt_templates(self) -> list[str]:
+        """The templates of view a and view b (``prompt`` pooling; see ``prompt_templates``)."""
+        from textcl.prompt import DEFAULT_PROMPT_TEMPLATE, SECOND_PROMPT_TEMPLATE
+
+        if self.prompt_templates:
+            t = list(self.prompt_templates)
+            return t if len(t) == 2 else [t[0], t[0]]
+        if self.objective == "unsup":  # PromptBERT's unsup-bert: "of" (also at inference), ":"
+            return [SECOND_PROMPT_TEMPLATE, DEFAULT_PROMPT_TEMPLATE]
+        return [SECOND_PROMPT_TEMPLATE, SECOND_PROMPT_TEMPLATE]  # its sup-bert template
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:
@@ -255,6 +324,19 @@ def field_docs(cls: type = TrainConfig) -> dict[str, str]:
         ):
             docs[node.target.id] = " ".join(after.value.value.split())
     return docs
+
+
+def _numbers(values: list[Any] | None, kind: type) -> list[Any] | None:
+    """``values`` with numeric strings converted to ``kind`` (others left for validation)."""
+    if not isinstance(values, list):
+        return values
+    out = []
+    for v in values:
+        if isinstance(v, str):
+            with contextlib.suppress(ValueError):
+                v = kind(v)
+        out.append(v)
+    return out
 
 
 def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:

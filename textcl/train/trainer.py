@@ -495,8 +495,14 @@ class Trainer:
         # Each rank draws its own dropout masks and view noise.
         seed_everything(cfg.seed + 7919 * self.rank)
         source = resume_from / "model" if resume_from is not None else cfg.model
+        prompt: dict[str, Any] = {}
+        if cfg.pooling == "prompt":
+            prompt = {
+                "prompt_template": cfg.resolved_prompt_templates()[0],
+                "prompt_denoise": cfg.prompt_denoise == "always",
+            }
         self.encoder = SentenceEncoder.from_pretrained(
-            source, pooling=cfg.pooling, head_mode=cfg.head
+            source, pooling=cfg.pooling, head_mode=cfg.head, **prompt
         ).to(self.device)
         if cfg.dropout is not None:
             for module in self.encoder.model.modules():
@@ -522,6 +528,8 @@ class Trainer:
             cfg.max_length,
             self.view_a,
             self.view_b,
+            templates=self._prompt_templates(),
+            denoise=cfg.prompt_denoise != "none",
         )
         self.loss_fn = InfoNCE(
             temperature=cfg.temperature,
@@ -529,11 +537,12 @@ class Trainer:
             hard_negative_weight=cfg.hard_negative_weight,
             dist=self.env,
         )
-        self.objective: LossStep = LossStep(self.loss_fn)
+        step_loss = self._matryoshka(self.loss_fn)
+        self.objective: LossStep = LossStep(step_loss)
         if cfg.grad_cache_chunk is not None:
             from textcl.gradcache import CachedLoss
 
-            self.objective = CachedLoss(self.loss_fn, cfg.grad_cache_chunk)
+            self.objective = CachedLoss(step_loss, cfg.grad_cache_chunk)
         if _uses_extended_loss(cfg):
             self._setup_negatives()
         decay: list[torch.nn.Parameter] = []
@@ -598,6 +607,32 @@ class Trainer:
             guide=guide,
             dist=self.env,
         )
+
+    def _prompt_templates(self) -> list[Any] | None:
+        """PromptBERT: the templates of view a and view b, for the encoder's tokenizer."""
+        if self.config.pooling != "prompt":
+            return None
+        from textcl.prompt import PromptTemplate
+
+        return [
+            PromptTemplate(t, self.encoder.tokenizer)
+            for t in self.config.resolved_prompt_templates()
+        ]
+
+    def _matryoshka(self, loss: Any) -> Any:
+        """``loss`` summed over the ``matryoshka_dims`` prefixes (as configured)."""
+        cfg = self.config
+        if not cfg.matryoshka_dims:
+            return loss
+        from textcl.matryoshka import MatryoshkaLoss
+
+        width = self.encoder.full_embedding_dim
+        if max(cfg.matryoshka_dims) > width:
+            raise ValueError(
+                f"config field 'matryoshka_dims': {cfg.matryoshka_dims} exceed the embedding "
+                f"size {width} of {cfg.model}"
+            )
+        return MatryoshkaLoss(loss, cfg.matryoshka_dims, cfg.matryoshka_weights)
 
     # ------------------------------------------------------------------ step
     def compute_loss(self, reps: Sequence[Tensor]) -> Tensor:
@@ -769,6 +804,12 @@ class Trainer:
             # The card's score line is STS-B dev; a custom primary metric is not it.
             "best_stsb_dev": self.best_metric if self.primary_metric == BEST_METRIC else None,
             "best_step": self.best_step,
+            **(
+                {"prompt_templates": cfg.resolved_prompt_templates()}
+                if cfg.pooling == "prompt"
+                else {}
+            ),
+            **({"matryoshka_dims": cfg.matryoshka_dims} if cfg.matryoshka_dims else {}),
         }
 
     def save_checkpoint(self) -> Path | None:
