@@ -151,3 +151,15 @@ def test_command_line_flags() -> None:
     assert cfg.prompt_denoise == "always"
     assert cfg.matryoshka_dims == [768, 512, 256]
     assert cfg.matryoshka_weights == [1.0, 0.5, 0.25]
+
+
+@pytest.mark.parametrize(
+    "extra", [{"queue_size": 8}, {"fn_margin": 0.1}, {"fn_threshold": 0.9}], ids=str
+)
+def test_not_combined_with_queue_or_false_negative_control(extra: dict[str, object]) -> None:
+    from textcl.train.config import TrainConfig
+
+    TrainConfig(matryoshka_dims=[8, 4])  # alone: fine
+    TrainConfig(**extra)  # type: ignore[arg-type]  # alone: fine
+    with pytest.raises(ValueError, match="matryoshka_dims"):
+        TrainConfig(matryoshka_dims=[8, 4], **extra)  # type: ignore[arg-type]
