@@ -108,14 +108,11 @@ class InfoNCE(nn.Module):
             c = F.normalize(candidates.float(), dim=-1)
             return q @ c.T / self.temperature
 
-    def get_logits(
-        self, z_a: Tensor, z_b: Tensor, z_neg: Tensor | None = None
-    ) -> ContrastiveLogits:
-        """Logits and labels of this rank's anchors against the global candidates (gathered
-        from every rank when distributed; all ranks must call it together)."""
-        from textcl.distributed import gather_sizes, gather_with_grad
+    def _layout(self, z_a: Tensor) -> tuple[Tensor, list[int]]:
+        """This rank's labels (global row of each local anchor's positive, ``offset_r + i``)
+        and every rank's row count (collective when distributed)."""
+        from textcl.distributed import gather_sizes
 
-        self._check(z_a, z_b, z_neg)
         n_local = z_a.shape[0]
         offset, sizes = 0, [n_local]
         if self.dist.is_distributed:
@@ -125,21 +122,36 @@ class InfoNCE(nn.Module):
                 )
             sizes = gather_sizes(n_local, z_a.device, self.dist)
             offset = sum(sizes[: self.rank])
-        total = sum(sizes)
-        labels = torch.arange(n_local, device=z_a.device) + offset
+        return torch.arange(n_local, device=z_a.device) + offset, sizes
+
+    def _with_hard_negative_bonus(
+        self, logits: Tensor, labels: Tensor, sizes: list[int], z_neg: Tensor | None
+    ) -> Tensor:
+        """Add ``hard_negative_weight`` to each anchor's own hard negative (column
+        ``N + label``, after the ``N`` global positives)."""
+        if z_neg is None or self.hard_negative_weight == 0.0:
+            return logits
+        bonus = torch.zeros_like(logits)
+        rows = torch.arange(labels.shape[0], device=labels.device)
+        bonus[rows, sum(sizes) + labels] = self.hard_negative_weight
+        return logits + bonus
+
+    def get_logits(
+        self, z_a: Tensor, z_b: Tensor, z_neg: Tensor | None = None
+    ) -> ContrastiveLogits:
+        """Logits and labels of this rank's anchors against the global candidates (gathered
+        from every rank when distributed; all ranks must call it together)."""
+        from textcl.distributed import gather_with_grad
+
+        self._check(z_a, z_b, z_neg)
+        labels, sizes = self._layout(z_a)
         all_b = gather_with_grad(z_b, self.dist, sizes)
         cands = (
             all_b
             if z_neg is None
             else torch.cat([all_b, gather_with_grad(z_neg, self.dist, sizes)])
         )
-        logits = self._scores(z_a, cands)
-        if z_neg is not None and self.hard_negative_weight != 0.0:
-            bonus = torch.zeros_like(logits)
-            bonus[torch.arange(n_local, device=z_a.device), total + labels] = (
-                self.hard_negative_weight
-            )
-            logits = logits + bonus
+        logits = self._with_hard_negative_bonus(self._scores(z_a, cands), labels, sizes, z_neg)
         back = None
         if self.symmetric:
             back = self._scores(z_b, gather_with_grad(z_a, self.dist, sizes))
@@ -280,7 +292,7 @@ class ExtendedInfoNCE(InfoNCE):
         extra_negatives: Tensor | None = None,
         guide: Sequence[Tensor | None] | None = None,
     ) -> ContrastiveLogits:
-        from textcl.distributed import gather_sizes, gather_with_grad
+        from textcl.distributed import gather_with_grad
 
         self._check(z_a, z_b, z_neg)
         if extra_negatives is not None and (
@@ -292,17 +304,7 @@ class ExtendedInfoNCE(InfoNCE):
             )
         if extra_negatives is not None and extra_negatives.shape[0] == 0:
             extra_negatives = None
-        n_local = z_a.shape[0]
-        offset, sizes = 0, [n_local]
-        if self.dist.is_distributed:
-            if n_local == 0:
-                raise ValueError(
-                    f"rank {self.rank} has an empty batch: every rank needs >= 1 anchor"
-                )
-            sizes = gather_sizes(n_local, z_a.device, self.dist)
-            offset = sum(sizes[: self.rank])
-        total = sum(sizes)
-        labels = torch.arange(n_local, device=z_a.device) + offset
+        labels, sizes = self._layout(z_a)
 
         def candidates(b: Tensor, neg: Tensor | None, extra: Tensor | None) -> Tensor:
             parts = [gather_with_grad(b, self.dist, sizes)]
@@ -313,13 +315,7 @@ class ExtendedInfoNCE(InfoNCE):
             return torch.cat(parts) if len(parts) > 1 else parts[0]
 
         cands = candidates(z_b, z_neg, extra_negatives)
-        logits = self._scores(z_a, cands)
-        if z_neg is not None and self.hard_negative_weight != 0.0:
-            bonus = torch.zeros_like(logits)
-            bonus[torch.arange(n_local, device=z_a.device), total + labels] = (
-                self.hard_negative_weight
-            )
-            logits = logits + bonus
+        logits = self._with_hard_negative_bonus(self._scores(z_a, cands), labels, sizes, z_neg)
         back = None
         if self.symmetric:
             back = self._scores(z_b, gather_with_grad(z_a, self.dist, sizes))
