@@ -35,10 +35,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -50,9 +48,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.views_ablation import (
     CORPUS_FILE,
-    caching_evaluator,
-    first_sentences,
     parse_seeds,
+    prepare_workspace,
 )
 
 RECIPES: dict[str, dict[str, Any]] = {
@@ -176,20 +173,7 @@ def main() -> int:
         sys.exit(f"no corpus: pass --data (a folder with {CORPUS_FILE} and sts/)")
     seeds = parse_seeds(args.seeds)
 
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    print(
-        f"machine: {platform.machine()} {os.cpu_count()} CPU(s), torch threads "
-        f"{torch.get_num_threads()}, cuda={torch.cuda.is_available()}; torch {torch.__version__}"
-    )
-    evaluate = caching_evaluator(str(root))
-    keep = args.output_dir is not None
-    work = Path(args.output_dir) if keep else Path(tempfile.mkdtemp(prefix="recipes_ablation_"))
-    work.mkdir(parents=True, exist_ok=True)
-    train_file = work / "train_sentences.txt"
-    n = first_sentences(root / CORPUS_FILE, args.sentences, train_file)
+    evaluate, work, keep, train_file, n = prepare_workspace(args, root, "recipes_ablation_")
     print(
         f"model {model_path}; {n} sentences; {args.steps} steps x batch {args.batch_size}, "
         f"lr {args.lr}, temperature {args.temperature}, max length {args.max_length} "

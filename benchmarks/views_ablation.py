@@ -79,6 +79,29 @@ def first_sentences(corpus: Path, n: int, out: Path) -> int:
     return len(lines)
 
 
+def prepare_workspace(
+    args: argparse.Namespace, root: Path, prefix: str
+) -> tuple[Any, Path, bool, Path, int]:
+    """Threads, the machine line, the caching STS-B dev evaluator and the work folder with
+    the first ``args.sentences`` corpus sentences: ``(evaluate, work, keep, train_file, n)``
+    (shared with recipes_ablation.py)."""
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(
+        f"machine: {platform.machine()} {os.cpu_count()} CPU(s), torch threads "
+        f"{torch.get_num_threads()}, cuda={torch.cuda.is_available()}; torch {torch.__version__}"
+    )
+    evaluate = caching_evaluator(str(root))
+    keep = args.output_dir is not None
+    work = Path(args.output_dir) if keep else Path(tempfile.mkdtemp(prefix=prefix))
+    work.mkdir(parents=True, exist_ok=True)
+    train_file = work / "train_sentences.txt"
+    n = first_sentences(root / CORPUS_FILE, args.sentences, train_file)
+    return evaluate, work, keep, train_file, n
+
+
 def main() -> int:
     from tests.helpers import data_root, minilm_path
     from textcl import SentenceEncoder
@@ -118,21 +141,7 @@ def main() -> int:
     pairs = parse_pairs(args.pairs)
     seeds = parse_seeds(args.seeds) if args.seeds else [args.seed]
 
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    print(
-        f"machine: {platform.machine()} {os.cpu_count()} CPU(s), torch threads "
-        f"{torch.get_num_threads()}, cuda={torch.cuda.is_available()}; torch {torch.__version__}"
-    )
-    evaluate = caching_evaluator(str(root))
-
-    keep = args.output_dir is not None
-    work = Path(args.output_dir) if keep else Path(tempfile.mkdtemp(prefix="views_ablation_"))
-    work.mkdir(parents=True, exist_ok=True)
-    train_file = work / "train_sentences.txt"
-    n = first_sentences(root / CORPUS_FILE, args.sentences, train_file)
+    evaluate, work, keep, train_file, n = prepare_workspace(args, root, "views_ablation_")
     print(
         f"model {model_path}; {n} sentences; {args.steps} steps x batch {args.batch_size}, "
         f"lr {args.lr}, temperature {args.temperature}, max length {args.max_length}, "
