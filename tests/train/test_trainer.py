@@ -395,3 +395,34 @@ def test_compile_matches_eager_on_cpu(
     w1, w2 = weights(eager.final_dir), weights(compiled.final_dir)
     for k in w1:
         torch.testing.assert_close(w1[k], w2[k], rtol=1e-3, atol=1e-4, msg=k)
+
+
+def test_training_text_streams_from_a_hub_dataset(
+    tiny_model_dir: Path, corpus_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--stream reads a hub dataset's text column through datasets streaming (mocked: no
+    network) and trains exactly as on the same sentences from a local file."""
+    from textcl.data import text
+
+    lines = corpus_file.read_text(encoding="utf-8").splitlines()
+    calls: list[tuple[str, str]] = []
+
+    def fake_stream(name: str, split: str) -> Any:
+        calls.append((name, split))
+        return ({"text": t} for t in lines)
+
+    def no_download(name: str, split: str) -> Any:
+        raise AssertionError("stream must not download the dataset")
+
+    monkeypatch.setattr(text, "_stream_hub_dataset", fake_stream)
+    monkeypatch.setattr(text, "_load_hub_dataset", no_download)
+    kw: dict[str, Any] = dict(max_steps=3, eval_steps=-1)
+    hub = train(
+        make_config(
+            tiny_model_dir, Path("owner/wiki"), tmp_path / "hub", stream=True, split="dev", **kw
+        )
+    )
+    local = train(make_config(tiny_model_dir, corpus_file, tmp_path / "local", **kw))
+    assert calls == [("owner/wiki", "dev")]
+    w_hub, w_local = weights(hub.final_dir), weights(local.final_dir)
+    assert all(torch.equal(w_hub[k], w_local[k]) for k in w_local)

@@ -38,6 +38,11 @@ class TrainConfig:
     """Supervised columns: anchor, positive[, hard negative]."""
     text_column: str = "text"
     """Text column of a ``datasets`` source (unsup)."""
+    split: str = "train"
+    """Split of a ``datasets`` source (unsup)."""
+    stream: bool = False
+    """Unsup training text from a hub dataset: stream the text column row by row (``datasets``
+    streaming, as ``textcl encode`` does) instead of downloading the dataset files first."""
     skip_bad_rows: bool = False
     """Supervised data: skip malformed rows (and report how many) instead of stopping."""
     view_a: str = "dropout"

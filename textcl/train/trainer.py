@@ -126,6 +126,7 @@ RESUMABLE_FIELDS = (
     "precision",
     "grad_cache_chunk",
     "num_workers",
+    "stream",
 )
 """Config fields that may change on ``--resume`` (cadence, length, where and how it runs).
 ``model`` and ``train_file`` may be moved: their content is checked (weights hash, data
@@ -404,7 +405,9 @@ class Trainer:
     def _load_data(self) -> Any:
         cfg = self.config
         if cfg.objective == "unsup":
-            return TextCorpus.from_source(cfg.train_file, text_column=cfg.text_column)
+            return TextCorpus.from_source(
+                cfg.train_file, text_column=cfg.text_column, split=cfg.split, streaming=cfg.stream
+            )
         from textcl.data.pairs import PairDataset
 
         return PairDataset.from_source(
