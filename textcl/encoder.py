@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -16,6 +15,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from textcl.io import read_json
 from textcl.pooling import (
     HEAD_MODES,
     POOLING_STRATEGIES,
@@ -354,14 +354,6 @@ def _is_sentence_transformers_folder(path: Path) -> bool:
     return (path / "modules.json").is_file()
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        with path.open(encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON (line {e.lineno}): {e.msg}") from None
-
-
 ST_MODULE_PREFIXES: tuple[str, ...] = (
     "sentence_transformers.models.",
     "sentence_transformers.base.modules.",
@@ -394,7 +386,7 @@ def _sentence_transformers_settings(path: Path) -> STFolder:
     inference) and a final Normalize. Anything else raises ``ValueError`` naming the module.
     """
     modules_file = path / "modules.json"
-    modules = _read_json(modules_file)
+    modules = read_json(modules_file)
     if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
         raise ValueError(f"{modules_file}: expected a list of modules")
     model_dir = path
@@ -415,7 +407,7 @@ def _sentence_transformers_settings(path: Path) -> STFolder:
             model_dir = sub
             cfg_file = sub / "sentence_bert_config.json"
             if cfg_file.is_file():
-                st_cfg = _read_json(cfg_file)
+                st_cfg = read_json(cfg_file)
                 if st_cfg.get("do_lower_case"):
                     raise ValueError(
                         f"{cfg_file}: do_lower_case=true (lower-casing before the tokenizer) "
@@ -428,7 +420,7 @@ def _sentence_transformers_settings(path: Path) -> STFolder:
                 raise ValueError(f"{label}: Pooling must follow the Transformer module")
             stage = "pooling"
             pool_file = sub / "config.json"
-            pool_cfg = _read_json(pool_file)
+            pool_cfg = read_json(pool_file)
             settings["pooling"] = _st_pooling_name(pool_cfg, pool_file)
             if pool_cfg.get("include_prompt") is False:
                 settings["include_prompt"] = False
@@ -453,7 +445,7 @@ def _sentence_transformers_settings(path: Path) -> STFolder:
         raise ValueError(f"{modules_file}: no Transformer + Pooling modules: not supported")
     st_config_file = path / "config_sentence_transformers.json"
     if st_config_file.is_file():
-        st_config = _read_json(st_config_file)
+        st_config = read_json(st_config_file)
         if not isinstance(st_config, dict):
             raise ValueError(f"{st_config_file}: expected a JSON object")
         prompts = st_config.get("prompts") or {}
@@ -477,7 +469,7 @@ def _sentence_transformers_settings(path: Path) -> STFolder:
 
 def _read_st_dense(folder: Path, label: str) -> DenseLayer:
     """A sentence-transformers ``Dense`` module folder (``config.json`` + safetensors)."""
-    cfg = _read_json(folder / "config.json")
+    cfg = read_json(folder / "config.json")
     unsupported = {
         k: cfg[k]
         for k, default in (
@@ -1267,7 +1259,7 @@ class SentenceEncoder(nn.Module):
                 raise ValueError(f"{local} is a file, not a model folder")
             model_dir = local
             if (local / TEXTCL_CONFIG_NAME).is_file():
-                raw = _read_json(local / TEXTCL_CONFIG_NAME)
+                raw = read_json(local / TEXTCL_CONFIG_NAME)
                 settings = asdict(EncoderConfig.from_dict(raw, str(local / TEXTCL_CONFIG_NAME)))
                 head_file = local / HEAD_WEIGHTS_NAME
                 dense = [

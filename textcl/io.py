@@ -95,6 +95,11 @@ def json_safe(obj: Any) -> Any:
     return obj
 
 
+def is_number(v: object) -> bool:
+    """A finite int or float that is not a bool (a JSON metric value worth showing)."""
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def dumps_json(obj: Any, *, indent: int | None = 2) -> str:
     """Strict JSON text of ``obj`` (NaN/inf become ``null``), newline-terminated when
     indented."""

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from textcl.errors import CorruptFileError
-from textcl.io import PathLike, atomic_write_bytes
+from textcl.io import PathLike, atomic_write_bytes, is_number
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -146,10 +146,6 @@ def _as_records(metrics: MetricsSource) -> list[dict[str, Any]]:
     return records
 
 
-def _is_number(v: object) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def metric_series(
     records: Iterable[Mapping[str, Any]], key: str, event: str | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -163,7 +159,7 @@ def metric_series(
         if event is not None and rec.get("event") != event:
             continue
         v = rec.get(key)
-        if isinstance(v, int | float) and _is_number(v):
+        if isinstance(v, int | float) and is_number(v):
             by_step[int(rec["step"])] = float(v)
     steps = np.array(sorted(by_step), dtype=np.int64)
     values = np.array([by_step[int(s)] for s in steps], dtype=np.float64)
@@ -230,7 +226,7 @@ def plot_training_curves(
             best = [
                 (int(r["step"]), float(r[key]))
                 for r in records
-                if r.get("event") == "eval" and r.get("best") is True and _is_number(r.get(key))
+                if r.get("event") == "eval" and r.get("best") is True and is_number(r.get(key))
             ]
             if best:
                 bs, bv = zip(*best, strict=True)
@@ -261,7 +257,7 @@ def _check_points(
             raise TypeError(f"expected (label, (alignment, uniformity[, score])), got {item!r:.80}")
         label, vals = item
         vals = list(vals)
-        if len(vals) not in (2, 3) or not all(_is_number(v) for v in vals):
+        if len(vals) not in (2, 3) or not all(is_number(v) for v in vals):
             raise ValueError(
                 f"point {label!r}: expected 2 or 3 finite numbers "
                 f"(alignment, uniformity[, score]), got {vals!r:.80}"

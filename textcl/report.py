@@ -20,14 +20,13 @@ import base64
 import datetime as _dt
 import html
 import json
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from textcl.errors import CorruptFileError
-from textcl.io import PathLike, atomic_write_text, read_json
+from textcl.io import PathLike, atomic_write_text, is_number, read_json
 from textcl.plots import read_metrics
 
 RESULTS_FILENAMES: tuple[str, ...] = ("sts_results.json",)
@@ -73,11 +72,11 @@ class RunData:
 def relative_times(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Records with their ``time`` (the Unix timestamp textcl's trainer writes) turned into
     seconds since the first logged record."""
-    times = [float(r["time"]) for r in records if _is_number(r.get("time"))]
+    times = [float(r["time"]) for r in records if is_number(r.get("time"))]
     if not times:
         return records
     t0 = min(times)
-    return [{**r, "time": r["time"] - t0} if _is_number(r.get("time")) else r for r in records]
+    return [{**r, "time": r["time"] - t0} if is_number(r.get("time")) else r for r in records]
 
 
 def load_run(run_dir: PathLike) -> RunData:
@@ -132,7 +131,7 @@ def check_sts_results(data: object, source: str = "STS results") -> None:
     if not isinstance(tasks, Mapping) or not tasks:
         raise ValueError(f"{source}: missing or empty field 'tasks'")
     for name, t in tasks.items():
-        if not isinstance(t, Mapping) or not _is_number(t.get("spearman")):
+        if not isinstance(t, Mapping) or not is_number(t.get("spearman")):
             raise ValueError(f"{source}: tasks[{name!r}] has no numeric 'spearman'")
 
 
@@ -142,16 +141,12 @@ def find_results(run_dir: PathLike) -> list[Path]:
 
 
 # ---------------------------------------------------------------------- formatting
-def _is_number(v: object) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def _fmt(v: object, spec: str = "") -> str:
     if v is None:
         return ""
     if isinstance(v, bool):
         return "yes" if v else ""
-    if _is_number(v) and spec:
+    if is_number(v) and spec:
         assert isinstance(v, int | float)
         return format(int(v) if spec == "d" else v, spec)
     if isinstance(v, float):
@@ -197,7 +192,7 @@ def metric_label(key: str, records: Sequence[Mapping[str, Any]], name: str | Non
     scales = {
         float(r["scales"][key])
         for r in records
-        if isinstance(r.get("scales"), Mapping) and _is_number(r["scales"].get(key))
+        if isinstance(r.get("scales"), Mapping) and is_number(r["scales"].get(key))
     }
     if len(scales) != 1:
         return name if not scales else f"{name} (mixed scales)"
@@ -209,8 +204,8 @@ def metric_label(key: str, records: Sequence[Mapping[str, Any]], name: str | Non
 def run_summary(run: RunData) -> dict[str, Any]:
     """Headline numbers of a run: last step/epoch/time, last train loss, best and last dev
     Spearman (with their steps). Missing data -> ``None``."""
-    train = [r for r in run.train_records if _is_number(r.get("loss"))]
-    evals = [r for r in run.eval_records if _is_number(r.get("stsb_dev_spearman"))]
+    train = [r for r in run.train_records if is_number(r.get("loss"))]
+    evals = [r for r in run.eval_records if is_number(r.get("stsb_dev_spearman"))]
     last = max(run.records, key=lambda r: int(r["step"])) if run.records else None
     best = None
     if evals:
@@ -233,7 +228,7 @@ def run_summary(run: RunData) -> dict[str, Any]:
         "last_step": int(last["step"]) if last else None,
         "last_epoch": last.get("epoch") if last else None,
         "wall_time_s": max(
-            (r["time"] for r in run.records if _is_number(r.get("time"))), default=None
+            (r["time"] for r in run.records if is_number(r.get("time"))), default=None
         ),
         "last_loss": train[-1]["loss"] if train else None,
         "last_loss_step": int(train[-1]["step"]) if train else None,
@@ -356,11 +351,11 @@ def _alignment_section(run: RunData) -> str:
     evals = [
         r
         for r in run.eval_records
-        if _is_number(r.get("alignment")) and _is_number(r.get("uniformity"))
+        if is_number(r.get("alignment")) and is_number(r.get("uniformity"))
     ]
     if not evals:
         return out + _note("Alignment and uniformity were not logged: no plot.")
-    with_score = all(_is_number(r.get("stsb_dev_spearman")) for r in evals)
+    with_score = all(is_number(r.get("stsb_dev_spearman")) for r in evals)
     points = {
         f"step {r['step']}": (
             (r["alignment"], r["uniformity"], r["stsb_dev_spearman"])
@@ -402,15 +397,15 @@ def _sts_section(results: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
         sp, pe, n = [], [], ""
         for _, res in results:
             d = res["tasks"].get(t, {})
-            sp.append(_fmt(d["spearman"], ".2f") if _is_number(d.get("spearman")) else "")
-            pe.append(_fmt(d["pearson"], ".2f") if _is_number(d.get("pearson")) else "")
+            sp.append(_fmt(d["spearman"], ".2f") if is_number(d.get("spearman")) else "")
+            pe.append(_fmt(d["pearson"], ".2f") if is_number(d.get("pearson")) else "")
             n = n or _fmt(d.get("n_pairs"), "d")
         rows.append([_esc(t), *map(_esc, sp), *map(_esc, pe), _esc(n)])
     avg_sp, avg_pe = [], []
     for _, res in results:
         avg = _average(res)
-        avg_sp.append(_fmt(avg["spearman"], ".2f") if _is_number(avg.get("spearman")) else "")
-        avg_pe.append(_fmt(avg["pearson"], ".2f") if _is_number(avg.get("pearson")) else "")
+        avg_sp.append(_fmt(avg["spearman"], ".2f") if is_number(avg.get("spearman")) else "")
+        avg_pe.append(_fmt(avg["pearson"], ".2f") if is_number(avg.get("pearson")) else "")
     if any(avg_sp):
         rows.append([f"<b>{_esc('average')}</b>", *map(_esc, avg_sp), *map(_esc, avg_pe), ""])
     out += _table(headers, rows, "num")

@@ -27,8 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from textcl.evaluation.data import PathLike, load_sts_task
+from textcl.evaluation.data import load_sts_task
 from textcl.evaluation.sts import encode_unique
+from textcl.io import PathLike
 
 POSITIVE_THRESHOLD = 4.0
 """SimCSE: STS-B pairs with a gold score above this (strictly) are the positive pairs, for

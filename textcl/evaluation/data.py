@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-PathLike = str | os.PathLike[str]
+from textcl.io import PathLike
 
 TASKS: tuple[str, ...] = ("sts12", "sts13", "sts14", "sts15", "sts16", "stsb", "sickr")
 """Task names, in the order results are reported; ``"all"`` expands to all of them."""
