@@ -159,13 +159,17 @@ class InfoNCE(nn.Module):
 
     def forward(self, z_a: Tensor, z_b: Tensor, z_neg: Tensor | None = None) -> Tensor:
         out = self.get_logits(z_a, z_b, z_neg)
+        return self._reduce(out, out.logits.shape[1] // (1 if z_neg is None else 2))
+
+    def _reduce(self, out: ContrastiveLogits, total: int) -> Tensor:
+        """Cross-entropy of ``out`` (both directions averaged when symmetric); when
+        distributed, times ``W * B_r / N`` (``total`` = N, the global anchors), so the mean
+        over ranks is the global mean over anchors (see the class docstring)."""
         loss = F.cross_entropy(out.logits, out.labels)
         if out.back is not None:
             loss = (loss + F.cross_entropy(out.back, out.labels)) / 2
         if self.dist.is_distributed:
-            # Mean over ranks == the global mean over anchors (see the class docstring).
-            total = out.logits.shape[1] // (1 if z_neg is None else 2)
-            loss = loss * (self.world_size * z_a.shape[0] / total)
+            loss = loss * (self.world_size * out.labels.shape[0] / total)
         return loss
 
 
@@ -346,16 +350,9 @@ class ExtendedInfoNCE(InfoNCE):
         guide: Sequence[Tensor | None] | None = None,
     ) -> Tensor:
         out = self.get_logits(z_a, z_b, z_neg, extra_negatives, guide)
-        loss = F.cross_entropy(out.logits, out.labels)
-        if out.back is not None:
-            loss = (loss + F.cross_entropy(out.back, out.labels)) / 2
-        if self.dist.is_distributed:
-            # Mean over ranks == the global mean over anchors (see InfoNCE's docstring); the
-            # candidates are N positives (+ N hard negatives) + K extras.
-            extra = 0 if extra_negatives is None else extra_negatives.shape[0]
-            total = (out.logits.shape[1] - extra) // (1 if z_neg is None else 2)
-            loss = loss * (self.world_size * z_a.shape[0] / total)
-        return loss
+        # The candidates are N positives (+ N hard negatives) + K extras.
+        extra = 0 if extra_negatives is None else extra_negatives.shape[0]
+        return self._reduce(out, (out.logits.shape[1] - extra) // (1 if z_neg is None else 2))
 
 
 def _guide_parts(
