@@ -122,3 +122,19 @@ def sts_data_dir() -> Path | None:
         if (c / "STSBenchmark").is_dir():
             return c
     return None
+
+
+def join_gloo_world(rank: int, world: int, port: int) -> None:
+    """Set the torch.distributed environment of one spawned CPU rank (loopback gloo, one
+    thread, offline hub) before it calls ``textcl.distributed.init_distributed``."""
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        HF_HUB_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+    )
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    torch.set_num_threads(1)

@@ -3,7 +3,6 @@ batch (loss and parameter gradients), gather_with_grad, sharding without overlap
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 from pathlib import Path
@@ -14,7 +13,7 @@ import torch
 import torch.multiprocessing as mp
 from torch import Tensor, nn
 
-from tests.helpers import TINY_SENTENCES
+from tests.helpers import TINY_SENTENCES, join_gloo_world
 from textcl.distributed import (
     DistEnv,
     all_gather_object,
@@ -88,17 +87,7 @@ def _local_rows(sizes: list[int], rank: int, items: list[str], env: DistEnv) -> 
 
 def _worker(rank: int, port: int, model_dir: str, out_dir: str) -> None:
     """One rank: runs every case, saves losses and synced gradients to out_dir/rank{r}.pt."""
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(WORLD),
-        LOCAL_RANK=str(rank),
-        HF_HUB_OFFLINE="1",
-        TOKENIZERS_PARALLELISM="false",
-    )
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    torch.set_num_threads(1)
+    join_gloo_world(rank, WORLD, port)
     from textcl import SentenceEncoder
     from textcl.distributed import cleanup
     from textcl.gradcache import CachedLoss

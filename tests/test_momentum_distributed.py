@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from tests.helpers import TINY_SENTENCES
+from tests.helpers import TINY_SENTENCES, join_gloo_world
 from tests.test_distributed import SPAWN_DEADLINE_S, _free_port
 
 WORLD = 2
@@ -89,17 +89,7 @@ def _run(case: str, model_dir: str, env: Any) -> dict[str, Any]:
 
 
 def _worker(rank: int, port: int, model_dir: str, out_dir: str) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(WORLD),
-        LOCAL_RANK=str(rank),
-        HF_HUB_OFFLINE="1",
-        TOKENIZERS_PARALLELISM="false",
-    )
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    torch.set_num_threads(1)
+    join_gloo_world(rank, WORLD, port)
     from textcl.distributed import cleanup, init_distributed
 
     env = init_distributed("cpu", timeout_s=60)
