@@ -20,7 +20,7 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, ClassVar
 
@@ -134,6 +134,16 @@ def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
+    return h.hexdigest()
+
+
+def files_digest(folder: PathLike, files: Iterable[Path]) -> str:
+    """Hex sha256 over ``files`` of ``folder``: each one's path relative to ``folder`` and its
+    own sha256, in sorted order (a fingerprint of a model folder's content)."""
+    root = Path(folder)
+    h = hashlib.sha256()
+    for p in sorted(files):
+        h.update(f"{p.relative_to(root).as_posix()}\0{sha256_file(p)}\n".encode())
     return h.hexdigest()
 
 

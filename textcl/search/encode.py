@@ -158,11 +158,9 @@ def model_weights_hash(model: Any) -> str:
             part.startswith(".") or part in _SKIP_DIRS for part in p.relative_to(folder).parts
         )
     )
-    from textcl.io import sha256_file
+    from textcl.io import files_digest
 
-    for p in files:
-        h.update(f"{p.relative_to(folder).as_posix()}\0{sha256_file(p)}\n".encode())
-    return "files:" + h.hexdigest()
+    return "files:" + files_digest(folder, files)
 
 
 def _model_folder(model: Any, encoder: Any | None) -> Path | None:

@@ -69,9 +69,9 @@ from textcl.io import (
     atomic_dir,
     atomic_write_text,
     dumps_json,
+    files_digest,
     read_json,
     remove_stale_tmp,
-    sha256_file,
     write_json,
 )
 from textcl.losses import InfoNCE
@@ -279,12 +279,9 @@ def _weights_digest(model: str) -> str | None:
     path = Path(model).expanduser()
     if not path.is_dir():
         return None
-    h = hashlib.sha256()
-    for p in sorted(path.rglob("*")):
-        if p.is_file() and p.suffix in WEIGHT_SUFFIXES:
-            h.update(p.relative_to(path).as_posix().encode() + b"\0")
-            h.update(sha256_file(p).encode())
-    return h.hexdigest()
+    return files_digest(
+        path, (p for p in path.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+    )
 
 
 def _uses_extended_loss(cfg: TrainConfig) -> bool:
