@@ -23,7 +23,8 @@ Run::
     nice .venv/bin/python benchmarks/encode_throughput.py --repeats 3
     nice .venv/bin/python benchmarks/encode_throughput.py --corpus all --sample 3000  # subset
     nice .venv/bin/python benchmarks/encode_throughput.py --threads 1 ...  # busy machine
-    # precisions and peers (bf16 weights/autocast, qint8, ST bf16, ONNX/OpenVINO if installed)
+    # precisions and peers (bf16 weights/autocast, qint8, ST bf16, ONNX Runtime / OpenVINO
+    # fp32 and int8 when the `bench` extra is installed: benchmarks/runtime_peers.py)
     nice .venv/bin/python benchmarks/encode_throughput.py --sample 1000 --peers --stsb-dev
 
 Wall-clock rates and CPU-time rates (``time.process_time``, all threads of the process) are
@@ -94,64 +95,6 @@ class _Encode:
         return self.fn(list(texts))
 
 
-def st_backends(model_dir: Path, device: str) -> list[tuple[str, Any]]:
-    """sentence-transformers' ONNX (fp32, int8) and OpenVINO (bf16 hint, int8) backends,
-    where installed (the ``bench`` extra); each skipped one prints why."""
-    import tempfile
-
-    from sentence_transformers import SentenceTransformer
-
-    out: list[tuple[str, Any]] = []
-    tmp = Path(tempfile.mkdtemp(prefix="textcl-bench-"))
-
-    def attempt(name: str, make: Callable[[], Any]) -> None:
-        try:
-            out.append((name, make()))
-        except Exception as e:  # optional peers: report and go on
-            print(f"skipped {name}: {type(e).__name__}: {str(e)[:160]}")
-
-    def onnx_int8() -> Any:
-        from sentence_transformers import export_dynamic_quantized_onnx_model
-
-        m = SentenceTransformer(str(model_dir), device=device, backend="onnx")
-        m.save(str(tmp / "onnx"))
-        export_dynamic_quantized_onnx_model(m, "avx512_vnni", str(tmp / "onnx"))
-        return SentenceTransformer(
-            str(tmp / "onnx"),
-            backend="onnx",
-            model_kwargs={"file_name": "onnx/model_qint8_avx512_vnni.onnx"},
-        )
-
-    def openvino_int8() -> Any:
-        from sentence_transformers import export_static_quantized_openvino_model
-
-        m = SentenceTransformer(str(model_dir), device=device, backend="openvino")
-        m.save(str(tmp / "ov"))
-        export_static_quantized_openvino_model(m, None, str(tmp / "ov"))
-        return SentenceTransformer(
-            str(tmp / "ov"),
-            backend="openvino",
-            model_kwargs={"file_name": "openvino/openvino_model_qint8_quantized.xml"},
-        )
-
-    attempt(
-        "st onnx fp32",
-        lambda: SentenceTransformer(str(model_dir), device=device, backend="onnx"),
-    )
-    attempt("st onnx int8", onnx_int8)
-    attempt(
-        "st openvino bf16",
-        lambda: SentenceTransformer(
-            str(model_dir),
-            device=device,
-            backend="openvino",
-            model_kwargs={"ov_config": {"INFERENCE_PRECISION_HINT": "bf16"}},
-        ),
-    )
-    attempt("st openvino int8", openvino_int8)
-    return out
-
-
 def main() -> int:
     from tests.helpers import minilm_path, sts_data_dir
 
@@ -172,9 +115,16 @@ def main() -> int:
         "--peers",
         action="store_true",
         help="precision variants and peers: textcl auto/bf16 (weights, autocast)/qint8, "
-        "sentence-transformers bf16 weights, ONNX and OpenVINO backends where installed",
+        "sentence-transformers bf16 weights, ONNX Runtime and OpenVINO (fp32/bf16 hint, "
+        "int8) where installed (benchmarks/runtime_peers.py)",
     )
     p.add_argument("--stsb-dev", action="store_true", help="also score each contender on STS-B dev")
+    p.add_argument(
+        "--only",
+        default="",
+        help="keep the contenders whose name contains one of these comma-separated words "
+        "(sentence-transformers fp32, the reference, is always kept)",
+    )
     args = p.parse_args()
 
     from sentence_transformers import SentenceTransformer
@@ -252,8 +202,19 @@ def main() -> int:
             ("textcl qint8", ours_at("qint8", max_tokens)),
             ("st bf16 weights", st_run(peer_bf16)),
         ]
-        contenders += [(name, st_run(m)) for name, m in st_backends(model_dir, "cpu")]
+        from benchmarks.runtime_peers import runtime_peers
 
+        contenders += runtime_peers(
+            Path(model_dir), sentences, args.batch_size, peer.max_seq_length
+        )
+
+    if args.only:
+        words = [w.strip() for w in args.only.split(",") if w.strip()]
+        contenders = [
+            (name, fn)
+            for name, fn in contenders
+            if name == ref_name or any(w in name for w in words)
+        ]
     # Warm-up on a slice (allocator, thread pools, lazy imports, cached weight copies).
     for _, fn in contenders:
         fn(sentences[:256])

@@ -380,3 +380,38 @@ def test_guide_encoder_path(tiny_model_dir: Path, tmp_path: Path) -> None:
 def test_plain_loss_step_is_untouched() -> None:
     step = LossStep(InfoNCE())
     assert "MomentumContrast" not in repr(step)
+
+
+class _NaNOnCall(ExtendedInfoNCE):
+    """ExtendedInfoNCE whose loss is NaN on the calls listed in ``bad``."""
+
+    def __init__(self, bad: set[int]) -> None:
+        super().__init__(temperature=0.05)
+        self.bad, self.calls = bad, 0
+
+    def forward(self, *args: object, **kwargs: object) -> Tensor:
+        loss = super().forward(*args, **kwargs)  # type: ignore[arg-type]
+        self.calls += 1
+        return loss * float("nan") if self.calls in self.bad else loss
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_non_finite_step_enqueues_nothing(tiny_model_dir: Path, momentum: float) -> None:
+    """A NaN-loss step (call 2) leaves the queue (rows and pointer) as it was; the finite
+    steps around it enqueue as usual (control: calls 1 and 3 each add 4 keys)."""
+    enc = _no_dropout(tiny_model_dir)
+    obj = MomentumContrast(_NaNOnCall({2}), queue_size=12, momentum=momentum, online=enc)
+    assert obj.queue is not None
+    held: list[Tensor | None] = []
+    for step in range(3):
+        a = enc.tokenize(list(TINY_SENTENCES[4 * step : 4 * step + 4]))
+        b = enc.tokenize(list(TINY_SENTENCES[4 * step + 1 : 4 * step + 5]))
+        loss = obj(enc, [a, b])
+        assert math.isfinite(float(loss)) == (step != 1)
+        q = obj.queue.negatives()
+        held.append(None if q is None else q.clone())
+    assert held[0] is not None and held[0].shape[0] == 4
+    assert held[1] is not None and torch.equal(held[1], held[0])
+    assert held[2] is not None and held[2].shape[0] == 8
+    assert torch.isfinite(held[2]).all()
+    torch.testing.assert_close(held[2][:4], held[0])

@@ -17,7 +17,9 @@ momentum encoder's embeddings of the positive view (``inputs[1]``; with ``moment
 online encoder's detached embeddings of that view, no extra forward), loss over anchors vs
 ``[in-batch positives; hard negatives; queue]`` and backward, then enqueue the keys. Under
 torchrun the keys of all ranks are gathered (rank order) and the global batch is enqueued once,
-so every rank holds the same queue.
+so every rank holds the same queue. A step whose loss (on any rank) or keys are not finite
+enqueues nothing (the trainer applies no update for it either); its EMA update stays, being a
+blend with the previous step's valid online weights.
 """
 
 from __future__ import annotations
@@ -279,12 +281,34 @@ class MomentumContrast(LossStep):
             if self.queue is not None:
                 if self._keys is None:
                     raise RuntimeError("no keys were computed for the queue")
-                self.queue.enqueue(self._gather(self._keys))
-                if self.guide_queue is not None and self._guide_reps is not None:
-                    self.guide_queue.enqueue(self._gather(self._guide_reps[self.key_input]))
+                keys = self._gather(self._keys)
+                guide_keys = (
+                    self._gather(self._guide_reps[self.key_input])
+                    if self.guide_queue is not None and self._guide_reps is not None
+                    else None
+                )
+                # A step whose loss is not finite (on any rank) is not applied by the trainer:
+                # its keys stay out of the queue too, or NaN keys would poison every later
+                # step. The decision is the same on every rank (keys are gathered, the loss
+                # flag is reduced), so the queues stay identical.
+                if self._all_finite(loss, keys):
+                    self.queue.enqueue(keys)
+                    if self.guide_queue is not None and guide_keys is not None:
+                        self.guide_queue.enqueue(guide_keys)
         finally:
             self._keys, self._guide_reps = None, None
         return loss
+
+    def _all_finite(self, loss: Tensor, keys: Tensor) -> bool:
+        """Whether this rank's loss and the gathered keys are finite on every rank."""
+        ok = torch.isfinite(loss.detach()).all() & torch.isfinite(keys).all()
+        if self.dist.is_distributed:
+            import torch.distributed as tdist
+
+            flag = ok.to(torch.int32).reshape(1)
+            tdist.all_reduce(flag, op=tdist.ReduceOp.MIN, group=self.dist.group)
+            return bool(flag.item())
+        return bool(ok)
 
     def _gather(self, keys: Tensor) -> Tensor:
         """The global batch's keys, rank order (the same on every rank)."""

@@ -156,3 +156,37 @@ def test_guide_model_in_training(tiny_model_dir: Path, corpus_file: Path, tmp_pa
                 **kw,
             )
         ).train()
+
+
+def test_changed_guide_weights_refuse_resume(
+    tiny_model_dir: Path, corpus_file: Path, tmp_path: Path
+) -> None:
+    """The guide is fingerprinted by content: the same folder with other weights cannot
+    resume the run (control: unchanged, it resumes)."""
+    from textcl import SentenceEncoder
+    from textcl.errors import FolderConflictError
+
+    guide = tmp_path / "guide"
+    SentenceEncoder.from_pretrained(tiny_model_dir, pooling="mean").save(guide)
+    out = tmp_path / "run"
+
+    def config(steps: int) -> TrainConfig:
+        return make_config(
+            tiny_model_dir,
+            corpus_file,
+            out,
+            guide_model=str(guide),
+            max_steps=steps,
+            eval_steps=-1,
+            save_steps=1,
+            fn_threshold=0.5,
+        )
+
+    Trainer(config(2)).train()
+    assert Trainer(config(3)).train(resume=True).steps == 3
+    weights = guide / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(FolderConflictError, match="guide_weights_sha256"):
+        Trainer(config(4)).train(resume=True)

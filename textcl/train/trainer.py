@@ -347,6 +347,7 @@ class Trainer:
         self._paused = 0.0  # seconds of evaluation/checkpointing in the current log window
         self._clock = time.perf_counter()
         self._model_digest: str | None = None
+        self._guide_digest: str | None = None
         self._data_sha256: str | None = None
         # Data is read (and checked) before the model is loaded: bad input fails fast.
         self.data = self._load_data()
@@ -687,13 +688,17 @@ class Trainer:
         hash), the recipe and the number of processes. Stored in every checkpoint."""
         cfg = self.config.to_dict()
         recipe = {k: v for k, v in cfg.items() if k not in RESUMABLE_FIELDS}
-        return {
+        fingerprint = {
             **recipe,
             "model_weights_sha256": self._model_digest,
             "data_items": len(self.hashes),
             "data_sha256": self._data_digest(),
             "world_size": self.world_size,
         }
+        if self.config.guide_model is not None:
+            # The guide decides which negatives count: its content, not only its path.
+            fingerprint["guide_weights_sha256"] = self._guide_digest
+        return fingerprint
 
     def _data_digest(self) -> str:
         """sha256 of the training data's content (the corpus's per-sentence hashes; every
@@ -1027,6 +1032,8 @@ class Trainer:
         if checkpoint is not None:
             load_checkpoint_state(checkpoint)  # refuse a damaged/old one before the model loads
         self._model_digest = _weights_digest(cfg.model)
+        if cfg.guide_model is not None:
+            self._guide_digest = _weights_digest(cfg.guide_model)
         self.setup(checkpoint)
         if checkpoint is not None:
             self._load_state(checkpoint)
