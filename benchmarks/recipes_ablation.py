@@ -27,6 +27,7 @@ finished.
     HF_HUB_OFFLINE=1 python benchmarks/recipes_ablation.py               # 3 seeds, 100 steps
     python benchmarks/recipes_ablation.py --steps 5 --seeds 42           # smoke test
     python benchmarks/recipes_ablation.py --recipes promptbert --seeds 42
+    python benchmarks/recipes_ablation.py --recipes simcse --precision bf16  # bf16 training
 """
 
 from __future__ import annotations
@@ -156,6 +157,12 @@ def main() -> int:
     ap.add_argument("--fn-margin", type=float, default=0.0)
     ap.add_argument("--seeds", default="42,43,44", help="comma-separated seeds")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "fp32", "bf16"),
+        help="training precision (auto: bf16 only where the hardware has it natively)",
+    )
     ap.add_argument("--output-dir", default=None, help="keep the best runs here (default: temp)")
     ap.add_argument("--json", default=None, help="also write the rows as JSON to this file")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -180,7 +187,7 @@ def main() -> int:
         f"model {model_path}; {n} sentences; {args.steps} steps x batch {args.batch_size}, "
         f"lr {args.lr}, temperature {args.temperature}, max length {args.max_length} "
         f"(prompt {args.prompt_max_length}), pooling {args.pooling}, head {args.head}, "
-        f"seeds {seeds}, recipes {names}",
+        f"precision {args.precision}, seeds {seeds}, recipes {names}",
         flush=True,
     )
 
@@ -216,6 +223,7 @@ def main() -> int:
                     "eval_steps": 0,  # evaluate once, at the end
                     "seed": seed,
                     "device": args.device,
+                    "precision": args.precision,
                     "data_dir": str(root),
                     "overwrite": True,
                     "report_to": "none",
