@@ -25,7 +25,6 @@ Run::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -38,7 +37,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.train_throughput import CORPUS, data_root  # noqa: E402
+from benchmarks.train_throughput import CORPUS, data_root, seconds_per_step  # noqa: E402
 
 
 def command(args: argparse.Namespace, train_file: Path, out: Path) -> list[str]:
@@ -76,16 +75,6 @@ def command(args: argparse.Namespace, train_file: Path, out: Path) -> list[str]:
         "--logging-steps",
         "5",
     ]
-
-
-def seconds_per_step(metrics: Path) -> float:
-    """Steady-state s/step from the trainer's log: first to last logged train step."""
-    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    train = [r for r in rows if r.get("event") == "train"]
-    if len(train) < 2:
-        raise SystemExit(f"{metrics}: fewer than two train rows; raise --steps")
-    first, last = train[0], train[-1]
-    return (last["time"] - first["time"]) / (last["step"] - first["step"])
 
 
 def main() -> int:

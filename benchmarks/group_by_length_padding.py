@@ -18,7 +18,6 @@ last logged step, so loading and the final save are left out) and the final STS-
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -77,6 +76,7 @@ def main() -> int:
 
 def timed_training(args: argparse.Namespace, data: Path) -> None:
     """Train both ways; steady-state s/step (from metrics.jsonl) and final STS-B dev."""
+    from benchmarks.train_throughput import seconds_per_step
     from tests.helpers import minilm_path
     from textcl.train import TrainConfig, train
 
@@ -105,10 +105,7 @@ def timed_training(args: argparse.Namespace, data: Path) -> None:
                         report_to="none",
                     )
                 )
-                rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-                logged = [x for x in rows if x.get("event") == "train"]
-                first, last = logged[0], logged[-1]
-                sps = (last["time"] - first["time"]) / (last["step"] - first["step"])
+                sps = seconds_per_step(out / "metrics.jsonl")
                 per_step[grouped].append(sps)
                 dev[grouped].append(float((result.final_metrics or {})["stsb_dev_spearman"]))
                 print(

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import platform
 import statistics
@@ -74,6 +75,16 @@ def data_root(arg: str | None) -> Path:
         f"{CORPUS} not found under --data, TEXTCL_DATA or {REPO.parent / 'shared' / 'data'}; "
         "pass --data DIR (the folder holding corpus/)"
     )
+
+
+def seconds_per_step(metrics: Path) -> float:
+    """Steady-state s/step from the trainer's log: first to last logged train step."""
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    train = [r for r in rows if r.get("event") == "train"]
+    if len(train) < 2:
+        raise SystemExit(f"{metrics}: fewer than two train rows; raise --steps")
+    first, last = train[0], train[-1]
+    return (last["time"] - first["time"]) / (last["step"] - first["step"])
 
 
 def linear_decay(total: int) -> Callable[[int], float]:
