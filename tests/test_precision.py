@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import torch
 
 import textcl.encoder as enc_mod
 from textcl import SentenceEncoder
-from textcl.encoder import native_bf16, resolve_inference_precision
+from textcl.encoder import EmulatedBF16Warning, native_bf16, resolve_inference_precision
 from textcl.errors import FolderConflictError
 from textcl.train.trainer import resolve_precision
 
@@ -52,6 +53,26 @@ def test_native_bf16_from_torch_probe_or_cpu_flags(cpu_bf16: Any) -> None:
     assert resolve_inference_precision("float32", "cpu") == "fp32"
     assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
     assert native_bf16("meta") is False
+
+
+def test_explicit_bf16_on_an_emulating_cpu_warns(cpu_bf16: Any) -> None:
+    """bf16 asked for on a CPU without AMX / AVX512-BF16 is kept (the user's choice) but
+    warned about, at encode and at train; native bf16, fp32 and ``auto`` stay silent."""
+    cpu = torch.device("cpu")
+    cpu_bf16(False, {"avx512f", "avx2"})
+    with pytest.warns(EmulatedBF16Warning, match="emulates"):
+        assert resolve_inference_precision("bf16", "cpu") == "bf16"
+    with pytest.warns(EmulatedBF16Warning, match="auto or fp32"):
+        assert resolve_precision("bf16", cpu) == "bf16"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert resolve_inference_precision("auto", "cpu") == "fp32"
+        assert resolve_precision("auto", cpu) == "fp32"
+        assert resolve_precision("fp32", cpu) == "fp32"
+        assert resolve_inference_precision("qint8", "cpu") == "qint8"
+        cpu_bf16(False, {"amx_bf16"})
+        assert resolve_inference_precision("bf16", "cpu") == "bf16"
+        assert resolve_precision("bf16", cpu) == "bf16"
 
 
 def test_torch_cpu_probe_is_read_defensively(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -299,6 +300,28 @@ def native_bf16(device: str | torch.device = "cpu") -> bool:
     return _torch_cpu_bf16() or bool(_cpuinfo_flags() & set(BF16_CPU_FLAGS))
 
 
+class EmulatedBF16Warning(UserWarning):
+    """bf16 was asked for on a CPU where torch emulates it (slower than fp32)."""
+
+
+def warn_if_emulated_bf16(precision: str, device: str | torch.device) -> None:
+    """Warn when ``precision`` is an explicit ``bf16`` on a CPU without native bf16.
+
+    torch then emulates bf16 matrix products, which is many times slower than fp32 (training
+    steps 13-33x slower on 2-core CPUs without AMX / AVX512-BF16, benchmarks/RESULTS.md);
+    ``auto`` never picks it there. Shown once per process (Python's default warning filter).
+    """
+    dev = torch.device(device)
+    if precision == "bf16" and dev.type == "cpu" and not native_bf16(dev):
+        warnings.warn(
+            "precision bf16 on a CPU without native bf16 (no AMX / AVX512-BF16): torch "
+            "emulates it, many times slower than fp32 (benchmarks/RESULTS.md); use precision "
+            "auto or fp32 on this CPU",
+            EmulatedBF16Warning,
+            stacklevel=2,
+        )
+
+
 def resolve_inference_precision(precision: str | None, device: str | torch.device) -> str:
     """The precision :meth:`SentenceEncoder.encode` runs at on ``device``.
 
@@ -322,6 +345,7 @@ def resolve_inference_precision(precision: str | None, device: str | torch.devic
         raise ValueError("precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
     if p == "qint8" and dev.type != "cpu":
         raise ValueError("precision qint8 (dynamic int8 quantization) runs on CPU only")
+    warn_if_emulated_bf16(p, dev)
     return p
 
 

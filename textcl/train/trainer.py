@@ -62,6 +62,8 @@ from textcl.encoder import (
     as_token_batch,
     autocast_context,
     batch_tensors,
+    native_bf16,
+    warn_if_emulated_bf16,
 )
 from textcl.errors import CorruptFileError, FolderConflictError, InputError
 from textcl.io import (
@@ -237,11 +239,10 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision != "auto":
         if precision == "fp16" and device.type != "cuda":
             raise ValueError("precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+        warn_if_emulated_bf16(precision, device)
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    from textcl.encoder import native_bf16
-
     return "bf16" if device.type == "cpu" and native_bf16(device) else "fp32"
 
 
