@@ -309,7 +309,8 @@ def warn_if_emulated_bf16(precision: str, device: str | torch.device) -> None:
 
     torch then emulates bf16 matrix products, which is many times slower than fp32 (training
     steps 19-33x slower on 2-core CPUs without AMX / AVX512-BF16, benchmarks/RESULTS.md);
-    ``auto`` never picks it there. Shown once per process (Python's default warning filter).
+    ``auto`` never picks it there. Python's default warning filter shows it once per process
+    for inference and once for training.
     """
     dev = torch.device(device)
     if precision == "bf16" and dev.type == "cpu" and not native_bf16(dev):
