@@ -308,7 +308,7 @@ def warn_if_emulated_bf16(precision: str, device: str | torch.device) -> None:
     """Warn when ``precision`` is an explicit ``bf16`` on a CPU without native bf16.
 
     torch then emulates bf16 matrix products, which is many times slower than fp32 (training
-    steps 19-33x slower on 2-core CPUs without AMX / AVX512-BF16, benchmarks/RESULTS.md);
+    steps 18-33x slower on 2-core CPUs without AMX / AVX512-BF16, benchmarks/RESULTS.md);
     ``auto`` never picks it there. Python's default warning filter shows it once per process
     for inference and once for training.
     """
