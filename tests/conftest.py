@@ -15,6 +15,10 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The suite's oracles (loops, sentence-transformers, resume) compare at fp32 tolerances, so
+# `auto` precision resolves as on a CPU without native bf16 on every machine, subprocesses
+# included. Tests of the probe itself remove this (tests/test_precision.py).
+os.environ["TEXTCL_CPU_BF16"] = "0"
 
 from tests.helpers import (
     TINY_SENTENCES,

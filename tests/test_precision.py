@@ -28,6 +28,8 @@ def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def cpu_bf16(monkeypatch: pytest.MonkeyPatch) -> Any:
     """Set what the CPU probes answer: ``cpu_bf16(torch_says, flags)``."""
 
+    monkeypatch.delenv(enc_mod.CPU_BF16_ENV, raising=False)
+
     def set_answer(torch_says: bool, flags: set[str]) -> None:
         monkeypatch.setattr(enc_mod, "_torch_cpu_bf16", lambda: torch_says)
         monkeypatch.setattr(enc_mod, "_cpuinfo_flags", lambda: set(flags))
@@ -53,6 +55,35 @@ def test_native_bf16_from_torch_probe_or_cpu_flags(cpu_bf16: Any) -> None:
     assert resolve_inference_precision("float32", "cpu") == "fp32"
     assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
     assert native_bf16("meta") is False
+
+
+def test_cpu_bf16_environment_overrides_the_probe(
+    cpu_bf16: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cpu_bf16(False, {"avx2"})
+    monkeypatch.setenv(enc_mod.CPU_BF16_ENV, "1")
+    assert native_bf16() is True
+    assert resolve_inference_precision("auto", "cpu") == "bf16"
+    cpu_bf16(True, {"avx512_bf16", "amx_bf16"})
+    monkeypatch.setenv(enc_mod.CPU_BF16_ENV, "0")
+    assert native_bf16() is False
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    assert native_bf16("meta") is False  # only the CPU probe is overridden
+    monkeypatch.setenv(enc_mod.CPU_BF16_ENV, "yes")
+    with pytest.raises(ValueError, match="TEXTCL_CPU_BF16='yes'"):
+        native_bf16()
+
+
+def test_auto_on_this_machine_follows_its_cpu_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real probe, unmocked: ``auto`` is bf16 exactly where the CPU has AMX-BF16 or
+    AVX512-BF16 (torch's probe or /proc/cpuinfo)."""
+    monkeypatch.delenv(enc_mod.CPU_BF16_ENV, raising=False)
+    native = enc_mod._torch_cpu_bf16() or bool(
+        enc_mod._cpuinfo_flags() & set(enc_mod.BF16_CPU_FLAGS)
+    )
+    want = "bf16" if native else "fp32"
+    assert resolve_inference_precision("auto", "cpu") == want
+    assert resolve_precision("auto", torch.device("cpu")) == want
 
 
 def test_explicit_bf16_on_an_emulating_cpu_warns(cpu_bf16: Any) -> None:

@@ -89,10 +89,13 @@ def test_denoising_follows_length_changing_views(tiny_model_dir: Path) -> None:
     empty = tok(DEFAULT_PROMPT_TEMPLATE.replace("[X]", ""), return_tensors="pt")["input_ids"]
     t_len = empty.shape[1]
     positions = torch.tensor([list(range(before)) + list(range(before + n, t_len + n))])
+    ones = torch.ones_like(empty)  # full attention: no mask would read the position gap as
+    # two packed sequences (transformers >= 5.25, find_packed_sequence_indices)
     with torch.no_grad():
         got = enc(grown)[0]
         full = enc.model(input_ids=ids[None]).last_hidden_state[0, slot]
-        states = enc.model(input_ids=empty, position_ids=positions).last_hidden_state
+        states = enc.model(input_ids=empty, attention_mask=ones, position_ids=positions)
+        states = states.last_hidden_state
     template = states[0, int((empty[0] == tok.mask_token_id).nonzero()[0, 0])]
     torch.testing.assert_close(got, full - template, atol=1e-5, rtol=1e-5)
 

@@ -256,6 +256,8 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16", "qint8")
 """Inference precisions of :meth:`SentenceEncoder.encode` (``float32`` is an alias of fp32)."""
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 """``/proc/cpuinfo`` flags of CPUs with native bf16 matrix instructions."""
+CPU_BF16_ENV = "TEXTCL_CPU_BF16"
+"""Environment variable overriding the CPU bf16 probe of :func:`native_bf16` (``0`` or ``1``)."""
 
 
 def _cpuinfo_flags() -> set[str]:
@@ -291,12 +293,21 @@ def native_bf16(device: str | torch.device = "cpu") -> bool:
     CUDA: ``torch.cuda.is_bf16_supported()``. CPU: AMX-BF16 or AVX512-BF16, from torch's CPU
     probes or the ``/proc/cpuinfo`` flags :data:`BF16_CPU_FLAGS`. Without them torch emulates
     bf16 on CPU, which is slower than fp32. Other devices: False.
+
+    The environment variable :data:`CPU_BF16_ENV` (``TEXTCL_CPU_BF16``) overrides the CPU probe:
+    ``0`` treats the CPU as having no native bf16 (``auto`` then stays fp32, e.g. for results
+    that must not depend on the machine), ``1`` as having it.
     """
     dev = torch.device(device)
     if dev.type == "cuda":
         return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     if dev.type != "cpu":
         return False
+    forced = os.environ.get(CPU_BF16_ENV, "").strip()
+    if forced:
+        if forced not in ("0", "1"):
+            raise ValueError(f"{CPU_BF16_ENV}={forced!r}: expected 0 or 1 (or unset)")
+        return forced == "1"
     return _torch_cpu_bf16() or bool(_cpuinfo_flags() & set(BF16_CPU_FLAGS))
 
 

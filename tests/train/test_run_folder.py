@@ -161,7 +161,9 @@ def test_lock_held_during_the_run(tiny_model_dir: Path, corpus_file: Path, tmp_p
             except BlockingIOError:
                 seen.append(True)
 
-    Trainer(quick(tiny_model_dir, corpus_file, out), step_callback=probe).train()
+    Trainer(
+        quick(tiny_model_dir, corpus_file, out), evaluator=fake_evaluator, step_callback=probe
+    ).train()
     assert seen == [True] * 4
     with FolderLock(out, "x"):  # released afterwards
         pass
