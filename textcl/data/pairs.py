@@ -181,7 +181,8 @@ class PairDataset:
                     row = e
             if isinstance(row, BadRow):
                 if not skip_bad_rows:
-                    raise InputError(
+                    error = readers.MissingColumnError if row.missing else InputError
+                    raise error(
                         f"{row}; fix the row or pass skip_bad_rows=True (--skip-bad-rows) "
                         "to skip and count malformed rows"
                     )

@@ -33,7 +33,7 @@ import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from textcl.data import _datasets
 from textcl.errors import InputError
@@ -113,13 +113,14 @@ def missing_columns(
     describe: str, wanted: Sequence[str], found: Sequence[Any], container: str, hint: str = ""
 ) -> MissingColumnError | None:
     """The error for the ``wanted`` columns not in ``found`` (``None`` when all are there):
-    ``"<describe>: column(s) 'a' not in the <container> (columns: 'x', 'y')<hint>"``."""
+    ``"<describe>: column(s) 'a' not in the <container> (columns: 'x', 'y')<hint>"``, where
+    ``{missing}`` in ``hint`` becomes the missing names."""
     missing = [c for c in wanted if c not in found]
     if not missing:
         return None
     return MissingColumnError(
         f"{describe}: column(s) {quoted(missing)} not in the {container} "
-        f"(columns: {quoted(found)}){hint}"
+        f"(columns: {quoted(found)}){hint.replace('{missing}', quoted(missing))}"
     )
 
 
@@ -148,18 +149,21 @@ def file_format(path: Path) -> tuple[str, bool]:
 
 
 def _open_binary(path: Path, gz: bool) -> IO[bytes]:
-    try:
-        return gzip.open(path, "rb") if gz else path.open("rb")
-    except OSError as e:
-        raise InputError(f"{path}: cannot read ({type(e).__name__}: {e})") from e
+    """``path`` opened for reading bytes (decompressed when ``gz``); an ``OSError`` such as
+    permission denied propagates (the CLI reports it with exit 5)."""
+    return cast(IO[bytes], gzip.open(path, "rb")) if gz else path.open("rb")
 
 
-def read_lines(path: Path, gz: bool | None = None) -> Iterator[tuple[int, int, str]]:
+def read_lines(
+    path: Path, gz: bool | None = None, digest: Any = None, *, keep_ends: bool = False
+) -> Iterator[tuple[int, int, str]]:
     """``(line number, byte offset, line)`` for each line of a text file (1-based line
     numbers; the line without its ``\\n``/``\\r\\n``). Split on ``\\n`` only, so a line may
     hold U+2028 and the like. A UTF-8 byte order mark is stripped (the first offset is
     after it); bad UTF-8 and a damaged gzip stream are :class:`InputError` naming the file
-    (and line). ``gz`` defaults to the name ending in ``.gz``."""
+    and line. ``gz`` defaults to the name ending in ``.gz``; ``digest`` (a hashlib object)
+    is fed the (decompressed) bytes as they are read; ``keep_ends`` keeps each line's
+    ending (for :mod:`csv`, where a quoted field may hold ``\r\n``)."""
     if gz is None:
         gz = path.name.lower().endswith(".gz")
     with _open_binary(path, gz) as fh:
@@ -168,6 +172,8 @@ def read_lines(path: Path, gz: bool | None = None) -> Iterator[tuple[int, int, s
         try:
             for raw in fh:
                 lineno += 1
+                if digest is not None:
+                    digest.update(raw)
                 try:
                     line = raw.decode("utf-8")
                 except UnicodeDecodeError as e:
@@ -179,32 +185,41 @@ def read_lines(path: Path, gz: bool | None = None) -> Iterator[tuple[int, int, s
                 if lineno == 1 and line.startswith(BOM):
                     line = line[1:]
                     start += len(BOM.encode("utf-8"))
-                yield lineno, start, line.rstrip("\r\n")
-        except (OSError, EOFError, zlib.error) as e:
+                yield lineno, start, line if keep_ends else line.rstrip("\r\n")
+        except (gzip.BadGzipFile, EOFError, zlib.error) as e:  # a damaged .gz file
             raise InputError(
                 f"{path}:{lineno + 1}: cannot read ({type(e).__name__}: {e})"
             ) from None
 
 
 def read_file(
-    path: Path, columns: Sequence[str] = (), *, fmt: str | None = None
+    path: Path, columns: Sequence[str] = (), *, fmt: str | None = None, digest: Any = None
 ) -> Iterator[Row | BadRow]:
     """The rows of one file, in file order (see :class:`Row`); ``columns`` are ignored for a
     text file (its line is the one value). Raises :class:`UnknownFormatError`,
     :class:`MissingColumnError` (a table's header or schema lacks a column) and
     :class:`InputError` (bad UTF-8 with file and line, an empty table file, an unreadable
-    parquet file)."""
+    parquet file). ``digest`` (a hashlib object) is fed the file's content (decompressed)."""
     gz = path.name.lower().endswith(".gz")
     if fmt is None:
         fmt, gz = file_format(path)
     if fmt == "txt":
-        for lineno, offset, line in read_lines(path, gz):
+        for lineno, offset, line in read_lines(path, gz, digest):
             yield Row(f"{path}:{lineno}", str(lineno), (line,), offset)
     elif fmt in ("jsonl", "json"):
-        yield from _json_rows(path, gz, columns, array_ok=fmt == "json")
+        yield from _json_rows(read_lines(path, gz, digest), path, columns, array_ok=fmt == "json")
     elif fmt in ("csv", "tsv"):
-        yield from _csv_rows(path, gz, "," if fmt == "csv" else "\t", columns)
+        yield from _csv_rows(
+            read_lines(path, gz, digest, keep_ends=True),
+            path,
+            "," if fmt == "csv" else "\t",
+            columns,
+        )
     elif fmt == "parquet":
+        if digest is not None:
+            with _open_binary(path, False) as fh:
+                while block := fh.read(1 << 20):
+                    digest.update(block)
         yield from _parquet_rows(path, columns)
     else:
         raise UnknownFormatError(f"{path}: unknown format {fmt!r}")
@@ -229,9 +244,8 @@ def _object_row(record: Any, columns: Sequence[str], where: str, key: str) -> Ro
 
 
 def _json_rows(
-    path: Path, gz: bool, columns: Sequence[str], *, array_ok: bool
+    lines: Iterator[tuple[int, int, str]], path: Path, columns: Sequence[str], *, array_ok: bool
 ) -> Iterator[Row | BadRow]:
-    lines = read_lines(path, gz)
     seen = False
     for lineno, _, line in lines:
         if not line.strip():
@@ -262,12 +276,11 @@ def _json_rows(
 
 
 def _csv_rows(
-    path: Path, gz: bool, delimiter: str, columns: Sequence[str]
+    lines: Iterator[tuple[int, int, str]], path: Path, delimiter: str, columns: Sequence[str]
 ) -> Iterator[Row | BadRow]:
-    # csv.reader counts the lines it takes from ``lines`` (line_num): with blank lines
-    # before the header, and quoted fields spanning lines, rows still report their line.
-    lines = (line + "\n" for _, _, line in read_lines(path, gz))
-    reader = csv.reader(lines, delimiter=delimiter, strict=True)
+    # csv.reader counts the lines it takes (line_num): with blank lines before the header,
+    # and quoted fields spanning lines, rows still report their line.
+    reader = csv.reader((line for _, _, line in lines), delimiter=delimiter, strict=True)
     header: list[str] | None = None
     while header is None:
         try:
