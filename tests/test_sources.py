@@ -114,12 +114,11 @@ def test_users_do_not_call_the_hub_for_missing_paths(
 ) -> None:
     import textcl.encoder as encoder_mod
     from textcl import SentenceEncoder
-    from textcl.data import pairs, text
+    from textcl.data import _datasets, pairs, text
     from textcl.search import sources
 
-    monkeypatch.setattr(text, "_load_hub_dataset", _never)
-    monkeypatch.setattr(pairs, "_load_hub_dataset", _never)
-    monkeypatch.setattr(sources, "_load_hub_dataset", _never)
+    monkeypatch.setattr(_datasets, "load_hub_dataset", _never)  # one place for every reader
+    monkeypatch.setattr(_datasets, "stream_hub_dataset", _never)
     monkeypatch.setattr(encoder_mod, "_hub_snapshot", _never)
     missing = str(tmp_path / "gone" / "x.txt")
     for call in (
@@ -137,7 +136,7 @@ def test_users_do_not_call_the_hub_for_missing_paths(
 def test_users_share_the_hub_error(monkeypatch: pytest.MonkeyPatch) -> None:
     import textcl.encoder as encoder_mod
     from textcl import SentenceEncoder
-    from textcl.data import pairs, text
+    from textcl.data import _datasets, pairs, text
     from textcl.search import sources
 
     calls: list[str] = []
@@ -146,9 +145,8 @@ def test_users_share_the_hub_error(monkeypatch: pytest.MonkeyPatch) -> None:
         calls.append(name)
         raise ConnectionError("offline")
 
-    monkeypatch.setattr(text, "_load_hub_dataset", offline)
-    monkeypatch.setattr(pairs, "_load_hub_dataset", offline)
-    monkeypatch.setattr(sources, "_load_hub_dataset", offline)
+    monkeypatch.setattr(_datasets, "load_hub_dataset", offline)  # one place for every reader
+    monkeypatch.setattr(_datasets, "stream_hub_dataset", offline)
     monkeypatch.setattr(encoder_mod, "_hub_snapshot", offline)
     for call in (
         lambda: text.TextCorpus.from_source("owner/a"),

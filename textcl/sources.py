@@ -2,7 +2,7 @@
 
 Training text (:mod:`textcl.data.text`), pairs (:mod:`textcl.data.pairs`), search corpora
 (:mod:`textcl.search.sources`) and models (:meth:`textcl.SentenceEncoder.from_pretrained`)
-all take a *spec* that may be any of those; :func:`resolve_source` decides once, with one
+all take a *spec* that may be any of those (and read it with :mod:`textcl.data.readers`); :func:`resolve_source` decides once, with one
 set of rules and one error type (:class:`SourceError`):
 
 1. The spec must be a non-blank string or ``os.PathLike`` (``~`` is expanded).

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import textcl.data.pairs as pairs_mod
+from textcl.data import _datasets
 from textcl.data.pairs import PairDataset, check_columns
 from textcl.sources import SourceError
 
@@ -292,7 +292,7 @@ def test_from_hub_id(monkeypatch: pytest.MonkeyPatch) -> None:
         calls.append((name, split))
         return datasets.Dataset.from_dict({"sent0": ["a"], "sent1": ["b"], "hard_neg": ["c"]})
 
-    monkeypatch.setattr(pairs_mod, "_load_hub_dataset", fake)
+    monkeypatch.setattr(_datasets, "load_hub_dataset", fake)
     data = PairDataset.from_source("owner/nli-triples")
     assert list(data) == [("a", "b", "c")] and data.source == "hub:owner/nli-triples"
     assert calls == [("owner/nli-triples", "train")]
@@ -300,7 +300,7 @@ def test_from_hub_id(monkeypatch: pytest.MonkeyPatch) -> None:
     def offline(name: str, split: str) -> Any:
         raise ConnectionError("offline")
 
-    monkeypatch.setattr(pairs_mod, "_load_hub_dataset", offline)
+    monkeypatch.setattr(_datasets, "load_hub_dataset", offline)
     with pytest.raises(SourceError, match=r"owner/other: no such file.*ConnectionError"):
         PairDataset.from_source("owner/other")
 

@@ -81,7 +81,7 @@ def test_datasets_source(tmp_path: Path) -> None:
 def test_hub_dataset_path_is_used_for_ids(monkeypatch: pytest.MonkeyPatch) -> None:
     import datasets
 
-    from textcl.data import text
+    from textcl.data import _datasets
 
     calls = []
 
@@ -89,7 +89,7 @@ def test_hub_dataset_path_is_used_for_ids(monkeypatch: pytest.MonkeyPatch) -> No
         calls.append((name, split))
         return datasets.Dataset.from_dict({"text": ["x", "y"]})
 
-    monkeypatch.setattr(text, "_load_hub_dataset", fake)
+    monkeypatch.setattr(_datasets, "load_hub_dataset", fake)
     assert list(TextCorpus.from_source("owner/wiki1m")) == ["x", "y"]
     assert calls == [("owner/wiki1m", "train")]
 
@@ -137,7 +137,7 @@ def test_hub_dataset_streaming(monkeypatch: pytest.MonkeyPatch) -> None:
     here): no download of the dataset files, same sentences as a local source."""
     from typing import Any
 
-    from textcl.data import text
+    from textcl.data import _datasets
 
     calls: list[tuple[str, str]] = []
     rows = [{"text": "a", "n": 1}, {"text": " "}, {"text": None}, {"text": " b "}, {"text": "a"}]
@@ -149,8 +149,8 @@ def test_hub_dataset_streaming(monkeypatch: pytest.MonkeyPatch) -> None:
     def no_download(name: str, split: str) -> Any:
         raise AssertionError("streaming must not download the dataset")
 
-    monkeypatch.setattr(text, "_stream_hub_dataset", fake_stream)
-    monkeypatch.setattr(text, "_load_hub_dataset", no_download)
+    monkeypatch.setattr(_datasets, "stream_hub_dataset", fake_stream)
+    monkeypatch.setattr(_datasets, "load_hub_dataset", no_download)
     corpus = TextCorpus.from_source("owner/wiki1m", split="dev", streaming=True)
     assert list(corpus) == ["a", "b", "a"] and corpus.n_blank == 2
     assert calls == [("owner/wiki1m", "dev")] and corpus.source == "hub:owner/wiki1m"
@@ -169,6 +169,6 @@ def test_hub_dataset_streaming(monkeypatch: pytest.MonkeyPatch) -> None:
     def offline(name: str, split: str) -> Any:
         raise ConnectionError("offline")
 
-    monkeypatch.setattr(text, "_stream_hub_dataset", offline)
+    monkeypatch.setattr(_datasets, "stream_hub_dataset", offline)
     with pytest.raises(SourceError, match=r"owner/x: no such file.*hub download failed"):
         TextCorpus.from_source("owner/x", streaming=True)

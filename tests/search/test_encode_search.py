@@ -178,9 +178,9 @@ def test_empty_corpus(tiny_model_dir: Path, tmp_path: Path) -> None:
 def test_missing_corpus_and_bad_type(tiny_model_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(SourceError, match=r"nope.txt"):
         encode_corpus(tiny_model_dir, tmp_path / "nope.txt", tmp_path / "idx")
-    (tmp_path / "c.csv").write_text("a\n", encoding="utf-8")
+    (tmp_path / "c.xlsx").write_text("a\n", encoding="utf-8")  # (.csv is a corpus now)
     with pytest.raises(ValueError, match="unsupported corpus file type"):
-        encode_corpus(tiny_model_dir, tmp_path / "c.csv", tmp_path / "idx")
+        encode_corpus(tiny_model_dir, tmp_path / "c.xlsx", tmp_path / "idx")
 
 
 @pytest.fixture
@@ -314,3 +314,35 @@ def test_encode_on_cuda_with_bf16_autocast(
     b = np.concatenate([np.asarray(s) for s in EmbeddingIndex(tmp_path / "cpu").shards])
     assert cpu.count == m.count
     assert float(((a * b).sum(1)).min()) > 0.99  # bf16 autocast vs fp32, both normalised
+
+
+def test_csv_gz_source_and_options_object(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """A .csv.gz corpus (new: the shared reader) with text and id columns; the options
+    object gives the same index as the keyword front door, and a resume no-op."""
+    import gzip
+
+    from textcl.data.readers import MissingColumnError
+    from textcl.search import EncodeOptions, encode_corpus_with
+
+    lines = ["doc,body"] + [f'd{i},"{s}"' for i, s in enumerate(CORPUS[:7])]
+    src = tmp_path / "c.csv.gz"
+    src.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+    m = encode_corpus(
+        tiny_model_dir,
+        src,
+        tmp_path / "a",
+        text_column="body",
+        id_column="doc",
+        shard_size=3,
+        show_progress=False,
+    )
+    assert m.count == 7 and m.source["kind"] == "csv" and m.source["rows"] == 7
+    hit = search(tmp_path / "a", CORPUS[5], top_k=1)[0][0]
+    assert (hit.id, hit.text) == ("d5", CORPUS[5])
+    opts = EncodeOptions(text_column="body", id_column="doc", shard_size=3, show_progress=False)
+    again = encode_corpus_with(tiny_model_dir, src, tmp_path / "a", opts)
+    assert again == m
+    with pytest.raises(MissingColumnError, match=r"c\.csv\.gz: column\(s\) 'text'.*'doc', 'body'"):
+        encode_corpus(tiny_model_dir, src, tmp_path / "b", show_progress=False)
+    with pytest.raises(ValueError, match="dtype"):
+        EncodeOptions(dtype="int8").check()

@@ -28,8 +28,8 @@ import pytest
 from tests.search.conftest import CORPUS
 from textcl.errors import CorruptFileError, FolderBusyError, FolderConflictError, InputError
 from textcl.search import EmbeddingIndex, build_faiss_index, encode_corpus, verify_index
-from textcl.search.encode import model_weights_hash
 from textcl.search.faiss_index import faiss_search
+from textcl.search.model import model_weights_hash
 
 REPO = Path(__file__).resolve().parents[2]
 SKIP = ("encode_log.jsonl", ".textcl.lock")

@@ -402,7 +402,7 @@ def test_training_text_streams_from_a_hub_dataset(
 ) -> None:
     """--stream reads a hub dataset's text column through datasets streaming (mocked: no
     network) and trains exactly as on the same sentences from a local file."""
-    from textcl.data import text
+    from textcl.data import _datasets
 
     lines = corpus_file.read_text(encoding="utf-8").splitlines()
     calls: list[tuple[str, str]] = []
@@ -414,8 +414,8 @@ def test_training_text_streams_from_a_hub_dataset(
     def no_download(name: str, split: str) -> Any:
         raise AssertionError("stream must not download the dataset")
 
-    monkeypatch.setattr(text, "_stream_hub_dataset", fake_stream)
-    monkeypatch.setattr(text, "_load_hub_dataset", no_download)
+    monkeypatch.setattr(_datasets, "stream_hub_dataset", fake_stream)
+    monkeypatch.setattr(_datasets, "load_hub_dataset", no_download)
     kw: dict[str, Any] = dict(max_steps=3, eval_steps=-1)
     hub = train(
         make_config(

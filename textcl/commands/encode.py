@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-HELP = "encode a corpus (.txt/.jsonl/.parquet/datasets folder/hub dataset) into an index folder"
+HELP = (
+    "encode a corpus (.txt/.jsonl/.csv/.parquet/datasets folder/hub dataset) into an index folder"
+)
 
 
 def register(subparsers: Any) -> None:
@@ -14,11 +16,15 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--input",
         required=True,
-        help="corpus: .txt (one text a line), .jsonl, .parquet, a datasets save_to_disk "
-        "folder, or a hub dataset id",
+        help="corpus: .txt (one text a line), .jsonl, .json, .csv, .tsv (those optionally .gz), "
+        ".parquet, a datasets save_to_disk folder, or a hub dataset id",
     )
     p.add_argument("--output", required=True, help="index folder (created; resumed if unfinished)")
-    p.add_argument("--text-column", default="text", help="text field of .jsonl/parquet/datasets")
+    p.add_argument(
+        "--text-column",
+        default="text",
+        help="text column (field) of a table: jsonl/csv/tsv/parquet/datasets",
+    )
     p.add_argument("--id-column", default=None, help="id field (default: line number / row)")
     p.add_argument("--split", default="train", help="split of a datasets folder or hub dataset")
     p.add_argument("--dtype", choices=("float32", "float16"), default="float32")

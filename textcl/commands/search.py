@@ -17,7 +17,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--index", required=True, help="index folder")
     q = p.add_mutually_exclusive_group(required=True)
     q.add_argument("--query", action="append", help="a query (repeatable)")
-    q.add_argument("--queries", help="file with one query a line ('-': stdin)")
+    q.add_argument("--queries", help="UTF-8 text file with one query a line ('-': stdin)")
     p.add_argument("--top-k", type=int, default=10)
     p.add_argument("--format", choices=("table", "jsonl"), default="table")
     p.add_argument(
@@ -55,14 +55,18 @@ def register(subparsers: Any) -> None:
 
 
 def read_queries(path: str) -> list[str]:
-    """Non-blank lines of ``path`` (``-``: stdin)."""
+    """Non-blank lines of ``path`` (``-``: stdin), one query a line. A file is read by
+    :func:`textcl.data.readers.read_lines` (``.gz`` too): bad UTF-8 names the file and
+    line, a byte order mark is stripped."""
     if path == "-":
         lines = sys.stdin.read().splitlines()
     else:
+        from textcl.data.readers import read_lines
+
         file = Path(path)
         if not file.is_file():
             raise FileNotFoundError(f"{path}: no such queries file")
-        lines = file.read_text(encoding="utf-8").splitlines()
+        lines = [line for _, _, line in read_lines(file)]
     queries = [line.strip() for line in lines if line.strip()]
     if not queries:
         raise ValueError(f"{path}: no queries (the file has no non-blank line)")

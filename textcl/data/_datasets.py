@@ -1,8 +1,8 @@
-"""Loading Hugging Face ``datasets`` from disk or the hub (downloaded or streamed), shared by
-the data readers and search corpora.
+"""Loading Hugging Face ``datasets`` from disk or the hub (downloaded or streamed).
 
-Kept in one place (and looked up through each reader's module globals) so tests can replace
-the download without the network.
+:mod:`textcl.data.readers` (the one reader of training text, pairs and search corpora)
+calls these through this module, so tests replace the download here, once, without the
+network.
 """
 
 from __future__ import annotations

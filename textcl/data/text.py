@@ -1,6 +1,6 @@
-"""Raw-text training data: one sentence per line, streamed from disk.
+"""Raw-text training data: one sentence per line streamed from disk, or a text column.
 
-A :class:`TextCorpus` scans its files once, checking every line (UTF-8, blank lines) and
+A :class:`TextCorpus` of plain text files scans its files once, checking every line (UTF-8, blank lines) and
 recording only byte offsets and a 64-bit hash per sentence; the text itself stays on disk
 and is read back by seeking when a batch needs it. So a corpus of millions of lines costs
 16 bytes per line of memory, and a bad file fails before training starts, naming the file
@@ -18,19 +18,16 @@ import hashlib
 import os
 from array import array
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 
-from textcl.data._datasets import load_hub_dataset as _load_hub_dataset
-from textcl.data._datasets import load_saved_dataset as _load_saved_dataset
-from textcl.data._datasets import stream_hub_dataset as _stream_hub_dataset
+from textcl.data import readers
+from textcl.data.readers import TEXT_SUFFIXES
 from textcl.errors import InputError
 from textcl.sources import resolve_source
-
-TEXT_SUFFIXES = (".txt", ".text")
 
 
 def text_hash64(text: str) -> int:
@@ -49,7 +46,8 @@ def _string_features(column: str) -> Any:
 
 
 class TextCorpus:
-    """Sentences from text files (one per line, blank lines skipped) or a ``datasets`` column.
+    """Sentences from text files (one per line, blank lines skipped) or a text column (of a
+    jsonl/csv/tsv/parquet file or a ``datasets`` source; null and blank values skipped).
 
     Build with :meth:`from_source`. ``len(corpus)`` is the number of sentences and
     ``corpus[i]`` reads sentence ``i`` (leading/trailing whitespace stripped).
@@ -76,15 +74,24 @@ class TextCorpus:
         split: str = "train",
         streaming: bool = False,
     ) -> TextCorpus:
-        """A corpus from a text file, a folder of ``.txt`` files, a ``datasets.Dataset``, a
+        """A corpus from a file, a folder of ``.txt`` files, a ``datasets.Dataset``, a
         folder written by ``Dataset.save_to_disk``, or a Hugging Face hub dataset id.
 
-        Which of those ``source`` is, is decided by :func:`textcl.sources.resolve_source`.
-        With ``streaming=True`` a hub dataset is streamed (``datasets`` streaming, as
-        ``textcl encode`` reads hub corpora): only the ``text_column`` of ``split`` is read,
-        row by row, and kept in memory, instead of downloading the dataset files first.
+        Which of those ``source`` is, is decided by :func:`textcl.sources.resolve_source`;
+        files are read by :mod:`textcl.data.readers`. A plain text file (``.txt``, or any
+        name that is not another readable format) is one sentence a line, streamed from
+        disk; a ``.jsonl``/``.json``/``.csv``/``.tsv``/``.parquet`` file (optionally
+        ``.gz``, not parquet), a ``.txt.gz`` file and every ``datasets`` source give the
+        ``text_column`` (``--text-column``), held in memory. With ``streaming=True`` a hub
+        dataset is streamed (``datasets`` streaming, as ``textcl encode`` reads hub
+        corpora): only the ``text_column`` of ``split`` is read, row by row, instead of
+        downloading the dataset files first.
+
         Raises :class:`~textcl.sources.SourceError` for a missing path or a hub id that does
-        not load, and ``ValueError`` for an empty corpus, a file that is not UTF-8 (with file and line) or a missing text column.
+        not load, :class:`~textcl.data.readers.MissingColumnError` for a missing text column
+        (listing the columns found), and ``ValueError`` (:class:`~textcl.errors.InputError`)
+        for an empty corpus, a file that is not UTF-8 (with file and line) or a malformed
+        row.
         """
         corpus = cls()
         if not isinstance(source, (str, os.PathLike)):
@@ -92,81 +99,88 @@ class TextCorpus:
             return corpus
         src = resolve_source(source, role="data")
         if src.kind == "file":
-            assert src.path is not None
-            corpus._scan_files([src.path])
-        elif src.kind == "dataset":
-            assert src.path is not None
-            corpus._scan_dataset(_load_saved_dataset(src.path, split), text_column, str(src.path))
+            path = src.path
+            assert path is not None
+            try:
+                fmt, gz = readers.file_format(path)
+            except readers.UnknownFormatError:  # any other name: one sentence a line
+                fmt, gz = "txt", False
+            if fmt == "txt" and not gz:
+                corpus._scan_files([path])
+            else:
+                rows = readers.read_file(path, (text_column,), fmt=fmt)
+                corpus._scan_rows(rows, text_column, str(path))
         elif src.kind == "folder":
             path = src.path
             assert path is not None
             files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES)
             if not files:
-                raise ValueError(f"{path}: folder holds no text files ({', '.join(TEXT_SUFFIXES)})")
+                raise InputError(f"{path}: folder holds no text files ({', '.join(TEXT_SUFFIXES)})")
             corpus._scan_files(files)
-        elif streaming:
-            try:
-                rows = iter(_stream_hub_dataset(str(src.hub_id), split))
-            except Exception as e:
-                raise src.hub_error(e) from e
-            corpus._scan_stream(rows, text_column, f"hub:{src.hub_id}")
+        elif src.kind == "dataset":
+            assert src.path is not None
+            dataset = readers.load_dataset_source(src, split)
+            corpus._scan_dataset(dataset, text_column, str(src.path))
         else:
-            try:
-                dataset = _load_hub_dataset(str(src.hub_id), split)
-            except Exception as e:
-                raise src.hub_error(e) from e
-            corpus._scan_dataset(dataset, text_column, f"hub:{src.hub_id}")
+            describe = f"hub:{src.hub_id}"
+            dataset = readers.load_dataset_source(src, split, streaming=streaming)
+            if streaming:
+                corpus._scan_rows(
+                    readers.read_dataset(dataset, (text_column,), describe), text_column, describe
+                )
+            else:
+                corpus._scan_dataset(dataset, text_column, describe)
         return corpus
 
     def _scan_files(self, files: Sequence[Path]) -> None:
         if len(files) > 65535:
-            raise ValueError(f"too many files ({len(files)}); at most 65535 per corpus")
+            raise InputError(f"too many files ({len(files)}); at most 65535 per corpus")
         self.files = list(files)
         self.source = (
             str(files[0]) if len(files) == 1 else f"{files[0].parent} ({len(files)} files)"
         )
         for fi, path in enumerate(files):
             n_before = len(self._offsets)
-            with open(path, "rb") as fh:
-                offset = 0
-                for lineno, raw in enumerate(fh, start=1):
-                    try:
-                        text = raw.decode("utf-8").strip()
-                    except UnicodeDecodeError as e:
-                        raise ValueError(
-                            f"{path}:{lineno}: not valid UTF-8 (byte {e.start}: {e.reason})"
-                        ) from None
-                    if text:
-                        self._file_index.append(fi)
-                        self._offsets.append(offset)
-                        self._hashes.append(text_hash64(text))
-                    else:
-                        self.n_blank += 1
-                    offset += len(raw)
+            for _, offset, line in readers.read_lines(path, gz=False):
+                text = line.strip()
+                if text:
+                    self._file_index.append(fi)
+                    self._offsets.append(offset)
+                    self._hashes.append(text_hash64(text))
+                else:
+                    self.n_blank += 1
             if len(self._offsets) == n_before and len(files) == 1:
-                raise ValueError(f"{path}: no sentences (the file is empty or blank)")
+                raise InputError(f"{path}: no sentences (the file is empty or blank)")
         if not self._offsets:
-            raise ValueError(f"{self.source}: no sentences (all files are empty or blank)")
+            raise InputError(f"{self.source}: no sentences (all files are empty or blank)")
 
-    def _scan_stream(self, rows: Iterator[Any], column: str, describe: str) -> None:
-        """Read ``column`` of streamed rows (dicts) into an in-memory dataset."""
+    def _scan_rows(
+        self, rows: Iterable[readers.Row | readers.BadRow], column: str, describe: str
+    ) -> None:
+        """Read ``column`` of reader rows (a file or a streamed dataset) into an in-memory
+        dataset; the first malformed row is an error."""
         import datasets
 
         values: list[str | None] = []
-        for index, row in enumerate(rows):
-            if not isinstance(row, dict) or column not in row:
-                names = list(row) if isinstance(row, dict) else type(row).__name__
-                raise InputError(
-                    f"{describe}: row {index} has no text column {column!r} (columns: "
-                    f"{names}); pass text_column"
-                )
-            value = row[column]
+        for row in rows:
+            if isinstance(row, readers.BadRow):
+                if row.missing:
+                    raise readers.MissingColumnError(
+                        f"{row.where} has no text column {column!r} (columns: "
+                        f"{readers.quoted(row.found)}); pass text_column (--text-column)"
+                    )
+                raise row
+            if row.values is None:  # a blank line of a JSON-lines file
+                self.n_blank += 1
+                continue
+            value = row.values[0]
             if value is not None and not isinstance(value, str):
                 raise InputError(
-                    f"{describe}: row {index} column {column!r} is {type(value).__name__}, "
-                    "not a string"
+                    f"{row.where} column {column!r} is {type(value).__name__}, not a string"
                 )
             values.append(value)
+        if not values:
+            raise InputError(f"{describe}: no sentences in column {column!r}")
         self._scan_dataset(
             datasets.Dataset.from_dict({column: values}, features=_string_features(column)),
             column,
@@ -175,10 +189,20 @@ class TextCorpus:
 
     def _scan_dataset(self, dataset: Any, column: str, describe: str) -> None:
         names = getattr(dataset, "column_names", None)
-        if names is None or column not in names:
-            raise ValueError(
-                f"{describe}: no text column {column!r} (columns: {names}); pass text_column"
+        if names is None or isinstance(names, dict):
+            raise InputError(
+                f"{describe}: not a dataset with columns (got {type(dataset).__name__}); "
+                "pass a datasets.Dataset or one split of a DatasetDict"
             )
+        error = readers.missing_columns(
+            describe,
+            (column,),
+            names,
+            "dataset",
+            f"; no text column {column!r}, pass text_column (--text-column)",
+        )
+        if error is not None:
+            raise error
         self._dataset = dataset
         self._column = column
         self.source = describe
@@ -187,7 +211,7 @@ class TextCorpus:
                 self.n_blank += 1
                 continue
             if not isinstance(value, str):
-                raise ValueError(
+                raise InputError(
                     f"{describe}: row {row} column {column!r} is {type(value).__name__}, "
                     "not a string"
                 )
@@ -198,7 +222,7 @@ class TextCorpus:
             else:
                 self.n_blank += 1
         if not self._rows:
-            raise ValueError(f"{describe}: no sentences in column {column!r}")
+            raise InputError(f"{describe}: no sentences in column {column!r}")
 
     # ------------------------------------------------------------------ access
     def __len__(self) -> int:

@@ -1,6 +1,6 @@
 """Semantic search: encode a corpus into a sharded, resumable index folder and search it.
 
-- :func:`encode_corpus`: stream ``.txt`` / ``.jsonl`` / ``.parquet`` / datasets / hub corpora
+- :func:`encode_corpus`: stream ``.txt`` / ``.jsonl`` / ``.csv`` / ``.parquet`` / datasets / hub corpora
   into memory-mappable ``.npy`` shards + ids/texts + a manifest (``textcl encode``);
 - :func:`search`: encode queries with the index's model and return the top-k hits, exact or
   through FAISS (``textcl search``);
@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from textcl.search.encode import encode_corpus
+from textcl.search.encode import EncodeOptions, encode_corpus, encode_corpus_with
 from textcl.search.exact import exact_search
 from textcl.search.faiss_index import FAISS_KINDS
 from textcl.search.index import (
@@ -28,11 +28,13 @@ __all__ = [
     "FAISS_KINDS",
     "CorpusSource",
     "EmbeddingIndex",
+    "EncodeOptions",
     "Hit",
     "Manifest",
     "ShardInfo",
     "build_faiss_index",
     "encode_corpus",
+    "encode_corpus_with",
     "exact_search",
     "open_index",
     "open_source",

@@ -1,6 +1,7 @@
 """``encode_corpus``: stream a corpus through an encoder into a resumable, sharded index folder.
 
-The corpus is read one record at a time; every ``shard_size`` non-blank texts are encoded
+The corpus (:mod:`textcl.search.sources`) is opened once and read forward: one pass checks
+every record and fingerprints the input, the next encodes it one record at a time; every ``shard_size`` non-blank texts are encoded
 (sorted by token length inside the shard, see :meth:`SentenceEncoder.encode`) and written as
 one shard: ``shard-NNNNN.npy`` (``(rows, dim)`` embeddings, memory-mappable),
 ``shard-NNNNN.jsonl`` (id and text of every row) and ``shard-NNNNN.offsets.npy`` (byte offset
@@ -14,7 +15,7 @@ to end (a second writer gets :class:`~textcl.errors.FolderBusyError` at once) an
 it, removes temp files a killed run left behind. A folder holding another corpus or model
 is refused (:class:`~textcl.errors.FolderConflictError`), never mixed: resuming (or calling
 a finished index "done") needs the same input identity (checksum, columns, split), model
-name and model weights hash (:func:`model_weights_hash`), dtype, shard size and encoder
+name and model weights hash (:func:`~textcl.search.model.model_weights_hash`), dtype, shard size and encoder
 settings. The whole input is read and checked (UTF-8, JSON, fields) before the first
 shard is written, so a bad line fails before any work, naming the line.
 """
@@ -30,7 +31,7 @@ import os
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +43,15 @@ from textcl.io import FolderLock, atomic_write_bytes, remove_stale_tmp
 from textcl.search.manifest import (
     DTYPES,
     MANIFEST_NAME,
-    PROBE_SENTENCES,
     Manifest,
     ShardInfo,
+)
+from textcl.search.model import (
+    load_encoder,
+    model_folder,
+    model_name,
+    model_probe,
+    model_weights_hash,
 )
 from textcl.search.sources import CorpusSource, open_source
 from textcl.version import __version__
@@ -81,114 +88,6 @@ def texts_jsonl(ids: list[str], texts: list[str]) -> tuple[bytes, np.ndarray]:
     if lines:
         offsets[1:] = np.cumsum([len(b) for b in lines[:-1]])
     return b"".join(lines), offsets
-
-
-def model_probe(encoder: Any) -> list[list[float]]:
-    """fp32 embeddings of :data:`PROBE_SENTENCES` (the model's fingerprint), rounded."""
-    emb = encoder.encode(list(PROBE_SENTENCES), batch_size=8, show_progress=False)
-    return [[round(float(x), 6) for x in row] for row in np.asarray(emb)]
-
-
-def model_name(model: Any) -> str:
-    """How the manifest names ``model``: a resolved folder path, a hub id, or for an
-    in-memory encoder its model's ``name_or_path``."""
-    from textcl.encoder import SentenceEncoder
-
-    if isinstance(model, SentenceEncoder):
-        cfg = getattr(model.model, "config", None)
-        name = str(getattr(cfg, "_name_or_path", "") or "")
-        local = Path(name).expanduser() if name else None
-        if local is not None and local.exists():
-            return str(local.resolve())
-        return name or "<SentenceEncoder object>"
-    if not isinstance(model, (str, os.PathLike)):
-        raise TypeError(
-            f"model must be a SentenceEncoder, a folder or a hub id, got {type(model).__name__}"
-        )
-    local = Path(model).expanduser()
-    return str(local.resolve()) if local.exists() else str(model)
-
-
-MODEL_FILE_SUFFIXES: tuple[str, ...] = (
-    ".safetensors",
-    ".bin",
-    ".pt",
-    ".pth",
-    ".json",
-    ".txt",
-    ".model",
-)
-"""Files of a model folder that :func:`model_weights_hash` covers: weights, every config
-(transformers, textcl, sentence-transformers modules) and the tokenizer's vocabulary."""
-_SKIP_DIRS = frozenset({"onnx", "openvino", ".git", ".cache"})
-
-
-def model_weights_hash(model: Any) -> str:
-    """A fingerprint of what makes ``model`` embed as it does.
-
-    * a model folder: sha256 over the relative path and sha256 of each file with a suffix
-      in :data:`MODEL_FILE_SUFFIXES` (weights, configs incl. ``textcl_config.json`` and
-      sentence-transformers' ``modules.json``/``1_Pooling/config.json``, tokenizer), hidden
-      files and exported formats (``onnx/``, ``openvino/``) excluded: ``"files:<hex>"``;
-    * an in-memory :class:`~textcl.SentenceEncoder`: sha256 over its state dict (model and
-      head tensors, names, dtypes, shapes) and its :class:`~textcl.EncoderConfig`:
-      ``"state:<hex>"``.
-    """
-    import torch
-
-    from textcl.encoder import SentenceEncoder
-
-    h = hashlib.sha256()
-    if isinstance(model, SentenceEncoder):
-        h.update(json.dumps(asdict(model.config), sort_keys=True).encode())
-        for name, tensor in sorted(model.state_dict().items()):
-            t = tensor.detach().cpu().contiguous()
-            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-        return "state:" + h.hexdigest()
-    folder = Path(model).expanduser()
-    if not folder.is_dir():
-        raise InputError(f"{model}: not a model folder, cannot hash its weights")
-    files = sorted(
-        p
-        for p in folder.rglob("*")
-        if p.is_file()
-        and p.suffix.lower() in MODEL_FILE_SUFFIXES
-        and not any(
-            part.startswith(".") or part in _SKIP_DIRS for part in p.relative_to(folder).parts
-        )
-    )
-    from textcl.io import files_digest
-
-    return "files:" + files_digest(folder, files)
-
-
-def _model_folder(model: Any, encoder: Any | None) -> Path | None:
-    """The local folder ``model`` was (or will be) loaded from, if any."""
-    from textcl.encoder import SentenceEncoder
-
-    if isinstance(model, SentenceEncoder):
-        return None
-    local = Path(model).expanduser()
-    if local.is_dir():
-        return local
-    if encoder is not None:  # a hub id: the snapshot folder it was loaded from
-        name = str(getattr(getattr(encoder.model, "config", None), "_name_or_path", "") or "")
-        if name and Path(name).is_dir():
-            return Path(name)
-    return None
-
-
-def load_encoder(model: Any, device: Any = None) -> Any:
-    """``model`` as a :class:`~textcl.SentenceEncoder` (loaded when a folder or hub id)."""
-    from textcl.encoder import SentenceEncoder
-
-    if isinstance(model, SentenceEncoder):
-        if device is not None:
-            model.to(device)
-        return model
-    model_name(model)  # type check
-    return SentenceEncoder.from_pretrained(str(model), device=device)
 
 
 def _chunks(records: Iterator[tuple[str, str | None]], size: int) -> Iterator[list[Any]]:
@@ -254,6 +153,34 @@ def _check_resume(old: Manifest, new: Manifest, folder: Path) -> None:
                 )
 
 
+@dataclass(frozen=True)
+class EncodeOptions:
+    """How :func:`encode_corpus` reads the corpus and encodes it (its keyword arguments, in
+    one object built once and handed down): see :func:`encode_corpus` for each field."""
+
+    text_column: str = "text"
+    id_column: str | None = None
+    split: str = "train"
+    dtype: str = "float32"
+    shard_size: int = DEFAULT_SHARD_SIZE
+    batch_size: int = 64
+    max_tokens: int | None = None
+    normalize: bool = True
+    precision: str = "auto"
+    device: Any = None
+    overwrite: bool = False
+    show_progress: bool = True
+
+    def check(self) -> None:
+        """Raise :class:`~textcl.errors.InputError` for a bad dtype, size or token budget."""
+        if self.dtype not in DTYPES:
+            raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        for name, value in (("shard_size", self.shard_size), ("batch_size", self.batch_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InputError(f"{name} must be a positive integer, got {value!r}")
+        batch_bounds([], self.batch_size, self.max_tokens)  # validates max_tokens
+
+
 def encode_corpus(
     model: Any,
     source: str | os.PathLike[str],
@@ -276,11 +203,14 @@ def encode_corpus(
 
     Args:
         model: a :class:`~textcl.SentenceEncoder`, a model folder or a hub id.
-        source: a ``.txt`` (one text a line), ``.jsonl`` or ``.parquet`` file, a folder
-            written by ``datasets``' ``save_to_disk``, or a hub dataset id (streamed).
+        source: a ``.txt`` (one text a line), ``.jsonl``/``.json``, ``.csv``/``.tsv`` (those
+            optionally ``.gz``) or ``.parquet`` file, a folder written by ``datasets``'
+            ``save_to_disk``, or a hub dataset id (streamed); read by
+            :mod:`textcl.data.readers`.
         output: the index folder (created if needed).
-        text_column / id_column: field names for ``.jsonl`` / parquet / datasets; ids default
-            to the 1-based line number (text files) or the 0-based row index (tables).
+        text_column / id_column: column (field) names for jsonl / csv / tsv / parquet /
+            datasets; ids default to the 1-based line number (text and JSON-lines files) or
+            the 0-based row index (tables).
         split: the split of a datasets folder or hub dataset.
         dtype: ``float32`` or ``float16`` shards (float16 halves the disk and RAM footprint;
             search promotes chunks back to float32).
@@ -293,57 +223,74 @@ def encode_corpus(
             recorded in the manifest; resuming with another one is refused.
         overwrite: delete an existing index in ``output`` and start again.
 
+    These keyword arguments become one :class:`EncodeOptions`
+    (:func:`encode_corpus_with` takes one directly).
+
     Returns:
         The final :class:`Manifest` (``complete`` is true). Blank or whitespace-only texts
         are skipped and counted in ``manifest.skipped``.
 
     Raises:
         InputError / ValueError: an empty corpus (no non-blank text), a bad line of the
-            input (found before any shard is written), bad arguments, an output that is a
-            file.
+            input (found before any shard is written), a missing column
+            (:class:`~textcl.data.readers.MissingColumnError`), bad arguments, an output
+            that is a file.
         SourceError: a missing corpus file (or a hub id that does not load).
         FolderBusyError: another process is writing ``output``.
         FolderConflictError: ``output`` holds an index of another corpus, model (weights
             hash) or settings.
         FileNotFoundError: a missing shard of an unfinished index.
     """
-    if dtype not in DTYPES:
-        raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    for name, value in (("shard_size", shard_size), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InputError(f"{name} must be a positive integer, got {value!r}")
-    batch_bounds([], batch_size, max_tokens)  # validates max_tokens
+    options = EncodeOptions(
+        text_column=text_column,
+        id_column=id_column,
+        split=split,
+        dtype=dtype,
+        shard_size=shard_size,
+        batch_size=batch_size,
+        max_tokens=max_tokens,
+        normalize=normalize,
+        precision=precision,
+        device=device,
+        overwrite=overwrite,
+        show_progress=show_progress,
+    )
+    return encode_corpus_with(model, source, output, options)
+
+
+def encode_corpus_with(
+    model: Any,
+    source: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    options: EncodeOptions,
+) -> Manifest:
+    """:func:`encode_corpus` with its settings in one :class:`EncodeOptions`."""
+    options.check()
     folder = Path(output).expanduser()
     if folder.exists() and not folder.is_dir():
         raise InputError(
             f"{folder}: the output exists and is a file, not a folder; choose another --output"
         )
-    corpus = open_source(source, text_column=text_column, id_column=id_column, split=split)
+    corpus = open_source(
+        source,
+        text_column=options.text_column,
+        id_column=options.id_column,
+        split=options.split,
+        scan=False,
+    )
     folder.mkdir(parents=True, exist_ok=True)
     with FolderLock(folder, "index"):
         removed = remove_stale_tmp(folder, recursive=False)
         if removed:
             logger.info("%s: removed %d temp file(s) left by a killed run", folder, len(removed))
-        return _encode_locked(
-            model,
-            corpus,
-            folder,
-            dtype=dtype,
-            shard_size=shard_size,
-            batch_size=batch_size,
-            max_tokens=max_tokens,
-            normalize=normalize,
-            precision=precision,
-            device=device,
-            overwrite=overwrite,
-            show_progress=show_progress,
-        )
+        return _encode_locked(model, corpus, folder, options)
 
 
 def _same_complete(
-    old: Manifest, corpus: CorpusSource, name: str, model_hash: str, **kw: Any
+    old: Manifest, corpus: CorpusSource, name: str, model_hash: str, options: EncodeOptions
 ) -> bool:
-    """Whether the finished index ``old`` is exactly what this run would write."""
+    """Whether the finished index ``old`` is exactly what this run would write
+    (``options.precision`` resolved)."""
     return (
         old.complete
         and old.source.get("checksum") == corpus.checksum
@@ -354,101 +301,77 @@ def _same_complete(
         )
         and old.model == name
         and old.model_hash == model_hash
-        and old.dtype == kw["dtype"]
-        and old.shard_size == kw["shard_size"]
-        and old.normalized == bool(kw["normalize"])
-        and (old.precision or "fp32") == kw["precision"]
+        and old.dtype == options.dtype
+        and old.shard_size == options.shard_size
+        and old.normalized == bool(options.normalize)
+        and (old.precision or "fp32") == options.precision
     )
 
 
 def _encode_locked(
-    model: Any,
-    corpus: CorpusSource,
-    folder: Path,
-    *,
-    dtype: str,
-    shard_size: int,
-    batch_size: int,
-    max_tokens: int | None,
-    normalize: bool,
-    precision: str,
-    device: Any,
-    overwrite: bool,
-    show_progress: bool,
+    model: Any, corpus: CorpusSource, folder: Path, options: EncodeOptions
 ) -> Manifest:
+    """Holding the folder's lock: check the input, then start, resume or skip the index."""
     from textcl.encoder import SentenceEncoder
 
     old: Manifest | None = None
     if (folder / MANIFEST_NAME).exists():
-        if overwrite:
+        if options.overwrite:
             _clear_index_files(folder)
         else:
             old = Manifest.load(folder)
     name = model_name(model)
     pre_hash: str | None = None
-    if isinstance(model, SentenceEncoder) or _model_folder(model, None) is not None:
-        pre_hash = model_weights_hash(
-            model if isinstance(model, SentenceEncoder) else _model_folder(model, None)
-        )
-    run_device = device
+    local = None if isinstance(model, SentenceEncoder) else model_folder(model)
+    if isinstance(model, SentenceEncoder) or local is not None:
+        pre_hash = model_weights_hash(model if local is None else local)
+    run_device = options.device
     if run_device is None:
         run_device = model.device if isinstance(model, SentenceEncoder) else "cpu"
-    kw = {
-        "dtype": dtype,
-        "shard_size": shard_size,
-        "normalize": normalize,
-        "precision": resolve_inference_precision(precision, run_device),
-    }
+    planned = replace(options, precision=resolve_inference_precision(options.precision, run_device))
+    # One forward pass over the whole input: its checksum, and every record checked
+    # before any shard is written.
+    corpus.scan()
     if (
         old is not None
         and pre_hash is not None
-        and _same_complete(old, corpus, name, pre_hash, **kw)
+        and _same_complete(old, corpus, name, pre_hash, planned)
     ):
         logger.info("%s: already complete (%d embeddings); nothing to do", folder, old.count)
         return old
-    corpus.validate()  # the whole input, before any shard is written
 
-    encoder = load_encoder(model, device)
-    precision = resolve_inference_precision(precision, encoder.device)
-    kw["precision"] = precision
-    logger.info("%s: encoding at precision %s", folder, precision)
+    encoder = load_encoder(model, options.device)
+    options = replace(
+        options, precision=resolve_inference_precision(options.precision, encoder.device)
+    )
+    logger.info("%s: encoding at precision %s", folder, options.precision)
     if pre_hash is None:
-        local = _model_folder(model, encoder)
+        local = model_folder(model, encoder)
         pre_hash = model_weights_hash(local if local is not None else encoder)
     encoder_cfg = asdict(encoder.config)
-    encoder_cfg["normalize"] = bool(normalize)
+    encoder_cfg["normalize"] = bool(options.normalize)
     encoder_cfg["max_length"] = encoder.effective_max_length
     encoder_cfg["embedding_dim"] = encoder.embedding_dim
     manifest = Manifest(
         model=name,
         encoder=encoder_cfg,
         dimension=encoder.embedding_dim,
-        dtype=dtype,
-        shard_size=shard_size,
+        dtype=options.dtype,
+        shard_size=options.shard_size,
         source=corpus.describe(),
         probe=model_probe(encoder),
         model_hash=pre_hash,
         textcl_version=__version__,
-        precision=precision,
+        precision=options.precision,
     )
     if old is not None:
-        if _same_complete(old, corpus, name, pre_hash, **kw):
+        if _same_complete(old, corpus, name, pre_hash, options):
             logger.info("%s: already complete (%d embeddings); nothing to do", folder, old.count)
             return old
         _check_resume(old, manifest, folder)
         manifest.shards, manifest.count, manifest.skipped = old.shards, old.count, old.skipped
         manifest.faiss = {}
-    return _encode_shards(
-        encoder,
-        corpus,
-        manifest,
-        folder,
-        batch_size=batch_size,
-        max_tokens=max_tokens,
-        normalize=normalize,
-        precision=precision,
-        show_progress=show_progress,
-    )
+    return _encode_shards(encoder, corpus, manifest, folder, options)
 
 
 def _encode_shards(
@@ -456,13 +379,10 @@ def _encode_shards(
     corpus: CorpusSource,
     manifest: Manifest,
     folder: Path,
-    *,
-    batch_size: int,
-    max_tokens: int | None,
-    normalize: bool,
-    precision: str,
-    show_progress: bool,
+    options: EncodeOptions,
 ) -> Manifest:
+    """Read the corpus forward from the first row not yet in a shard, writing a shard every
+    ``shard_size`` non-blank texts."""
     from tqdm.auto import tqdm
 
     done_rows = sum(s.rows + s.skipped for s in manifest.shards)
@@ -477,7 +397,7 @@ def _encode_shards(
     bar = tqdm(
         total=corpus.rows,
         initial=done_rows,
-        disable=not show_progress,
+        disable=not options.show_progress,
         desc="encode",
         unit=" sentences",
         dynamic_ncols=True,
@@ -498,10 +418,7 @@ def _encode_shards(
             pending_texts,
             pending_skipped,
             bar=bar,
-            batch_size=batch_size,
-            max_tokens=max_tokens,
-            normalize=normalize,
-            precision=precision,
+            options=options,
         )
 
     with bar:
@@ -526,7 +443,7 @@ def _encode_shards(
             manifest.skipped += pending_skipped
         bar.update(position - bar.n)
     if manifest.count == 0:
-        raise ValueError(
+        raise InputError(
             f"{corpus.path}: empty corpus, no non-blank text in column/field "
             f"{corpus.text_column!r} ({position} rows read); nothing to encode"
         )
@@ -545,10 +462,7 @@ def _write_shard(
     skipped: int,
     *,
     bar: Any,
-    batch_size: int,
-    max_tokens: int | None,
-    normalize: bool,
-    precision: str,
+    options: EncodeOptions,
 ) -> None:
     """Encode one shard's texts, write its three files atomically, then the manifest."""
     t0 = time.perf_counter()
@@ -556,10 +470,10 @@ def _write_shard(
     for lo in range(0, len(texts), ENCODE_CHUNK):
         emb = encoder.encode(
             texts[lo : lo + ENCODE_CHUNK],
-            batch_size=batch_size,
-            max_tokens=max_tokens,
-            normalize=normalize,
-            precision=precision,
+            batch_size=options.batch_size,
+            max_tokens=options.max_tokens,
+            normalize=options.normalize,
+            precision=options.precision,
             show_progress=False,
         )
         parts.append(np.asarray(emb, dtype=np.float32))

@@ -35,6 +35,7 @@ from textcl.io import sha256_file
 from textcl.search.exact import DEFAULT_CHUNK_SIZE, exact_search
 from textcl.search.faiss_index import build_faiss, faiss_search, import_faiss, load_faiss_index
 from textcl.search.manifest import MANIFEST_NAME, PROBE_SENTENCES, Manifest, ShardInfo, inside
+from textcl.search.model import load_encoder, model_weights_hash
 
 PROBE_MIN_COSINE = 0.999
 """A query encoder whose probe embeddings have a lower cosine to the manifest's is refused."""
@@ -463,8 +464,6 @@ def search(
     Returns:
         One list of :class:`Hit` per query.
     """
-    from textcl.search.encode import load_encoder
-
     idx = open_index(index, verify=verify)
     items = [queries] if isinstance(queries, str) else list(queries)
     if not items:
@@ -475,7 +474,6 @@ def search(
     m = idx.manifest
     if model is None and m.model_hash.startswith("files:") and Path(m.model).is_dir():
         from textcl.errors import FolderConflictError
-        from textcl.search.encode import model_weights_hash
 
         if model_weights_hash(m.model) != m.model_hash:
             raise FolderConflictError(

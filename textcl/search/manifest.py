@@ -115,7 +115,7 @@ class Manifest:
     """fp32 embeddings of :data:`PROBE_SENTENCES` by the index's model: a content
     fingerprint of the model, compared when a different ``--model`` encodes queries."""
     model_hash: str = ""
-    """:func:`textcl.search.encode.model_weights_hash` of the model (weights + configs),
+    """:func:`textcl.search.model.model_weights_hash` of the model (weights + configs),
     checked on resume ("" in indexes written before it was recorded)."""
     count: int = 0
     skipped: int = 0

@@ -29,7 +29,8 @@ class TrainConfig:
     model: str = ""
     """Hub id or local folder of the starting encoder."""
     train_file: str = ""
-    """Text file / folder / saved dataset / hub id (unsup); CSV/TSV/JSONL or dataset (sup)."""
+    """Text file (one sentence a line), JSONL/CSV/TSV/parquet file, folder, saved dataset or hub
+    id (unsup: the ``text_column``); CSV/TSV/JSONL/parquet file or dataset (sup: ``columns``)."""
     output_dir: str = ""
     """Run folder: config.json, metrics.jsonl, checkpoints/, best/, final/, results.json."""
     objective: str = "unsup"
@@ -37,7 +38,8 @@ class TrainConfig:
     columns: list[str] = field(default_factory=lambda: ["sent0", "sent1", "hard_neg"])
     """Supervised columns: anchor, positive[, hard negative]."""
     text_column: str = "text"
-    """Text column of a ``datasets`` source (unsup)."""
+    """Text column (field) of a JSONL/CSV/TSV/parquet file or ``datasets`` source (unsup);
+    a plain text file is one sentence a line."""
     split: str = "train"
     """Split of a ``datasets`` source (unsup)."""
     stream: bool = False
