@@ -87,7 +87,7 @@ def test_unknown_pooling_and_not_a_model_folder(tiny_model_dir: Path, tmp_path: 
 
 
 def test_hub_path_is_used_for_ids(monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path) -> None:
-    import textcl.encoder as encoder_module
+    import textcl.hub as hub_module
 
     seen: list[str] = []
 
@@ -95,14 +95,14 @@ def test_hub_path_is_used_for_ids(monkeypatch: pytest.MonkeyPatch, tiny_model_di
         seen.append(name)
         return tiny_model_dir
 
-    monkeypatch.setattr(encoder_module, "_hub_snapshot", fake_snapshot)
+    monkeypatch.setattr(hub_module, "_hub_snapshot", fake_snapshot)
     enc = SentenceEncoder.from_pretrained("someone/tiny-bert", pooling="cls")
     assert seen == ["someone/tiny-bert"] and enc.pooling.strategy == "cls"
 
     def offline(name: str) -> Path:
         raise OSError("network is unreachable")
 
-    monkeypatch.setattr(encoder_module, "_hub_snapshot", offline)
+    monkeypatch.setattr(hub_module, "_hub_snapshot", offline)
     with pytest.raises(ValueError, match="hub download failed"):
         SentenceEncoder.from_pretrained("someone/other")
 
