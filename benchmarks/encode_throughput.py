@@ -130,7 +130,7 @@ def main() -> int:
     from sentence_transformers import SentenceTransformer
 
     from textcl import SentenceEncoder
-    from textcl.encoder import native_bf16
+    from textcl.precision import native_bf16
 
     model_dir, sts = minilm_path(), sts_data_dir()
     if model_dir is None or sts is None:
@@ -274,7 +274,7 @@ def report_padding(
 ) -> None:
     """Padded tokens per real token: sentence-transformers' character-length order vs
     textcl's token-count order (and token budget)."""
-    from textcl.encoder import batch_bounds
+    from textcl.tokens import batch_bounds
 
     lengths = np.array(
         [len(x) for x in tokenizer(sentences, truncation=True, max_length=max_length)["input_ids"]]

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -87,7 +89,7 @@ def test_unknown_pooling_and_not_a_model_folder(tiny_model_dir: Path, tmp_path: 
 
 
 def test_hub_path_is_used_for_ids(monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path) -> None:
-    import textcl.encoder as encoder_module
+    import textcl.hub as hub_module
 
     seen: list[str] = []
 
@@ -95,14 +97,14 @@ def test_hub_path_is_used_for_ids(monkeypatch: pytest.MonkeyPatch, tiny_model_di
         seen.append(name)
         return tiny_model_dir
 
-    monkeypatch.setattr(encoder_module, "_hub_snapshot", fake_snapshot)
+    monkeypatch.setattr(hub_module, "_hub_snapshot", fake_snapshot)
     enc = SentenceEncoder.from_pretrained("someone/tiny-bert", pooling="cls")
     assert seen == ["someone/tiny-bert"] and enc.pooling.strategy == "cls"
 
     def offline(name: str) -> Path:
         raise OSError("network is unreachable")
 
-    monkeypatch.setattr(encoder_module, "_hub_snapshot", offline)
+    monkeypatch.setattr(hub_module, "_hub_snapshot", offline)
     with pytest.raises(ValueError, match="hub download failed"):
         SentenceEncoder.from_pretrained("someone/other")
 
@@ -233,8 +235,6 @@ def test_encode_accepts_any_sequence_of_strings(
 def test_encode_sentence_transformers_keywords(
     tiny_encoder: SentenceEncoder, sentences: list[str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    import logging
-
     base = tiny_encoder.encode(sentences[:5])
     t = tiny_encoder.encode(sentences[:5], convert_to_tensor=True)
     assert isinstance(t, torch.Tensor)
@@ -265,3 +265,39 @@ def test_encode_sentence_transformers_keywords(
     assert any(
         "prompt_type" in r.getMessage() and "task_name" in r.getMessage() for r in caplog.records
     )
+
+
+def test_progress_bar_only_when_asked_or_logging_at_info(
+    tiny_encoder: SentenceEncoder,
+    sentences: list[str],
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """sentence-transformers' convention: library calls draw no bar unless the caller asks
+    or the ``textcl`` logger is at INFO (then from SHOW_PROGRESS_MIN_BATCHES batches on)."""
+    from textcl.encoder import SHOW_PROGRESS_MIN_BATCHES
+    from textcl.evaluation.sts import encode_unique
+
+    texts = [f"{s} {i}" for i, s in enumerate(sentences * SHOW_PROGRESS_MIN_BATCHES)]
+    texts = texts[: SHOW_PROGRESS_MIN_BATCHES + 3]
+
+    def bar_drawn(**kwargs: Any) -> bool:
+        capsys.readouterr()
+        tiny_encoder.encode(texts, batch_size=1, precision="fp32", **kwargs)
+        return "encode" in capsys.readouterr().err
+
+    with caplog.at_level(logging.WARNING, logger="textcl"):
+        assert not bar_drawn()
+        assert bar_drawn(show_progress=True)
+        assert bar_drawn(show_progress_bar=True)
+        capsys.readouterr()
+        encode_unique(tiny_encoder, texts, batch_size=1)  # a library caller: no bar
+        assert "encode" not in capsys.readouterr().err
+        encode_unique(tiny_encoder, texts, batch_size=1, show_progress=True)
+        assert "encode" in capsys.readouterr().err
+    with caplog.at_level(logging.INFO, logger="textcl"):
+        assert bar_drawn()
+        assert not bar_drawn(show_progress=False)
+        capsys.readouterr()
+        tiny_encoder.encode(texts[:3], batch_size=1, precision="fp32")  # few batches: no bar
+        assert "encode" not in capsys.readouterr().err

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from textcl.encoder import TokenBatch
 from textcl.gradcache import RngState, batch_rows, grad_cache_backward, slice_batch
 from textcl.losses import InfoNCE
+from textcl.tokens import TokenBatch
 
 SEED = 1234
 

@@ -11,7 +11,15 @@ import pytest
 import torch
 
 from textcl import SentenceEncoder
-from textcl.model_card import MODEL_PATH_PLACEHOLDER, SNIPPET_SENTENCES, snippet_blocks
+from textcl.encoder_config import EncoderConfig
+from textcl.model_card import (
+    MODEL_PATH_PLACEHOLDER,
+    SNIPPET_SENTENCES,
+    CardModel,
+    DenseInfo,
+    render_model_card,
+    snippet_blocks,
+)
 
 CARD: dict[str, Any] = {
     "base_model": "sentence-transformers/all-MiniLM-L6-v2",
@@ -174,3 +182,21 @@ def test_card_snippets_with_prompt_left_out_of_pooling(
     want = enc.encode(list(SNIPPET_SENTENCES))
     for got in _run_snippets(out):
         np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_card_renders_from_plain_data_without_an_encoder() -> None:
+    """The card is built from an EncoderConfig and a few sizes, no model needed."""
+    model = CardModel(
+        EncoderConfig(pooling="cls", normalize=True, truncate_dim=16),
+        max_length=128,
+        embedding_dim=16,
+        dense=(DenseInfo("Tanh", True),),
+    )
+    text = render_model_card(model, {"base_model": "org/base", "best_stsb_dev": 80.5})
+    assert "| Pooling | cls |" in text and "| Max sequence length | 128 |" in text
+    assert "| Embedding dimension | 16 |" in text and "| Truncated to | 16 |" in text
+    assert 'base_model: "org/base"' in text and "**80.50**" in text
+    snippet = snippet_blocks(text)[-1]
+    assert "max_length=128" in snippet and "embeddings[:, :16]" in snippet
+    assert "torch.nn.Tanh()(embeddings @ w['linear.weight'].T + w['linear.bias'])" in snippet
+    assert "2_Dense/model.safetensors" in snippet

@@ -13,11 +13,15 @@ import numpy as np
 import pytest
 import torch
 
-import textcl.encoder as enc_mod
+import textcl.precision as precision_mod
 from textcl import SentenceEncoder
-from textcl.encoder import EmulatedBF16Warning, native_bf16, resolve_inference_precision
 from textcl.errors import FolderConflictError
-from textcl.train.trainer import resolve_precision
+from textcl.precision import (
+    EmulatedBF16Warning,
+    native_bf16,
+    resolve_inference_precision,
+    resolve_precision,
+)
 
 
 def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -28,11 +32,11 @@ def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def cpu_bf16(monkeypatch: pytest.MonkeyPatch) -> Any:
     """Set what the CPU probes answer: ``cpu_bf16(torch_says, flags)``."""
 
-    monkeypatch.delenv(enc_mod.CPU_BF16_ENV, raising=False)
+    monkeypatch.delenv(precision_mod.CPU_BF16_ENV, raising=False)
 
     def set_answer(torch_says: bool, flags: set[str]) -> None:
-        monkeypatch.setattr(enc_mod, "_torch_cpu_bf16", lambda: torch_says)
-        monkeypatch.setattr(enc_mod, "_cpuinfo_flags", lambda: set(flags))
+        monkeypatch.setattr(precision_mod, "_torch_cpu_bf16", lambda: torch_says)
+        monkeypatch.setattr(precision_mod, "_cpuinfo_flags", lambda: set(flags))
 
     return set_answer
 
@@ -61,15 +65,15 @@ def test_cpu_bf16_environment_overrides_the_probe(
     cpu_bf16: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cpu_bf16(False, {"avx2"})
-    monkeypatch.setenv(enc_mod.CPU_BF16_ENV, "1")
+    monkeypatch.setenv(precision_mod.CPU_BF16_ENV, "1")
     assert native_bf16() is True
     assert resolve_inference_precision("auto", "cpu") == "bf16"
     cpu_bf16(True, {"avx512_bf16", "amx_bf16"})
-    monkeypatch.setenv(enc_mod.CPU_BF16_ENV, "0")
+    monkeypatch.setenv(precision_mod.CPU_BF16_ENV, "0")
     assert native_bf16() is False
     assert resolve_precision("auto", torch.device("cpu")) == "fp32"
     assert native_bf16("meta") is False  # only the CPU probe is overridden
-    monkeypatch.setenv(enc_mod.CPU_BF16_ENV, "yes")
+    monkeypatch.setenv(precision_mod.CPU_BF16_ENV, "yes")
     with pytest.raises(ValueError, match="TEXTCL_CPU_BF16='yes'"):
         native_bf16()
 
@@ -77,9 +81,9 @@ def test_cpu_bf16_environment_overrides_the_probe(
 def test_auto_on_this_machine_follows_its_cpu_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     """The real probe, unmocked: ``auto`` is bf16 exactly where the CPU has AMX-BF16 or
     AVX512-BF16 (torch's probe or /proc/cpuinfo)."""
-    monkeypatch.delenv(enc_mod.CPU_BF16_ENV, raising=False)
-    native = enc_mod._torch_cpu_bf16() or bool(
-        enc_mod._cpuinfo_flags() & set(enc_mod.BF16_CPU_FLAGS)
+    monkeypatch.delenv(precision_mod.CPU_BF16_ENV, raising=False)
+    native = precision_mod._torch_cpu_bf16() or bool(
+        precision_mod._cpuinfo_flags() & set(precision_mod.BF16_CPU_FLAGS)
     )
     want = "bf16" if native else "fp32"
     assert resolve_inference_precision("auto", "cpu") == want
@@ -109,26 +113,28 @@ def test_explicit_bf16_on_an_emulating_cpu_warns(cpu_bf16: Any) -> None:
 def test_torch_cpu_probe_is_read_defensively(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
-    assert enc_mod._torch_cpu_bf16() is True
+    assert precision_mod._torch_cpu_bf16() is True
 
     def broken() -> bool:
         raise RuntimeError("probe failed")
 
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", broken, raising=False)
-    assert enc_mod._torch_cpu_bf16() is False
+    assert precision_mod._torch_cpu_bf16() is False
     monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
     monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
-    assert enc_mod._torch_cpu_bf16() is False
+    assert precision_mod._torch_cpu_bf16() is False
 
 
 def test_cpuinfo_flags_parse(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nflags\t\t: fpu avx512f amx_bf16\n\nflags : other\n")
     real_path = Path
-    monkeypatch.setattr(enc_mod, "Path", lambda p: info if p == "/proc/cpuinfo" else real_path(p))
-    assert enc_mod._cpuinfo_flags() == {"fpu", "avx512f", "amx_bf16"}
-    monkeypatch.setattr(enc_mod, "Path", lambda p: tmp_path / "missing")
-    assert enc_mod._cpuinfo_flags() == set()
+    monkeypatch.setattr(
+        precision_mod, "Path", lambda p: info if p == "/proc/cpuinfo" else real_path(p)
+    )
+    assert precision_mod._cpuinfo_flags() == {"fpu", "avx512f", "amx_bf16"}
+    monkeypatch.setattr(precision_mod, "Path", lambda p: tmp_path / "missing")
+    assert precision_mod._cpuinfo_flags() == set()
 
 
 def test_bad_precisions_are_refused(tiny_encoder: SentenceEncoder) -> None:

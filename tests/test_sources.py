@@ -112,14 +112,14 @@ def _never(*args: Any, **kwargs: Any) -> Any:
 def test_users_do_not_call_the_hub_for_missing_paths(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    import textcl.encoder as encoder_mod
+    import textcl.hub as hub_mod
     from textcl import SentenceEncoder
     from textcl.data import _datasets, pairs, text
     from textcl.search import sources
 
     monkeypatch.setattr(_datasets, "load_hub_dataset", _never)  # one place for every reader
     monkeypatch.setattr(_datasets, "stream_hub_dataset", _never)
-    monkeypatch.setattr(encoder_mod, "_hub_snapshot", _never)
+    monkeypatch.setattr(hub_mod, "_hub_snapshot", _never)
     missing = str(tmp_path / "gone" / "x.txt")
     for call in (
         lambda: text.TextCorpus.from_source(missing),
@@ -134,7 +134,7 @@ def test_users_do_not_call_the_hub_for_missing_paths(
 
 
 def test_users_share_the_hub_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    import textcl.encoder as encoder_mod
+    import textcl.hub as hub_mod
     from textcl import SentenceEncoder
     from textcl.data import _datasets, pairs, text
     from textcl.search import sources
@@ -147,7 +147,7 @@ def test_users_share_the_hub_error(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(_datasets, "load_hub_dataset", offline)  # one place for every reader
     monkeypatch.setattr(_datasets, "stream_hub_dataset", offline)
-    monkeypatch.setattr(encoder_mod, "_hub_snapshot", offline)
+    monkeypatch.setattr(hub_mod, "_hub_snapshot", offline)
     for call in (
         lambda: text.TextCorpus.from_source("owner/a"),
         lambda: pairs.PairDataset.from_source("owner/b"),

@@ -264,7 +264,7 @@ def test_include_prompt_false_leaves_prompt_out_of_the_pooling(
 
 
 def test_exclude_prompt_from_mask_loop_reference() -> None:
-    from textcl.encoder import exclude_prompt_from_mask
+    from textcl.tokens import exclude_prompt_from_mask
 
     mask = torch.tensor([[1, 1, 1, 1, 0, 0], [0, 0, 1, 1, 1, 1], [1, 1, 0, 0, 0, 0]])
     got = exclude_prompt_from_mask(mask, 2)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from textcl.encoder import EncoderConfig, SentenceEncoder, TokenBatch
+from textcl.encoder import SentenceEncoder
+from textcl.encoder_config import EncoderConfig
 from textcl.pooling import HEAD_MODES, POOLING_STRATEGIES, Pooling, ProjectionHead
+from textcl.tokens import TokenBatch
 from textcl.version import __version__
 
 __all__ = [

@@ -35,8 +35,8 @@ import traceback
 from collections.abc import Sequence
 from typing import Any
 
-from textcl import __version__
 from textcl.errors import EXIT_OS, EXIT_USAGE, TextclError
+from textcl.version import __version__
 
 COMMAND_MODULES: tuple[str, ...] = (
     "textcl.commands.train",

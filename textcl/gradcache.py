@@ -38,8 +38,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from textcl.encoder import TokenBatch, as_token_batch, batch_tensors
 from textcl.objective import AutocastFactory, Embed, Inputs, LossStep, Scaler
+from textcl.tokens import TokenBatch, as_token_batch, batch_tensors
 
 __all__ = ["CachedLoss", "RngState", "batch_rows", "grad_cache_backward", "slice_batch"]
 
@@ -130,7 +130,7 @@ def grad_cache_backward(
             (all ranks run it in lockstep).
         chunk_size: rows per re-embedded chunk (the memory bound); ``>= N`` means one chunk.
         autocast: a factory of the autocast context (e.g.
-            ``lambda: textcl.encoder.autocast_context(device, "bf16")``) entered around every
+            ``lambda: textcl.precision.autocast_context(device, "bf16")``) entered around every
             ``embed`` call and around ``loss_fn``; ``None``: none.
         scaler: an fp16 ``GradScaler``; the loss is scaled before its backward, so the
             parameter gradients come out scaled as with ``scaler.scale(loss).backward()``.

@@ -18,10 +18,12 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
-if TYPE_CHECKING:
-    from textcl.encoder import SentenceEncoder
+from textcl.encoder_config import EncoderConfig
+from textcl.pooling import ST_POOLING_MODES
+from textcl.version import __version__
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 MODEL_PATH_PLACEHOLDER = "path/to/this/model"
@@ -53,6 +55,34 @@ _OTHER_KNOWN = {
     "best_step",
     "eval_table",
 }
+
+
+@dataclass(frozen=True)
+class DenseInfo:
+    """A Dense layer as the transformers snippet applies it."""
+
+    activation: str
+    """Class name of its ``torch.nn`` activation (``Tanh``, ``Identity``, ...)."""
+    bias: bool
+
+
+@dataclass(frozen=True)
+class CardModel:
+    """What the card says about the encoder: plain data, built by
+    :meth:`SentenceEncoder.card_model` from its config and a few derived sizes."""
+
+    config: EncoderConfig
+    max_length: int
+    """The truncation length the encoder uses (its ``effective_max_length``)."""
+    embedding_dim: int
+    prompt_tokens: int = 0
+    """Tokens the default prompt occupies (0: no default prompt)."""
+    dense: tuple[DenseInfo, ...] = ()
+
+    @property
+    def head_at_inference(self) -> bool:
+        return self.config.head_mode == "always"
+
 
 _POOL_LINES: dict[str, str] = {
     "cls": (
@@ -109,8 +139,9 @@ def _textcl_snippet(path: str, sentences: str) -> str:
     )
 
 
-def _st_snippet(encoder: SentenceEncoder, path: str, sentences: str) -> str:
-    extra = f", truncate_dim={encoder.truncate_dim}" if encoder.truncate_dim else ""
+def _st_snippet(model: CardModel, path: str, sentences: str) -> str:
+    truncate_dim = model.config.truncate_dim
+    extra = f", truncate_dim={truncate_dim}" if truncate_dim else ""
     return (
         "from sentence_transformers import SentenceTransformer\n\n"
         f"model = SentenceTransformer({path!r}{extra})\n"
@@ -119,7 +150,8 @@ def _st_snippet(encoder: SentenceEncoder, path: str, sentences: str) -> str:
     )
 
 
-def _transformers_snippet(encoder: SentenceEncoder, path: str, sentences: str) -> str:
+def _transformers_snippet(model: CardModel, path: str, sentences: str) -> str:
+    cfg = model.config
     lines = [
         "import os",
         "",
@@ -129,12 +161,10 @@ def _transformers_snippet(encoder: SentenceEncoder, path: str, sentences: str) -
         f"model_path = {path!r}",
         f"sentences = {sentences}",
     ]
-    default_prompt = encoder._resolve_prompt(None, None)
+    default_prompt = cfg.default_prompt
     if default_prompt:
         lines.append(f"sentences = [{default_prompt!r} + s for s in sentences]  # default prompt")
-    needs_files = (encoder.head is not None and encoder.head_mode == "always") or len(
-        encoder.dense
-    ) > 0
+    needs_files = model.head_at_inference or len(model.dense) > 0
     if needs_files:
         lines += [
             "",
@@ -154,7 +184,7 @@ def _transformers_snippet(encoder: SentenceEncoder, path: str, sentences: str) -
         "tokenizer = AutoTokenizer.from_pretrained(model_path)",
         "model = AutoModel.from_pretrained(model_path).eval()",
         "batch = tokenizer(",
-        f"    sentences, padding=True, truncation=True, max_length={encoder.effective_max_length},"
+        f"    sentences, padding=True, truncation=True, max_length={model.max_length},"
         ' return_tensors="pt"',
         ")",
         "with torch.no_grad():",
@@ -162,45 +192,42 @@ def _transformers_snippet(encoder: SentenceEncoder, path: str, sentences: str) -
         "states = out.last_hidden_state",
         "keep = batch['attention_mask']",
     ]
-    if default_prompt and not encoder.include_prompt:
-        n = encoder.prompt_length(default_prompt)
+    if default_prompt and not cfg.include_prompt:
+        n = model.prompt_tokens
         lines.append(
             f"keep = keep * (keep.cumsum(1) > {n})  # the {n} prompt tokens are not pooled"
         )
     lines += [
         "mask = keep.unsqueeze(-1).to(states.dtype)",
-        f"# {encoder.pooling.strategy} pooling",
-        _POOL_LINES[encoder.pooling.strategy],
+        f"# {cfg.pooling} pooling",
+        _POOL_LINES[cfg.pooling],
     ]
-    if encoder.head is not None and encoder.head_mode == "always":
+    if model.head_at_inference:
         lines += [
             "# projection head (Linear + Tanh), applied at inference",
             "head = load_file(model_file('textcl_head.safetensors'))",
             "embeddings = torch.tanh(embeddings @ head['dense.weight'].T + head['dense.bias'])",
         ]
-    first_dense = 2 + int(encoder.head is not None and encoder.head_mode == "always")
-    for i, layer in enumerate(encoder.dense):
-        name = type(layer.activation_function).__name__
+    first_dense = 2 + int(model.head_at_inference)
+    for i, layer in enumerate(model.dense):
+        name = layer.activation
         bias = " + w['linear.bias']" if layer.bias else ""
         lines += [
             f"w = load_file(model_file('{first_dense + i}_Dense/model.safetensors'))",
             f"embeddings = torch.nn.{name}()(embeddings @ w['linear.weight'].T{bias})",
         ]
-    if encoder.truncate_dim:
-        lines.append(f"embeddings = embeddings[:, :{encoder.truncate_dim}]")
-    if encoder.normalize:
+    if cfg.truncate_dim:
+        lines.append(f"embeddings = embeddings[:, :{cfg.truncate_dim}]")
+    if cfg.normalize:
         lines.append("embeddings = torch.nn.functional.normalize(embeddings, p=2, dim=-1)")
     lines.append("print(embeddings.shape)")
     return "\n".join(lines) + "\n"
 
 
-def render_model_card(
-    encoder: SentenceEncoder, card: Mapping[str, Any], notes: Sequence[str] = ()
-) -> str:
-    """The ``README.md`` text for ``encoder`` saved with ``card`` data (see module doc)."""
-    from textcl import __version__
-    from textcl.pooling import ST_POOLING_MODES
-
+def render_model_card(model: CardModel, card: Mapping[str, Any], notes: Sequence[str] = ()) -> str:
+    """The ``README.md`` text for an encoder described by ``model`` saved with ``card`` data
+    (see module doc)."""
+    cfg = model.config
     base_model = card.get("base_model")
     path = str(card.get("repo_id") or MODEL_PATH_PLACEHOLDER)
     name = str(card.get("model_name") or card.get("repo_id") or "textcl sentence encoder")
@@ -234,21 +261,21 @@ def render_model_card(
     out += ["", "## Model", "", "| Setting | Value |", "|---|---|"]
     rows: list[tuple[str, Any]] = [
         ("Base model", f"`{base_model}`" if base_model else "unknown"),
-        ("Pooling", encoder.pooling.strategy),
-        ("Projection head", encoder.head_mode),
-        ("Max sequence length", encoder.effective_max_length),
-        ("Embedding dimension", encoder.embedding_dim),
-        ("Normalised", "yes" if encoder.normalize else "no"),
+        ("Pooling", cfg.pooling),
+        ("Projection head", cfg.head_mode),
+        ("Max sequence length", model.max_length),
+        ("Embedding dimension", model.embedding_dim),
+        ("Normalised", "yes" if cfg.normalize else "no"),
         ("Similarity", "cosine"),
     ]
-    if encoder.truncate_dim:
-        rows.append(("Truncated to", encoder.truncate_dim))
-    if encoder.pooling.strategy == "prompt":
-        rows.append(("Prompt template (PromptBERT)", f"`{encoder.prompt_template}`"))
-        rows.append(("Template denoising", "yes" if encoder.prompt_denoise else "no"))
-    if encoder.prompts:
-        rows.append(("Prompts", encoder.prompts))
-        rows.append(("Default prompt", encoder.default_prompt_name or "none"))
+    if cfg.truncate_dim:
+        rows.append(("Truncated to", cfg.truncate_dim))
+    if cfg.pooling == "prompt":
+        rows.append(("Prompt template (PromptBERT)", f"`{cfg.prompt_template}`"))
+        rows.append(("Template denoising", "yes" if cfg.prompt_denoise else "no"))
+    if cfg.prompts:
+        rows.append(("Prompts", cfg.prompts))
+        rows.append(("Default prompt", cfg.default_prompt_name or "none"))
     rows.append(("textcl version", __version__))
     out += [f"| {k} | {_fmt(v)} |" for k, v in rows]
 
@@ -270,11 +297,9 @@ def render_model_card(
             out += ["", "`textcl eval`:", "", "```text", str(card["eval_table"]).rstrip(), "```"]
 
     st_notes = list(notes)
-    if encoder.pooling.strategy not in ST_POOLING_MODES and not st_notes:
-        st_notes.append(
-            f"pooling {encoder.pooling.strategy!r} has no sentence-transformers equivalent"
-        )
-    if encoder.head_mode == "train":
+    if cfg.pooling not in ST_POOLING_MODES and not st_notes:
+        st_notes.append(f"pooling {cfg.pooling!r} has no sentence-transformers equivalent")
+    if cfg.head_mode == "train":
         st_notes.append(
             "the projection head was used for training only: it is not part of the "
             "inference model (SimCSE's recipe)"
@@ -287,22 +312,22 @@ def render_model_card(
     out += ["", "## Usage", "", "### textcl", "", "```python"]
     out.append(_textcl_snippet(path, sentences).rstrip())
     out += ["```", "", "### sentence-transformers", ""]
-    if encoder.pooling.strategy not in ST_POOLING_MODES:
+    if cfg.pooling not in ST_POOLING_MODES:
         out += [
-            f"**Warning**: sentence-transformers cannot express `{encoder.pooling.strategy}` "
+            f"**Warning**: sentence-transformers cannot express `{cfg.pooling}` "
             "pooling; it loads this folder with mean pooling and gives different embeddings. "
             "Use textcl or the transformers snippet.",
             "",
         ]
-    out += ["```python", _st_snippet(encoder, path, sentences).rstrip(), "```"]
+    out += ["```python", _st_snippet(model, path, sentences).rstrip(), "```"]
     out += ["", "### transformers", ""]
-    if encoder.pooling.strategy == "prompt":
+    if cfg.pooling == "prompt":
         out += [
             "The vector is the last hidden state of the template's mask token (sentence "
-            f"wrapped in `{encoder.prompt_template}`"
+            f"wrapped in `{cfg.prompt_template}`"
             + (
                 ", minus that of the template alone: template denoising"
-                if encoder.prompt_denoise
+                if cfg.prompt_denoise
                 else ""
             )
             + "); use textcl (`SentenceEncoder.load`) to reproduce it exactly.",
@@ -310,6 +335,6 @@ def render_model_card(
         ]
         return "\n".join(out)
     out += ["```python"]
-    out.append(_transformers_snippet(encoder, path, sentences).rstrip())
+    out.append(_transformers_snippet(model, path, sentences).rstrip())
     out += ["```", ""]
     return "\n".join(out)

@@ -30,8 +30,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from textcl.encoder import TokenBatch, as_token_batch, batch_tensors
+from textcl.distributed import as_dist_env, gather_sizes, gather_with_grad
+from textcl.encoder import SentenceEncoder
+from textcl.gradcache import CachedLoss
 from textcl.objective import AutocastFactory, Embed, Inputs, LossStep, Scaler
+from textcl.tokens import TokenBatch, as_token_batch, batch_tensors
 
 __all__ = ["GuideEncoder", "MomentumContrast", "MomentumEncoder", "MomentumQueue"]
 
@@ -175,8 +178,6 @@ class GuideEncoder:
 
     @classmethod
     def load(cls, path: str, tokenizer: Any, max_length: int, device: torch.device) -> GuideEncoder:
-        from textcl.encoder import SentenceEncoder
-
         return cls(SentenceEncoder.from_pretrained(path).to(device), tokenizer, max_length)
 
     @torch.no_grad()
@@ -226,9 +227,6 @@ class MomentumContrast(LossStep):
         key_input: int = 1,
     ) -> None:
         super().__init__(loss)
-        from textcl.distributed import as_dist_env
-        from textcl.gradcache import CachedLoss
-
         if queue_size < 0:
             raise ValueError(f"queue_size must be >= 0, got {queue_size!r}")
         if not 0.0 <= momentum <= 1.0:
@@ -314,8 +312,6 @@ class MomentumContrast(LossStep):
         """The global batch's keys, rank order (the same on every rank)."""
         if not self.dist.is_distributed:
             return keys.detach()
-        from textcl.distributed import gather_sizes, gather_with_grad
-
         sizes = gather_sizes(keys.shape[0], keys.device, self.dist)
         with torch.no_grad():
             return gather_with_grad(keys.detach().contiguous(), self.dist, sizes)

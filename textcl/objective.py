@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from textcl.encoder import TokenBatch, as_token_batch, batch_tensors
+from textcl.tokens import TokenBatch, as_token_batch, batch_tensors
 
 Embed = Callable[[TokenBatch], Tensor]
 """Maps a token batch ``(b, L)`` to embeddings ``(b, D)`` with autograd (an encoder or its

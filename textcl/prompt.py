@@ -20,13 +20,13 @@ never alter them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from textcl.encoder import TokenBatch, as_token_batch, check_texts
+from textcl.tokens import TokenBatch, as_token_batch, check_texts, padding_position_offset
 
 SENTENCE_SLOT = "[X]"
 MASK_SLOT = "[MASK]"
@@ -205,3 +205,29 @@ def template_positions(template: Tensor, attention_mask: Tensor, offset: int = 0
     n_sentence = attention_mask.sum(dim=1, keepdim=True).to(torch.long) - length
     steps = torch.arange(length, device=template.device).unsqueeze(0)
     return offset + steps + template[..., 1] * n_sentence
+
+
+def template_state(model: Any, tokenizer: Any, tensors: Mapping[str, Tensor]) -> Tensor:
+    """Template denoising: the ``[MASK]`` state ``(B, H)`` of each row's template alone
+    (``tensors[TEMPLATE_KEY]``), its tokens at the position ids they have in the full row,
+    through the transformer ``model``."""
+    template = tensors.get(TEMPLATE_KEY)
+    if template is None:
+        raise ValueError(
+            f"template denoising needs batch[{TEMPLATE_KEY!r}] (built by "
+            "SentenceEncoder.tokenize); or build the encoder with prompt_denoise=False"
+        )
+    ids = template[..., 0]
+    offset = padding_position_offset(model)
+    kwargs: dict[str, Tensor] = {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "position_ids": template_positions(
+            template, tensors["attention_mask"], 0 if offset is None else offset + 1
+        ),
+    }
+    if "token_type_ids" in tensors:
+        kwargs["token_type_ids"] = torch.zeros_like(ids)
+    states = model(**kwargs, return_dict=True).last_hidden_state
+    slot = ids.eq(int(tokenizer.mask_token_id)).int().argmax(dim=1)
+    return states[torch.arange(ids.shape[0], device=ids.device), slot]

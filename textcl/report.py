@@ -28,6 +28,7 @@ from typing import Any
 from textcl.errors import CorruptFileError
 from textcl.io import PathLike, atomic_write_text, is_number, read_json
 from textcl.plots import read_metrics
+from textcl.version import __version__
 
 RESULTS_FILENAMES: tuple[str, ...] = ("sts_results.json",)
 """STS results files picked up from the run folder when no ``results`` are given (not
@@ -476,8 +477,6 @@ def render_report_html(
     title: str | None = None,
 ) -> str:
     """The report of ``run`` as one HTML string (every image embedded)."""
-    from textcl import __version__
-
     for name, res in results:
         check_sts_results(res, name)
     summary = run_summary(run)

@@ -265,7 +265,7 @@ def test_cli_writes_json(tiny_model_dir: Path, synth_dir: Path, tmp_path: Path, 
     saved = json.loads(out.read_text())
     assert saved["pooling"] == "cls" and saved["model"] == str(tiny_model_dir)
     assert saved["max_length"] == 16 and saved["split"] == "test"
-    from textcl.encoder import native_bf16
+    from textcl.precision import native_bf16
 
     assert saved["precision"] == ("bf16 (weights)" if native_bf16() else "fp32")
     assert set(saved["tasks"]) == {"sts13", "stsb"}

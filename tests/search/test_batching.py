@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from textcl.encoder import batch_bounds
+from textcl.tokens import batch_bounds
 
 
 @settings(max_examples=200, deadline=None)

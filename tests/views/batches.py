@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from hypothesis import strategies as st
 
-from textcl.encoder import TokenBatch
+from textcl.tokens import TokenBatch
 
 PAD, CLS, SEP = 0, 2, 3
 HIDDEN = 8

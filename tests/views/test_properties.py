@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from tests.views.batches import HIDDEN, clone_batch, fixed_slots, token_batches
 from textcl import SentenceEncoder
-from textcl.encoder import TokenBatch
+from textcl.tokens import TokenBatch
 from textcl.views import (
     Compose,
     FeatureCutoff,

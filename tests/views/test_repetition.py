@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from tests.views.batches import PAD, clone_batch, fixed_slots, token_batches
 from textcl import SentenceEncoder
-from textcl.encoder import TokenBatch
+from textcl.tokens import TokenBatch
 from textcl.views import TokenCutoff, ViewContext, WordRepetition, build_view
 
 SETTINGS = settings(max_examples=50, deadline=None)

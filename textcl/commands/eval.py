@@ -5,6 +5,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from textcl.encoder import SentenceEncoder
+from textcl.evaluation import evaluate_sts, expand_tasks, format_sts_table
+from textcl.io import write_json
+from textcl.precision import resolve_inference_precision
+
 HELP = "evaluate an encoder on STS12-16, STS-B and SICK-R (Spearman of cosine similarity ×100)"
 
 
@@ -67,10 +72,6 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from textcl import SentenceEncoder
-    from textcl.encoder import resolve_inference_precision
-    from textcl.evaluation import evaluate_sts, expand_tasks, format_sts_table
-
     tasks = expand_tasks(args.tasks)  # fail on a bad task name before loading the model
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -89,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         return_predictions=args.predictions,
         similarities=extra,
         model_name=str(args.model),
+        show_progress=True,  # the CLI keeps its progress bars
     )
     results["max_length"] = encoder.effective_max_length
     results["precision"] = encoder.last_precision or resolve_inference_precision(
@@ -96,8 +98,6 @@ def run(args: argparse.Namespace) -> int:
     )
     print(format_sts_table(results))
     if args.output:
-        from textcl.io import write_json
-
         out = write_json(args.output, results)
         print(f"results written to {out}")
     return 0

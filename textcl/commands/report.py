@@ -58,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
             split=args.split,
             data_dir=args.data,
             batch_size=args.batch_size,
+            show_progress=True,  # the CLI keeps its progress bars
         )
         results = [*(results or []), res_path]
     out = write_report(

@@ -12,8 +12,12 @@ from typing import Any
 
 import numpy as np
 
+from textcl.encoder import SentenceEncoder
 from textcl.evaluation.alignment import POSITIVE_THRESHOLD, positive_mask
+from textcl.evaluation.data import load_sts_task
+from textcl.evaluation.sts import evaluate_sts
 from textcl.io import PathLike, write_json
+from textcl.tokens import check_texts
 
 RESULTS_FILENAME = "sts_results.json"
 """Where :func:`evaluate_run` writes the STS results in the run folder by default."""
@@ -35,6 +39,7 @@ def pair_cosine_similarities(
     batch_size: int = 64,
     seed: int = 0,
     max_length: int | None = None,
+    show_progress: bool | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Cosine similarities ``(pos, rand)`` for
     :func:`textcl.plots.plot_similarity_distribution`.
@@ -42,9 +47,8 @@ def pair_cosine_similarities(
     ``pos[i] = cos(a_i, b_i)`` for the given pairs; ``rand`` pairs sentences of different
     pairs: ``cos(a_{π(i)}, b_{π(i+1)})`` for a seeded random permutation ``π`` (so never a
     sentence with its own partner). Both have one value per pair (shape ``(n,)``).
+    ``show_progress`` goes to ``encoder.encode`` when given (default: its own rule).
     """
-    from textcl.encoder import check_texts
-
     a = check_texts(sentences_a, "sentences_a")
     b = check_texts(sentences_b, "sentences_b")
     if len(a) != len(b):
@@ -53,7 +57,10 @@ def pair_cosine_similarities(
         raise ValueError("need at least 2 pairs to form random pairs")
     unique = list(dict.fromkeys([*a, *b]))
     index = {s: i for i, s in enumerate(unique)}
-    emb = encoder.encode(unique, batch_size=batch_size, normalize=True, max_length=max_length)
+    progress = {} if show_progress is None else {"show_progress": show_progress}
+    emb = encoder.encode(
+        unique, batch_size=batch_size, normalize=True, max_length=max_length, **progress
+    )
     emb = np.asarray(emb, dtype=np.float64)
     emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
     ia = np.array([index[s] for s in a])
@@ -71,6 +78,8 @@ def evaluate_run(
     data_dir: PathLike | None = None,
     batch_size: int = 64,
     output: PathLike | None = None,
+    *,
+    show_progress: bool | None = None,
 ) -> tuple[Path, tuple[np.ndarray, np.ndarray], str]:
     """Evaluate the run's ``best/`` (else ``final/``) encoder on STS now.
 
@@ -80,12 +89,9 @@ def evaluate_run(
     cosine similarities of the STS-B pairs of ``split`` with a gold score above
     :data:`~textcl.evaluation.alignment.POSITIVE_THRESHOLD` (SimCSE's positive pairs, as
     alignment uses them) against random pairs. Returns ``(results path, (pos, rand),
-    description)``.
+    description)``. ``show_progress``: encoding progress bars (default: none unless the
+    ``textcl`` logger is at INFO).
     """
-    from textcl.encoder import SentenceEncoder
-    from textcl.evaluation.data import load_sts_task
-    from textcl.evaluation.sts import evaluate_sts
-
     root = Path(run_dir)
     model_dir = run_encoder_dir(root)
     encoder = SentenceEncoder.load(model_dir)
@@ -98,6 +104,7 @@ def evaluate_run(
         batch_size=batch_size,
         return_predictions=True,
         model_name=model_name,
+        show_progress=show_progress,
     )
     out = Path(output) if output is not None else root / RESULTS_FILENAME
     write_json(out, results)
@@ -112,7 +119,9 @@ def evaluate_run(
         )
     a = [s for s, k in zip(stsb.sentences1, keep, strict=True) if k]
     b = [s for s, k in zip(stsb.sentences2, keep, strict=True) if k]
-    sims = pair_cosine_similarities(encoder, a, b, batch_size=batch_size)
+    sims = pair_cosine_similarities(
+        encoder, a, b, batch_size=batch_size, show_progress=show_progress
+    )
     source = (
         f"{model_name} on STS-B {stsb.split}: {len(a)} pairs with gold score > "
         f"{POSITIVE_THRESHOLD:g} vs random pairs"

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from textcl.encoder import SentenceEncoder
 from textcl.evaluation.data import (
     TASKS,
     PathLike,
@@ -28,6 +29,7 @@ from textcl.evaluation.data import (
     expand_tasks,
     load_sts_task,
 )
+from textcl.version import __version__
 
 SIMILARITIES: tuple[str, ...] = ("cosine", "dot", "euclidean", "manhattan")
 """Pair scores: cosine (the headline), dot product, and negated euclidean / manhattan
@@ -117,11 +119,11 @@ def aggregate_subsets(
 
 
 # ---------------------------------------------------------------------- encoding
-def _encode_fn(model: Any, batch_size: int) -> Encoder:
-    from textcl.encoder import SentenceEncoder
-
+def _encode_fn(model: Any, batch_size: int, show_progress: bool | None = None) -> Encoder:
     if isinstance(model, SentenceEncoder):
-        return lambda texts: model.encode(texts, batch_size=batch_size, normalize=False)
+        return lambda texts: model.encode(
+            texts, batch_size=batch_size, normalize=False, show_progress=show_progress
+        )
     encode = getattr(model, "encode", None)
     if callable(encode):  # e.g. a sentence-transformers model
         return lambda texts: encode(texts, batch_size=batch_size)
@@ -133,14 +135,22 @@ def _encode_fn(model: Any, batch_size: int) -> Encoder:
     )
 
 
-def encode_unique(model: Any, sentences: Sequence[str], batch_size: int = 64) -> np.ndarray:
+def encode_unique(
+    model: Any,
+    sentences: Sequence[str],
+    batch_size: int = 64,
+    *,
+    show_progress: bool | None = None,
+) -> np.ndarray:
     """Embed ``sentences`` (already unique) in one call: ``(N, D)`` float32.
 
     ``model`` is a :class:`~textcl.SentenceEncoder` (encoded unnormalised, in eval mode), an
     object with ``encode(texts, batch_size=...)`` (a sentence-transformers model) or any
-    callable ``list[str] -> (N, D)`` array / tensor.
+    callable ``list[str] -> (N, D)`` array / tensor. ``show_progress``: a
+    :class:`~textcl.SentenceEncoder`'s progress bar (default: its own rule, no bar unless
+    the ``textcl`` logger is at INFO).
     """
-    fn = _encode_fn(model, batch_size)
+    fn = _encode_fn(model, batch_size, show_progress)
     out = fn(list(sentences))
     if hasattr(out, "detach"):  # a torch tensor
         out = out.detach().float().cpu().numpy()
@@ -157,8 +167,6 @@ def encode_unique(model: Any, sentences: Sequence[str], batch_size: int = 64) ->
 
 # ---------------------------------------------------------------------- metadata
 def _versions() -> dict[str, str | None]:
-    from textcl import __version__
-
     out: dict[str, str | None] = {"textcl": __version__}
     for pkg in ("torch", "transformers"):
         try:
@@ -169,8 +177,6 @@ def _versions() -> dict[str, str | None]:
 
 
 def _model_info(model: Any) -> tuple[str, str | None]:
-    from textcl.encoder import SentenceEncoder
-
     if isinstance(model, SentenceEncoder):
         cfg = getattr(model.model, "config", None)
         name = getattr(cfg, "_name_or_path", "") or type(model.model).__name__
@@ -190,6 +196,7 @@ def evaluate_sts(
     *,
     similarities: Sequence[str] = (),
     model_name: str | None = None,
+    show_progress: bool | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``model`` on STS tasks; returns a JSON-ready dict (see below).
 
@@ -210,6 +217,8 @@ def evaluate_sts(
         similarities: extra pair scores among ``dot``, ``euclidean``, ``manhattan`` (each task
             gets ``{name: {spearman, pearson}}``, ``all`` aggregation).
         model_name: the ``"model"`` field (default: the model's name or path).
+        show_progress: a :class:`~textcl.SentenceEncoder`'s progress bar while encoding
+            (default: none unless the ``textcl`` logger is at INFO; the CLI asks for one).
 
     Returns ``{"tasks": {task: {"spearman", "pearson", "n_pairs", "aggregation": "all",
     "wmean", "mean", "subsets", ...}}, "average", "average_pearson", "model", "pooling",
@@ -234,7 +243,7 @@ def evaluate_sts(
     for task in loaded:
         for s in (*task.sentences1, *task.sentences2):
             index.setdefault(s, len(index))
-    emb = encode_unique(model, list(index), batch_size)
+    emb = encode_unique(model, list(index), batch_size, show_progress=show_progress)
 
     results: dict[str, Any] = {}
     predictions: dict[str, Any] = {}

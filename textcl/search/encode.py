@@ -37,9 +37,9 @@ from typing import Any
 
 import numpy as np
 
-from textcl.encoder import batch_bounds, resolve_inference_precision
 from textcl.errors import FolderConflictError, InputError
 from textcl.io import FolderLock, atomic_write_bytes, remove_stale_tmp
+from textcl.precision import resolve_inference_precision
 from textcl.search.manifest import (
     DTYPES,
     MANIFEST_NAME,
@@ -54,6 +54,7 @@ from textcl.search.model import (
     model_weights_hash,
 )
 from textcl.search.sources import CorpusSource, open_source
+from textcl.tokens import batch_bounds
 from textcl.version import __version__
 
 logger = logging.getLogger(__name__)
@@ -219,7 +220,7 @@ def encode_corpus(
         normalize: store L2-normalised embeddings (cosine search); recorded in the manifest.
         precision: ``auto`` (bf16 on hardware with native bf16, else fp32), ``fp32``,
             ``bf16``, ``fp16`` (CUDA) or ``qint8`` (CPU); see
-            :func:`~textcl.encoder.resolve_inference_precision`. The resolved precision is
+            :func:`~textcl.precision.resolve_inference_precision`. The resolved precision is
             recorded in the manifest; resuming with another one is refused.
         overwrite: delete an existing index in ``output`` and start again.
 

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from textcl.distributed import DistEnv, shard_batch
-from textcl.encoder import TokenBatch, tokenize_texts
+from textcl.tokens import TokenBatch, tokenize_texts
 from textcl.views import View, reseed_view
 
 BatchKey = tuple[int, int, list[int]]

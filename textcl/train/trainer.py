@@ -56,15 +56,7 @@ from textcl.distributed import (
     shard_batch,
     wrap_ddp,
 )
-from textcl.encoder import (
-    SentenceEncoder,
-    TokenBatch,
-    as_token_batch,
-    autocast_context,
-    batch_tensors,
-    native_bf16,
-    warn_if_emulated_bf16,
-)
+from textcl.encoder import SentenceEncoder
 from textcl.errors import CorruptFileError, FolderConflictError, InputError
 from textcl.io import (
     FolderLock,
@@ -78,6 +70,8 @@ from textcl.io import (
 )
 from textcl.losses import InfoNCE
 from textcl.objective import Embed, LossStep, embed_batches
+from textcl.precision import autocast_context, resolve_precision
+from textcl.tokens import TokenBatch, as_token_batch, batch_tensors
 from textcl.train.batches import (
     BatchCollator,
     PlannedBatches,
@@ -230,20 +224,6 @@ def sts_dev_evaluator(data_dir: str | None = None, batch_size: int = 128) -> Met
     return MetricEvaluator(
         evaluate, BEST_METRIC, greater_is_better=True, scales={BEST_METRIC: 100.0}
     )
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto``: bf16 on GPUs that support it, fp16 on other GPUs; on CPU bf16 autocast where
-    the CPU has native bf16 (AMX / AVX512-BF16, :func:`~textcl.encoder.native_bf16`), else
-    fp32."""
-    if precision != "auto":
-        if precision == "fp16" and device.type != "cuda":
-            raise ValueError("precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
-        warn_if_emulated_bf16(precision, device)
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if device.type == "cpu" and native_bf16(device) else "fp32"
 
 
 def seed_everything(seed: int) -> None:

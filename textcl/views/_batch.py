@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from textcl.encoder import TokenBatch, as_token_batch, batch_tensors
+from textcl.tokens import TokenBatch, as_token_batch, batch_tensors
 
 
 def require_special_tokens_mask(batch: TokenBatch, view: str) -> Tensor:

@@ -1,6 +1,6 @@
 """View generators: small callables that turn a token batch into a positive view.
 
-A view takes a :data:`textcl.encoder.TokenBatch` and returns a NEW batch (the input is never
+A view takes a :data:`textcl.tokens.TokenBatch` and returns a NEW batch (the input is never
 modified in place) that :meth:`textcl.SentenceEncoder.forward` accepts. Rules every view keeps:
 
 * special tokens ([CLS]/[SEP]/<s>/</s>) and padding are never moved or altered;
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from textcl.encoder import TokenBatch
+from textcl.tokens import TokenBatch, max_positions
 
 View = Callable[[TokenBatch], TokenBatch]
 """Anything that maps a token batch to a token batch."""
@@ -64,8 +64,6 @@ class ViewContext:
     @classmethod
     def from_encoder(cls, encoder: Any) -> ViewContext:
         """The facts of a :class:`textcl.SentenceEncoder` (its tokenizer and model)."""
-        from textcl.encoder import max_positions
-
         tok = encoder.tokenizer
         pad = getattr(tok, "pad_token_id", None)
         mask = getattr(tok, "mask_token_id", None)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from textcl.encoder import TokenBatch, as_token_batch, batch_tensors
+from textcl.tokens import TokenBatch, as_token_batch, batch_tensors
 from textcl.views._batch import (
     combine_embedding_mask,
     random_ranks,

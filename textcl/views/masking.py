@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from textcl.encoder import TokenBatch, as_token_batch, batch_tensors
+from textcl.tokens import TokenBatch, as_token_batch, batch_tensors
 from textcl.views.base import RandomView, check_rate, editable_mask
 from textcl.views.registry import register_view
 

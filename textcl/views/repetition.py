@@ -7,7 +7,7 @@ import logging
 import torch
 from torch import Tensor
 
-from textcl.encoder import TokenBatch, as_token_batch, batch_tensors
+from textcl.tokens import TokenBatch, as_token_batch, batch_tensors
 from textcl.views._batch import (
     embedding_mask_3d,
     is_per_token_mask,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from textcl.encoder import TokenBatch
+from textcl.tokens import TokenBatch
 from textcl.views._batch import gather_tokens, require_special_tokens_mask
 from textcl.views.base import RandomView, editable_mask
 from textcl.views.registry import register_view

@@ -1,0 +1,90 @@
+"""Hugging Face plumbing of models: a model spec (local folder or hub id) to a local folder
+(downloading hub snapshots), the transformer and tokenizer of a folder, and quiet
+transformers logging while saving. The path-or-id decision is
+:func:`textcl.sources.resolve_source`'s, shared with the data readers."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from textcl.sources import resolve_source
+
+SNAPSHOT_IGNORE_PATTERNS: tuple[str, ...] = (
+    "*.onnx",
+    "onnx/*",
+    "openvino/*",
+    "*.h5",
+    "*.msgpack",
+    "*.ot",
+    "tf_model*",
+    "flax_model*",
+    "rust_model*",
+    "*.tflite",
+)
+"""Other frameworks' weights and exported formats, not downloaded: textcl needs config,
+tokenizer and PyTorch weights (plus sentence-transformers' small JSON files)."""
+
+
+def _hub_snapshot(name: str) -> Path:
+    """Download (or find in the cache) the snapshot of hub model ``name``."""
+    from huggingface_hub import snapshot_download  # lazy: start-up time
+
+    return Path(snapshot_download(name, ignore_patterns=list(SNAPSHOT_IGNORE_PATTERNS)))
+
+
+def model_folder(name_or_path: str | os.PathLike[str]) -> Path:
+    """The local folder of a model: ``name_or_path`` itself when it is an existing folder,
+    else the hub snapshot of the hub id.
+
+    Raises :class:`textcl.sources.SourceError` for a file, a missing path, a spec that is
+    not a hub id, or a failed hub download (network, auth, missing repo).
+    """
+    src = resolve_source(name_or_path, role="model")  # local folder or hub id, decided once
+    if src.path is not None:
+        return src.path
+    try:
+        return _hub_snapshot(str(src.hub_id))
+    except Exception as e:  # network, auth or missing repo
+        raise src.hub_error(e) from e
+
+
+def load_transformer(model_dir: Path, model_kwargs: Mapping[str, Any]) -> tuple[Any, Any]:
+    """The transformer and tokenizer of ``model_dir``; ``ValueError`` naming the folder
+    when either fails to load."""
+    from transformers import AutoModel, AutoTokenizer  # lazy: start-up time
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    except Exception as e:
+        raise ValueError(
+            f"{model_dir}: could not load a tokenizer ({type(e).__name__}: {e})"
+        ) from e
+    try:
+        model = AutoModel.from_pretrained(str(model_dir), **model_kwargs)
+    except Exception as e:
+        raise ValueError(f"{model_dir}: could not load a model ({type(e).__name__}: {e})") from e
+    return model, tokenizer
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' info logging and progress bars (e.g. during save)."""
+    try:
+        from transformers.utils import logging as hf_logging  # lazy: start-up time
+    except ImportError:  # pragma: no cover - transformers is a core dependency
+        yield
+        return
+    level = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
