@@ -57,6 +57,7 @@ from benchmarks.common import (
     data_root,
     model_path,
     parser_for,
+    st_peer,
     write_result,
 )
 
@@ -137,11 +138,10 @@ def run_st(
     model_dir: str, batches: list[list[str]], args: argparse.Namespace
 ) -> tuple[float, float, list[float]]:
     """One sentence-transformers SimCSE run over the same batches (plain torch loop)."""
-    from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer import losses
 
     torch.manual_seed(args.seed)
-    model = SentenceTransformer(model_dir, device="cpu")
+    model = st_peer(model_dir, device="cpu")
     model.max_seq_length = args.max_length
     loss_fn = losses.MultipleNegativesRankingLoss(model, scale=20.0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
@@ -178,7 +178,6 @@ def same_math(model_dir: str, corpus: Path, rows: list[int], args: argparse.Name
     two forward passes: the same dropout masks give the same view embeddings (reported, not
     fatal: it relies on both drawing the masks in the same order).
     """
-    from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer import losses
 
     from textcl.train import Trainer
@@ -200,7 +199,7 @@ def same_math(model_dir: str, corpus: Path, rows: list[int], args: argparse.Name
             reps = embed(inputs)
             ours = float(trainer.compute_loss(reps))
             ours_roll = float(trainer.compute_loss([reps[0], reps[1].roll(1, 0)]))
-    st = SentenceTransformer(model_dir, device="cpu")
+    st = st_peer(model_dir, device="cpu")
     st.max_seq_length = args.max_length
     loss_fn = losses.MultipleNegativesRankingLoss(st, scale=20.0)
     feats = [st.preprocess(texts), st.preprocess(texts)]

@@ -47,6 +47,7 @@ from benchmarks.common import (
     model_path,
     parser_for,
     repo_env,
+    st_peer,
     write_result,
 )
 
@@ -55,7 +56,6 @@ def run_st_side(args: argparse.Namespace) -> None:
     """The sentence-transformers side (in its own process): train, then save."""
     from datasets import Dataset
     from sentence_transformers import (
-        SentenceTransformer,
         SentenceTransformerTrainer,
         SentenceTransformerTrainingArguments,
         losses,
@@ -66,7 +66,7 @@ def run_st_side(args: argparse.Namespace) -> None:
         for line in Path(args.train_file).read_text(encoding="utf-8").splitlines()
         if line.strip()
     ]
-    model = SentenceTransformer(args.model, device="cpu")
+    model = st_peer(args.model, device="cpu")
     model.max_seq_length = args.max_length
     train_args = SentenceTransformerTrainingArguments(
         output_dir=str(Path(args.out) / "trainer"),
