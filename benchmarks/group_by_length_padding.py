@@ -5,48 +5,57 @@ buckets by character length, as the trainer does) and reports padded tokens per 
 with the MiniLM tokenizer at several ``max_length`` (the forward cost of a transformer layer is
 roughly linear in padded tokens at these lengths). Deterministic, no timing::
 
-    python benchmarks/group_by_length_padding.py [--batch-size 64]
+    python -m benchmarks group_by_length_padding [--batch-size 64]
 
 With ``--train-steps N`` it also trains all-MiniLM-L6-v2 (``cls`` pooling, unsupervised
 SimCSE, ``--train-max-length``) for N steps both ways, alternating, ``--repeats`` times, and
 prints the steady-state seconds per step read from each run's ``metrics.jsonl`` (first to
 last logged step, so loading and the final save are left out) and the final STS-B dev::
 
-    python benchmarks/group_by_length_padding.py --train-steps 40 --repeats 2
+    python -m benchmarks group_by_length_padding --train-steps 40 --repeats 2
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import (
+    CORPUS,
+    add_common_args,
+    data_root,
+    model_path,
+    parser_for,
+    seconds_per_step,
+    table,
+    write_result,
+)
 
 
-def main() -> int:
-    from tests.helpers import minilm_path
+def main(argv: list[str] | None = None) -> int:
     from textcl.data.text import plan_epoch
     from textcl.train.batches import length_grouped_order
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    data = Path(os.environ.get("TEXTCL_DATA", "/work/shared/data"))
-    p.add_argument("--corpus", default=str(data / "corpus" / "wiki_sentences_11914.txt"))
+    p = parser_for("group_by_length_padding", __doc__)
+    add_common_args(p, threads=False, seed=42)
+    p.add_argument("--corpus", default=None, help=f"sentences, one a line (default: DATA/{CORPUS})")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=42)
     p.add_argument("--train-steps", type=int, default=0, help="also train both ways (0: no)")
     p.add_argument("--train-max-length", type=int, default=64)
     p.add_argument("--repeats", type=int, default=2)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     from transformers import AutoTokenizer
 
+    data = data_root(args.data, contains="" if args.corpus else CORPUS)
+    args.corpus = args.corpus or str(data / CORPUS)
+    args.model = str(model_path(args.model))
     texts = [t.strip() for t in Path(args.corpus).read_text().splitlines() if t.strip()]
-    tok = AutoTokenizer.from_pretrained(str(minilm_path()))
+    tok = AutoTokenizer.from_pretrained(args.model)
     full = np.array([len(x) for x in tok(texts, truncation=False)["input_ids"]])
     chars = np.array([len(t) for t in texts])
     hashes = np.arange(len(texts), dtype=np.uint64)
@@ -61,6 +70,7 @@ def main() -> int:
         ),
     }
     print(f"{len(texts)} sentences, batch {args.batch_size}; padded / real tokens:")
+    rows = []
     for max_length in (32, 64, 128, 256):
         lengths = np.minimum(full, max_length)
         cells = []
@@ -69,15 +79,24 @@ def main() -> int:
             real = sum(int(lengths[b].sum()) for b in plan)
             cells.append(f"{name} {padded / real:.3f}")
         print(f"  max_length {max_length:>3}: " + ", ".join(cells))
+        rows.append([max_length, *(c.rsplit(" ", 1)[1] for c in cells)])
+    tables = []
     if args.train_steps > 0:
-        timed_training(args, data)
+        tables.append(timed_training(args, data))
+    write_result(
+        "group_by_length_padding",
+        rows,
+        args.json,
+        headers=["max_length", *plans],
+        tables=tables,
+        notes=[f"{len(texts)} sentences, batch {args.batch_size}; padded / real tokens"],
+    )
     return 0
 
 
-def timed_training(args: argparse.Namespace, data: Path) -> None:
-    """Train both ways; steady-state s/step (from metrics.jsonl) and final STS-B dev."""
-    from benchmarks.train_throughput import seconds_per_step
-    from tests.helpers import minilm_path
+def timed_training(args: argparse.Namespace, data: Path) -> dict[str, Any]:
+    """Train both ways; steady-state s/step (from metrics.jsonl) and final STS-B dev (the
+    result table)."""
     from textcl.train import TrainConfig, train
 
     per_step: dict[bool, list[float]] = {False: [], True: []}
@@ -88,7 +107,7 @@ def timed_training(args: argparse.Namespace, data: Path) -> None:
                 out = Path(tmp) / f"{grouped}-{r}"
                 result = train(
                     TrainConfig(
-                        model=str(minilm_path()),
+                        model=args.model,
                         train_file=args.corpus,
                         output_dir=str(out),
                         pooling="cls",
@@ -114,14 +133,30 @@ def timed_training(args: argparse.Namespace, data: Path) -> None:
                     flush=True,
                 )
     print(f"max_length {args.train_max_length}, batch {args.batch_size}, {args.train_steps} steps:")
+    rows = []
     for grouped in (False, True):
         print(
             f"  group_by_length={grouped}: {statistics.median(per_step[grouped]):.3f} s/step "
             f"(median), STS-B dev {statistics.mean(dev[grouped]):.2f} (mean)"
         )
+        rows.append(
+            [
+                "group_by_length" if grouped else "random",
+                f"{statistics.median(per_step[grouped]):.3f}",
+                f"{statistics.mean(dev[grouped]):.2f}",
+            ]
+        )
     speed = statistics.median(per_step[False]) / statistics.median(per_step[True])
     print(f"  speed grouped / random: {speed:.3f}x")
+    return table(
+        rows,
+        ["batches", "s/step (median)", f"STS-B dev after {args.train_steps} steps (mean)"],
+        notes=[
+            f"max_length {args.train_max_length}, batch {args.batch_size}; "
+            f"speed grouped / random: {speed:.3f}x"
+        ],
+    )
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

