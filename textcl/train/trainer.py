@@ -100,7 +100,7 @@ from textcl.train.evaluators import (
     primary_metric,
     sts_dev_evaluator,
 )
-from textcl.train.losses import build_objective, uses_extended_loss
+from textcl.train.objectives import build_objective, uses_extended_loss
 from textcl.train.optim import make_optimizer, make_scheduler
 from textcl.train.plan import TrainingData
 from textcl.train.results import TrainResult, run_summary, train_result
