@@ -41,7 +41,8 @@ from textcl.train.state import TrainerState
 @dataclass
 class TrainerControl:
     """What the trainer does next; callbacks set these flags (each step starts from the
-    config's cadence; ``should_stop`` stays set once set)."""
+    config's cadence; ``should_stop`` stays set once set). Under torchrun every rank must
+    set the same flags: evaluation, checkpoints and the end of the run are collective."""
 
     should_log: bool = False
     """Log this step's train record (``metrics.jsonl``, trackers)."""

@@ -744,8 +744,8 @@ class Trainer:
             self._log_train(bar)
         final_metrics = None
         if cfg.eval_steps >= 0:
-            repeat = self._evaluated_at == self.step
-            final_metrics = self.last_metrics if repeat else self.evaluate()
+            done = self._evaluated_at == self.step
+            final_metrics = self.last_metrics if done else self.evaluate()
         if self.is_main:
             self.encoder.save(self.output_dir / "final", card=self.model_card_data())
         if self._saved_at != self.step:
