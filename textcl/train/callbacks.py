@@ -12,8 +12,10 @@ Order of the hooks in a run (the trainer's loop, :meth:`textcl.train.Trainer.tra
 * per optimizer step: ``on_step_end`` (the flags hold this step's cadence from the config:
   ``logging_steps``, ``eval_steps``, ``save_steps``; a hook may change them), then
   ``on_log`` with the train record (``should_log``), ``on_evaluate`` after an evaluation
-  (``should_evaluate``), ``on_save`` after a checkpoint (``should_save``); the run ends after
-  the step when ``should_stop`` is set (by any hook of the step);
+  (``should_evaluate``), ``on_save`` after a checkpoint (``should_save``), then the
+  trainer's plain ``step_callback(trainer, step)`` if given; the run ends after the step
+  when ``should_stop`` is set (by any hook of the step). The last step is always logged;
+  its evaluation and checkpoint are the final ones;
 * at the end (``max_steps``/``epochs`` reached, or ``should_stop``): the final evaluation
   (``on_log``, ``on_evaluate``), ``final/``, the last checkpoint (``on_save``) and
   ``results.json``, then ``on_train_end`` (also when the run fails: close what you opened).

@@ -151,7 +151,7 @@ class _Window:
     """The steps since the last train record: sentences, losses, and the seconds spent
     outside training (evaluation, checkpoints, callbacks), left out of the throughput."""
 
-    start: float = field(default_factory=lambda: time.perf_counter())  # the clock of now
+    start: float = field(default_factory=lambda: time.perf_counter())  # looked up per run
     sentences: int = 0
     losses: list[float] = field(default_factory=list)
     paused: float = 0.0
