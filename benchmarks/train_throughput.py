@@ -10,8 +10,8 @@ same linear learning-rate decay and gradient clipping at norm 1.0, the same numb
     eval_steps=-1, logging_steps=1, max_steps=warmup+steps)).train()``, i.e. the real loop
     (reading the sentences from disk, tokenizing, two forward passes, InfoNCE at temperature
     0.05, backward, clipping, AdamW, scheduler, the JSONL log and the tqdm bar). The time is
-    taken by a ``step_callback`` from the end of the warm-up steps to the end of the last
-    step, so model loading, corpus scanning and the final checkpoint are excluded.
+    taken by a trainer callback (``on_step_end``) from the end of the warm-up steps to the end
+    of the last step, so model loading, corpus scanning and the final checkpoint are excluded.
 (b) sentence-transformers: ``SentenceTransformer(model)`` + ``losses.MultipleNegativesRankingLoss
     (scale=20)`` (``scale = 1 / temperature``) over (anchor, positive) = (sentence, sentence):
     exactly unsupervised SimCSE, the two embeddings differing only through dropout. The loop is
@@ -38,7 +38,6 @@ Data root: ``--data``, else ``TEXTCL_DATA``, else ``../shared/data`` beside the 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -60,10 +59,6 @@ from benchmarks.common import (
     st_peer,
     write_result,
 )
-
-
-class _Stop(Exception):
-    """Raised by the step callback after the last timed step: skips the final save."""
 
 
 def linear_decay(total: int) -> Callable[[int], float]:
@@ -105,12 +100,15 @@ def run_textcl(config: Any, steps: int) -> tuple[float, float, list[float]]:
     marks: dict[str, float] = {}
     losses: list[float] = []
 
-    def on_step(trainer: Any, step: int) -> None:
-        if step == warmup:
-            marks["wall0"], marks["cpu0"] = time.perf_counter(), time.process_time()
-        if step == config.max_steps:
-            marks["wall1"], marks["cpu1"] = time.perf_counter(), time.process_time()
-            raise _Stop
+    class Clock:
+        """Marks the timed steps; stops the run after the last one."""
+
+        def on_step_end(self, run: Any, state: Any, control: Any) -> None:
+            if state.step == warmup:
+                marks["wall0"], marks["cpu0"] = time.perf_counter(), time.process_time()
+            if state.step == config.max_steps:
+                marks["wall1"], marks["cpu1"] = time.perf_counter(), time.process_time()
+                control.should_stop = True
 
     class Recording(Trainer):
         def train_step(self, inputs: Sequence[dict[str, torch.Tensor]]) -> float:
@@ -118,7 +116,7 @@ def run_textcl(config: Any, steps: int) -> tuple[float, float, list[float]]:
             losses.append(value)
             return value
 
-    trainer = Recording(config, evaluator=lambda enc: {}, step_callback=on_step)
+    trainer = Recording(config, evaluator=lambda enc: {}, callbacks=[Clock()])
     if warmup == 0:
         # No warm-up: start the clock when the first batch is read (after model loading).
         original = trainer.make_inputs
@@ -129,8 +127,7 @@ def run_textcl(config: Any, steps: int) -> tuple[float, float, list[float]]:
             return original(rows)
 
         trainer.make_inputs = first_make_inputs  # type: ignore[method-assign]
-    with contextlib.suppress(_Stop):
-        trainer.train()
+    trainer.train()
     return marks["wall1"] - marks["wall0"], marks["cpu1"] - marks["cpu0"], losses[warmup:]
 
 

@@ -34,7 +34,7 @@ SCRIPT = textwrap.dedent(
     torch.set_num_threads(1)
     from textcl.errors import TextclError
     from textcl.train import TrainConfig, Trainer
-    import textcl.io, textcl.train.state, textcl.train.trainer as tr
+    import textcl.io, textcl.train.state, textcl.train.checkpoints as ck
 
     model, data, out, kill, resume = sys.argv[1:6]
     cfg = TrainConfig(
@@ -51,7 +51,7 @@ SCRIPT = textwrap.dedent(
     if kind == "step":  # between checkpoint writes, after step N
         callback = lambda trainer, step: die() if step == int(at) else None
     elif kind == "ckpt":  # inside the checkpoint of step N: model written, temp folder there
-        save = tr.save_checkpoint_state
+        save = ck.save_checkpoint_state
 
         def hooked(folder, payload):
             if payload["state"]["step"] == int(at):
@@ -59,7 +59,7 @@ SCRIPT = textwrap.dedent(
                 die()
             return save(folder, payload)
 
-        tr.save_checkpoint_state = hooked
+        ck.save_checkpoint_state = hooked
     elif kind == "json":  # half of trainer_state.json written to its temp file
         write = textcl.train.state.write_json
 

@@ -243,6 +243,13 @@ def load_checkpoint_state(folder: PathLike) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- RNG states
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's RNGs."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 def rng_state() -> dict[str, Any]:
     """Python, NumPy, torch (and CUDA) RNG states, in types :func:`encode_tree` stores."""
     version, internal, gauss = random.getstate()

@@ -7,47 +7,47 @@ One :class:`Trainer` runs one :class:`TrainConfig`:
   duplicate text inside a batch;
 * step: DataLoader collator (tokenize + views, :mod:`textcl.train.batches`) -> objective
   (encoder under autocast -> InfoNCE -> backward, plain or through the gradient cache; the
-  encoder in DDP under torchrun) -> non-finite check -> clip -> AdamW -> linear schedule;
+  encoder in DDP under torchrun) -> non-finite check -> clip -> AdamW -> linear schedule
+  (:mod:`textcl.train.optim`);
 * optional momentum queue of negatives (``queue_size``, ``momentum``) and false-negative
   control (``fn_margin``/``fn_threshold``, ``guide_model``): the objective becomes a
   :class:`textcl.momentum.MomentumContrast` over :class:`textcl.losses.ExtendedInfoNCE`, its
   queue and EMA weights saved in every checkpoint;
-* every ``eval_steps``: the evaluator (default: STS-B dev Spearman, alignment and
-  uniformity); the best model by its primary metric is kept in ``OUTPUT_DIR/best``;
+* every ``eval_steps``: the evaluator (:mod:`textcl.train.evaluators`; default: STS-B dev
+  Spearman, alignment and uniformity); the best model by its primary metric is kept in
+  ``OUTPUT_DIR/best``;
 * one run state, :class:`~textcl.train.state.TrainerState` (step, log history, best metric
   and step, elapsed seconds), behind :class:`TrainResult`, ``results.json`` and
   ``metrics.jsonl``;
-* checkpoints ``OUTPUT_DIR/checkpoints/step-XXXXXXXX/`` written atomically with the model,
-  the run state, optimizer, scheduler, scaler, RNG and view states as safetensors + JSON
-  (never a pickle), each file's sha256 recorded; ``resume`` checks them and the run's
-  fingerprint, then continues exactly;
+* checkpoints (:mod:`textcl.train.checkpoints`) ``OUTPUT_DIR/checkpoints/step-XXXXXXXX/``,
+  written atomically; ``resume`` checks them and the run's fingerprint
+  (:mod:`textcl.train.run_folder`), then continues exactly;
 * the run folder belongs to one run: rank 0 holds its lock for the whole run, a new run
   does not start over another run's checkpoints (``overwrite`` clears them);
-* ``OUTPUT_DIR/metrics.jsonl`` (one JSON object per line, ``event`` = ``train``/``eval``),
-  a tqdm bar, and a tracker (``report_to``: TensorBoard under ``OUTPUT_DIR/tb``, wandb).
+* callbacks (:mod:`textcl.train.callbacks`) watch the run and steer it through a
+  :class:`~textcl.train.callbacks.TrainerControl` (stop, save, evaluate); ``metrics.jsonl``
+  and the tracker of ``report_to`` (TensorBoard under ``OUTPUT_DIR/tb``, wandb) are
+  callbacks; a tqdm bar.
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import logging
 import math
 import os
-import random
-import shutil
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from textcl.data.text import TextCorpus, plan_epoch, text_hash64
 from textcl.distributed import (
     DistEnv,
     all_reduce_mean,
@@ -57,217 +57,84 @@ from textcl.distributed import (
     wrap_ddp,
 )
 from textcl.encoder import SentenceEncoder
-from textcl.errors import CorruptFileError, FolderConflictError, InputError
-from textcl.io import (
-    FolderLock,
-    atomic_dir,
-    atomic_write_text,
-    dumps_json,
-    files_digest,
-    read_json,
-    remove_stale_tmp,
-    write_json,
-)
-from textcl.losses import InfoNCE
-from textcl.objective import Embed, LossStep, embed_batches
+from textcl.errors import InputError
+from textcl.io import FolderLock, remove_stale_tmp, write_json
+from textcl.objective import Embed, embed_batches
 from textcl.precision import autocast_context, resolve_precision
 from textcl.tokens import TokenBatch, as_token_batch, batch_tensors
 from textcl.train.batches import (
     BatchCollator,
     PlannedBatches,
-    length_grouped_order,
     make_loader,
 )
+from textcl.train.callbacks import (
+    CallbackList,
+    MetricsJsonl,
+    RunInfo,
+    TrainerCallback,
+    TrainerControl,
+    reporting_callbacks,
+)
+from textcl.train.checkpoints import (
+    find_latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    rank_state,
+    resolve_resume,
+    weights_digest,
+    write_checkpoint,
+)
 from textcl.train.config import TrainConfig
+from textcl.train.evaluators import (
+    BEST_METRIC,
+    Evaluator,
+    EvaluatorLike,
+    MetricEvaluator,
+    metric_scales,
+    primary_metric,
+    sts_dev_evaluator,
+)
+from textcl.train.objectives import build_objective, uses_extended_loss
+from textcl.train.optim import make_optimizer, make_scheduler
+from textcl.train.plan import TrainingData
+from textcl.train.results import TrainResult, run_summary, train_result
+from textcl.train.run_folder import (
+    check_fingerprint,
+    claim_folder,
+    run_fingerprint,
+)
 from textcl.train.state import (
-    LEGACY_STATE_FILE,
-    STATE_JSON,
     TrainerState,
     load_checkpoint_state,
-    rng_state,
-    save_checkpoint_state,
-    set_rng_state,
+    seed_everything,
 )
 from textcl.views import ViewContext, build_view
 from textcl.views.base import View
 
+__all__ = [  # and re-exported from their new modules, for older imports
+    "BEST_METRIC",
+    "Evaluator",
+    "MetricEvaluator",
+    "TrainResult",
+    "Trainer",
+    "find_latest_checkpoint",
+    "resolve_precision",
+    "sts_dev_evaluator",
+    "train",
+]
+
 logger = logging.getLogger(__name__)
-
-BEST_METRIC = "stsb_dev_spearman"
-"""The primary metric of :func:`sts_dev_evaluator` (and of plain-callable evaluators)."""
-CHECKPOINTS = "checkpoints"
-STATE_FILE = STATE_JSON
-METRICS_FILE = "metrics.jsonl"
-RUN_OUTPUTS = (CHECKPOINTS, "best", "final", METRICS_FILE, "results.json", "tb", "config.json")
-"""What a run writes in its folder (``overwrite`` removes exactly these)."""
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".ckpt")
-
-RESUMABLE_FIELDS = (
-    "output_dir",
-    "max_steps",
-    "epochs",
-    "eval_steps",
-    "eval_at_start",
-    "eval_batch_size",
-    "save_steps",
-    "save_total_limit",
-    "logging_steps",
-    "data_dir",
-    "device",
-    "report_to",
-    "overwrite",
-    "train_file",
-    "model",
-    "compile",
-    "precision",
-    "grad_cache_chunk",
-    "num_workers",
-    "stream",
-)
-"""Config fields that may change on ``--resume`` (cadence, length, where and how it runs).
-``model`` and ``train_file`` may be moved: their content is checked (weights hash, data
-identity) instead of their path."""
-
-
-@runtime_checkable
-class Evaluator(Protocol):
-    """Maps an encoder to metrics, e.g. ``{"stsb_dev_spearman": 76.1, "alignment": ...}``,
-    and declares which metric picks the best checkpoint.
-
-    A plain callable ``encoder -> metrics`` works too: its primary metric is
-    :data:`BEST_METRIC` (greater is better), and it must return it.
-    """
-
-    primary_metric: str
-    greater_is_better: bool
-
-    def __call__(self, encoder: SentenceEncoder) -> Mapping[str, float]: ...
-
-
-EvaluatorLike = Evaluator | Callable[[SentenceEncoder], Mapping[str, float]]
-
-
-class MetricEvaluator:
-    """Wrap a plain ``encoder -> metrics`` callable with its primary metric and direction.
-
-    ``MetricEvaluator(my_eval, "val_loss", greater_is_better=False)``; ``scales`` says
-    how each stored value is scaled (e.g. ``{"stsb_dev_spearman": 100}``: ×100).
-    """
-
-    def __init__(
-        self,
-        fn: Callable[[SentenceEncoder], Mapping[str, float]],
-        primary_metric: str,
-        greater_is_better: bool = True,
-        scales: Mapping[str, float] | None = None,
-    ) -> None:
-        self.fn = fn
-        self.primary_metric = primary_metric
-        self.greater_is_better = greater_is_better
-        self.scales = dict(scales or {})
-
-    def __call__(self, encoder: SentenceEncoder) -> Mapping[str, float]:
-        return self.fn(encoder)
 
 
 @dataclass
-class TrainResult:
-    """What a finished run produced (from its :class:`TrainerState`)."""
+class _Window:
+    """The steps since the last train record: sentences, losses, and the seconds spent
+    outside training (evaluation, checkpoints, callbacks), left out of the throughput."""
 
-    output_dir: Path
-    steps: int
-    final_dir: Path
-    best_dir: Path | None
-    best_metrics: dict[str, float] | None
-    final_metrics: dict[str, float] | None
-    start_metrics: dict[str, float] | None = None
-    """Metrics of the starting model (with ``eval_at_start``)."""
-    state: TrainerState | None = None
-    """The run state the result was read from."""
-
-
-def _numbers(record: Mapping[str, Any] | None) -> dict[str, float] | None:
-    if record is None:
-        return None
-    return {
-        k: v for k, v in record.items() if isinstance(v, int | float) and not isinstance(v, bool)
-    }
-
-
-def sts_dev_evaluator(data_dir: str | None = None, batch_size: int = 128) -> MetricEvaluator:
-    """The SimCSE protocol's evaluator: STS-B dev Spearman (x100, cosine, ``all``), plus
-    alignment and uniformity (Wang & Isola 2020) on STS-B dev. Primary metric:
-    ``stsb_dev_spearman`` (greater is better)."""
-
-    def evaluate(encoder: SentenceEncoder) -> dict[str, float]:
-        from textcl.evaluation import evaluate_sts
-        from textcl.evaluation.alignment import alignment_uniformity
-
-        cache: dict[str, np.ndarray] = {}
-
-        def embed(texts: list[str]) -> np.ndarray:
-            """Both metrics read STS-B dev: encode each sentence once for both."""
-            new = [t for t in dict.fromkeys(texts) if t not in cache]
-            if new:
-                vectors = encoder.encode(new, batch_size=batch_size, output="numpy")
-                cache.update(zip(new, np.asarray(vectors), strict=True))
-            return np.stack([cache[t] for t in texts])
-
-        result = evaluate_sts(
-            embed, tasks=("stsb",), split="dev", data_dir=data_dir, batch_size=batch_size
-        )
-        metrics = {BEST_METRIC: float(result["tasks"]["stsb"]["spearman"])}
-        au = alignment_uniformity(embed, data_dir=data_dir, batch_size=batch_size)
-        metrics.update({k: float(v) for k, v in au.items()})
-        return metrics
-
-    return MetricEvaluator(
-        evaluate, BEST_METRIC, greater_is_better=True, scales={BEST_METRIC: 100.0}
-    )
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def find_latest_checkpoint(output_dir: str | os.PathLike[str]) -> Path | None:
-    """The newest ``step-XXXXXXXX`` checkpoint under ``output_dir``, or None (checkpoint
-    folders appear complete or not at all: they are written atomically). An old-format
-    checkpoint is returned too: resuming from it fails with a clear message."""
-    root = Path(output_dir) / CHECKPOINTS
-    if not root.is_dir():
-        return None
-    done = [
-        p
-        for p in root.glob("step-*")
-        if _step_of(p) is not None
-        and ((p / STATE_JSON).is_file() or (p / LEGACY_STATE_FILE).is_file())
-    ]
-    return max(done, key=lambda p: _step_of(p) or 0) if done else None
-
-
-def _step_of(path: Path) -> int | None:
-    try:
-        return int(path.name.split("-", 1)[1])
-    except (IndexError, ValueError):
-        return None
-
-
-def _weights_digest(model: str) -> str | None:
-    """sha256 over the weight files of a local model folder (None for a hub id)."""
-    path = Path(model).expanduser()
-    if not path.is_dir():
-        return None
-    return files_digest(
-        path, (p for p in path.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
-    )
-
-
-def _uses_extended_loss(cfg: TrainConfig) -> bool:
-    """Momentum queue or false-negative control asked for."""
-    return bool(cfg.queue_size) or cfg.fn_margin is not None or cfg.fn_threshold is not None
+    start: float = field(default_factory=lambda: time.perf_counter())  # looked up per run
+    sentences: int = 0
+    losses: list[float] = field(default_factory=list)
+    paused: float = 0.0
 
 
 class Trainer:
@@ -278,8 +145,11 @@ class Trainer:
         evaluator: metrics for an encoder (default :func:`sts_dev_evaluator`); its
             ``primary_metric`` (``greater_is_better``) picks the best checkpoint; a plain
             callable's primary metric is ``stsb_dev_spearman`` (greater is better).
+        callbacks: :class:`~textcl.train.callbacks.TrainerCallback` objects, called after
+            ``metrics.jsonl`` and the ``report_to`` tracker; they stop, save or evaluate
+            through the control (:mod:`textcl.train.callbacks` gives the order).
         step_callback: called as ``step_callback(trainer, step)`` after each optimizer step
-            (after logging, evaluation and checkpointing).
+            (after logging, evaluation and checkpointing); a simpler form of a callback.
     """
 
     def __init__(
@@ -287,6 +157,7 @@ class Trainer:
         config: TrainConfig,
         *,
         evaluator: EvaluatorLike | None = None,
+        callbacks: Sequence[TrainerCallback] = (),
         step_callback: Callable[[Trainer, int], None] | None = None,
     ) -> None:
         config.validate()
@@ -301,8 +172,8 @@ class Trainer:
         self.evaluator: EvaluatorLike = evaluator or sts_dev_evaluator(
             config.data_dir, config.eval_batch_size
         )
-        self.primary_metric: str = getattr(self.evaluator, "primary_metric", BEST_METRIC)
-        self.greater_is_better = bool(getattr(self.evaluator, "greater_is_better", True))
+        self.primary_metric, self.greater_is_better = primary_metric(self.evaluator)
+        self.user_callbacks = list(callbacks)
         self.step_callback = step_callback
         # Under torchrun: one process per device, gloo on CPU / nccl on CUDA.
         self.env: DistEnv = init_distributed(config.device)
@@ -324,24 +195,18 @@ class Trainer:
         self.state = TrainerState(
             best_metric_name=self.primary_metric, greater_is_better=self.greater_is_better
         )
-        self._trackers: list[Any] = []
-        self._paused = 0.0  # seconds of evaluation/checkpointing in the current log window
+        self.control = TrainerControl()
+        # Outside train() (e.g. evaluate() on its own) records still go to metrics.jsonl.
+        self.callbacks = CallbackList([MetricsJsonl()] if self.is_main else [])
+        self.run_info = RunInfo(config, self.output_dir, self.is_main, self)
+        self._window = _Window()
         self._clock = time.perf_counter()
+        self._evaluated_at = self._saved_at = -1  # steps of the loop's last eval / checkpoint
         self._model_digest: str | None = None
         self._guide_digest: str | None = None
-        self._data_sha256: str | None = None
         # Data is read (and checked) before the model is loaded: bad input fails fast.
-        self.data = self._load_data()
-        self.hashes = self._hashes()
-        distinct = len(np.unique(self.hashes))
-        if config.batch_size > distinct:
-            raise InputError(
-                f"config field 'batch_size': {config.batch_size} is more than the {distinct} "
-                f"distinct item(s) of {config.train_file}; a batch holds no duplicate, so "
-                f"lower batch_size to at most {distinct} or add data"
-            )
-        self._plans: dict[int, list[list[int]]] = {}
-        self._lengths: np.ndarray | None = None
+        self.training_data = TrainingData(config, self.world_size)
+        self.data, self.hashes = self.training_data.items, self.training_data.hashes
 
     # The run state lives in self.state; these read and write it.
     @property
@@ -381,62 +246,12 @@ class Trainer:
         return self.state.last_metrics
 
     # ------------------------------------------------------------------ data
-    def _load_data(self) -> Any:
-        cfg = self.config
-        if cfg.objective == "unsup":
-            return TextCorpus.from_source(
-                cfg.train_file, text_column=cfg.text_column, split=cfg.split, streaming=cfg.stream
-            )
-        from textcl.data.pairs import PairDataset
-
-        return PairDataset.from_source(
-            cfg.train_file, columns=cfg.columns, skip_bad_rows=cfg.skip_bad_rows
-        )
-
-    def _hashes(self) -> np.ndarray:
-        if isinstance(self.data, TextCorpus):
-            return self.data.hashes
-        # Supervised: no two rows with the same anchor in a batch (each anchor's positive
-        # would be a false negative of the other).
-        return np.array([text_hash64(self.data[i][0]) for i in range(len(self.data))], np.uint64)
-
     def plan(self, epoch: int) -> list[list[int]]:
         """The global batches of ``epoch`` (deterministic in seed and epoch)."""
-        if epoch not in self._plans:
-            self._plans = {
-                epoch: plan_epoch(
-                    self.hashes,
-                    self.config.batch_size,
-                    seed=self.config.seed,
-                    epoch=epoch,
-                    drop_last=self.config.drop_last or self.world_size > 1,
-                    order=self._length_order(epoch),
-                )
-            }
-            if not self._plans[epoch]:
-                raise InputError(
-                    f"{self.config.train_file}: {len(self.hashes)} distinct item(s) cannot fill "
-                    f"one batch of {self.config.batch_size}; lower batch_size"
-                )
-        return self._plans[epoch]
-
-    def _length_order(self, epoch: int) -> np.ndarray | None:
-        """With ``group_by_length``: the item order of ``epoch`` (else None: random)."""
-        if not self.config.group_by_length:
-            return None
-        if self._lengths is None:
-            first = (
-                (lambda i: self.data[i])
-                if isinstance(self.data, TextCorpus)
-                else (lambda i: self.data[i][0])
-            )
-            self._lengths = np.array([len(first(i)) for i in range(len(self.hashes))])
-        return length_grouped_order(self._lengths, self.config.batch_size, self.config.seed, epoch)
+        return self.training_data.plan(epoch)
 
     def total_steps(self) -> int:
-        if self.config.max_steps is not None:
-            return self.config.max_steps
-        return sum(len(self.plan(e)) for e in range(self.config.epochs))
+        return self.training_data.total_steps()
 
     def local_rows(self, batch: Sequence[int]) -> list[int]:
         """This process's share of a global batch (every rank plans the same batches)."""
@@ -513,81 +328,11 @@ class Trainer:
             templates=self._prompt_templates(),
             denoise=cfg.prompt_denoise != "none",
         )
-        self.loss_fn = InfoNCE(
-            temperature=cfg.temperature,
-            symmetric=cfg.symmetric,
-            hard_negative_weight=cfg.hard_negative_weight,
-            dist=self.env,
-        )
-        step_loss = self._matryoshka(self.loss_fn)
-        self.objective: LossStep = LossStep(step_loss)
-        if cfg.grad_cache_chunk is not None:
-            from textcl.gradcache import CachedLoss
-
-            self.objective = CachedLoss(step_loss, cfg.grad_cache_chunk)
-        if _uses_extended_loss(cfg):
-            self._setup_negatives()
-        decay: list[torch.nn.Parameter] = []
-        no_decay: list[torch.nn.Parameter] = []
-        for name, p in self.encoder.named_parameters():
-            if not p.requires_grad:
-                continue
-            (no_decay if p.dim() < 2 or "norm" in name.lower() else decay).append(p)
-        self.optimizer = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": cfg.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=cfg.lr,
-            # One fused kernel over all parameters instead of a Python loop of ~10 small ops
-            # per tensor (torch's default on CPU): same update, ~8x faster optimizer step.
-            fused=self._can_fuse(decay + no_decay),
-        )
-        total = self.total_steps()
-        warmup = int(total * cfg.warmup_ratio)
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            return max(0.0, (total - step) / max(1, total - warmup))
-
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+        self.loss_fn, self.objective = build_objective(cfg, self.encoder, self.env, self.device)
+        self.optimizer = make_optimizer(self.encoder, cfg.lr, cfg.weight_decay, self.device)
+        self.scheduler = make_scheduler(self.optimizer, self.total_steps(), cfg.warmup_ratio)
         self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=self.precision == "fp16" and self.device.type == "cuda"
-        )
-
-    def _setup_negatives(self) -> None:
-        """Momentum queue and/or false-negative control (issue 17): an ExtendedInfoNCE run
-        by a MomentumContrast objective (plain or gradient cache)."""
-        from textcl.losses import ExtendedInfoNCE
-        from textcl.momentum import GuideEncoder, MomentumContrast
-
-        cfg = self.config
-        self.loss_fn = ExtendedInfoNCE(
-            temperature=cfg.temperature,
-            symmetric=cfg.symmetric,
-            hard_negative_weight=cfg.hard_negative_weight,
-            dist=self.env,
-            fn_margin=cfg.fn_margin,
-            fn_threshold=cfg.fn_threshold,
-        )
-        guide = None
-        if cfg.guide_model is not None:
-            if not Path(cfg.guide_model).is_dir():
-                raise InputError(
-                    f"config field 'guide_model': {cfg.guide_model} is not a model folder"
-                )
-            guide = GuideEncoder.load(
-                cfg.guide_model, self.encoder.tokenizer, cfg.max_length, self.device
-            )
-        self.objective = MomentumContrast(
-            self.loss_fn,
-            queue_size=cfg.queue_size,
-            momentum=cfg.momentum,
-            online=self.encoder,
-            chunk_size=cfg.grad_cache_chunk,
-            guide=guide,
-            dist=self.env,
         )
 
     def _prompt_templates(self) -> list[Any] | None:
@@ -601,32 +346,11 @@ class Trainer:
             for t in self.config.resolved_prompt_templates()
         ]
 
-    def _matryoshka(self, loss: Any) -> Any:
-        """``loss`` summed over the ``matryoshka_dims`` prefixes (as configured)."""
-        cfg = self.config
-        if not cfg.matryoshka_dims:
-            return loss
-        from textcl.matryoshka import MatryoshkaLoss
-
-        width = self.encoder.full_embedding_dim
-        if max(cfg.matryoshka_dims) > width:
-            raise ValueError(
-                f"config field 'matryoshka_dims': {cfg.matryoshka_dims} exceed the embedding "
-                f"size {width} of {cfg.model}"
-            )
-        return MatryoshkaLoss(loss, cfg.matryoshka_dims, cfg.matryoshka_weights)
-
     # ------------------------------------------------------------------ step
     def compute_loss(self, reps: Sequence[Tensor]) -> Tensor:
         """InfoNCE of ``reps = [z_a, z_b(, z_neg)]``; across ranks, each rank's anchors
         are contrasted with the positives and hard negatives of the global batch."""
         return self.objective.compute(reps)
-
-    def _can_fuse(self, params: Sequence[torch.nn.Parameter]) -> bool:
-        """Fused AdamW: CPU and CUDA, floating-point parameters on one device type."""
-        return self.device.type in ("cpu", "cuda") and all(
-            p.is_floating_point() and p.device.type == self.device.type for p in params
-        )
 
     def embed(self, inputs: Sequence[TokenBatch]) -> list[Tensor]:
         """The embeddings of each token batch of ``inputs`` (same-shaped batches in one
@@ -664,90 +388,33 @@ class Trainer:
 
     # ------------------------------------------------------------------ run identity
     def fingerprint(self) -> dict[str, Any]:
-        """What must not change when a run is resumed: the starting model (source and a
-        sha256 of its weight files), the training data's identity (items and a content
-        hash), the recipe and the number of processes. Stored in every checkpoint."""
-        cfg = self.config.to_dict()
-        recipe = {k: v for k, v in cfg.items() if k not in RESUMABLE_FIELDS}
-        fingerprint = {
-            **recipe,
-            "model_weights_sha256": self._model_digest,
-            "data_items": len(self.hashes),
-            "data_sha256": self._data_digest(),
-            "world_size": self.world_size,
-        }
-        if self.config.guide_model is not None:
-            # The guide decides which negatives count: its content, not only its path.
-            fingerprint["guide_weights_sha256"] = self._guide_digest
-        return fingerprint
-
-    def _data_digest(self) -> str:
-        """sha256 of the training data's content (the corpus's per-sentence hashes; every
-        column of pairs), computed once."""
-        if self._data_sha256 is None:
-            if isinstance(self.data, TextCorpus):
-                raw = np.ascontiguousarray(self.hashes).tobytes()
-                self._data_sha256 = hashlib.sha256(raw).hexdigest()
-            else:
-                h = hashlib.sha256()
-                for i in range(len(self.data)):
-                    h.update("\x1f".join(self.data[i]).encode("utf-8") + b"\x1e")
-                self._data_sha256 = h.hexdigest()
-        return self._data_sha256
-
-    def _check_fingerprint(self, checkpoint: Path, stored: Any) -> None:
-        if not isinstance(stored, dict):
-            raise CorruptFileError(f"{checkpoint / STATE_JSON}: no run fingerprint")
-        now = self.fingerprint()
-        defaults = TrainConfig().to_dict()
-        changed = sorted(
-            k
-            for k in set(now) | set(stored)
-            if now.get(k) != stored.get(k)
-            # a config field added after the checkpoint was written, left at its default
-            and not (k not in stored and k in defaults and now[k] == defaults[k])
+        """What must not change when a run is resumed
+        (:func:`~textcl.train.run_folder.run_fingerprint`). Stored in every checkpoint."""
+        return run_fingerprint(
+            self.config,
+            model_digest=self._model_digest,
+            data_items=len(self.hashes),
+            data_sha256=self.training_data.digest(),
+            world_size=self.world_size,
+            guide_digest=self._guide_digest,
         )
-        if changed:
-            what = "; ".join(f"{k}: {stored.get(k)!r} -> {now.get(k)!r}" for k in changed)
-            raise FolderConflictError(
-                f"{checkpoint}: cannot resume, the run changed ({what}). Resume with the "
-                "run's own model, data and recipe, or start a new run (--overwrite or "
-                "another --output-dir)"
-            )
-
-    def _claim_folder(self, resuming: bool) -> None:
-        """A new run may not start over another run's checkpoints (``overwrite`` clears
-        them); called with the folder's lock held."""
-        root = self.output_dir
-        found = [n for n in (CHECKPOINTS, "best", "final") if (root / n).exists()]
-        if CHECKPOINTS in found and not any((root / CHECKPOINTS).iterdir()):
-            found.remove(CHECKPOINTS)
-        if resuming or not found:
-            return
-        if not self.config.overwrite:
-            raise FolderConflictError(
-                f"{root}: holds another run ({', '.join(found)}); continue it with --resume, "
-                "clear it with --overwrite, or use another --output-dir"
-            )
-        for name in RUN_OUTPUTS:
-            path = root / name
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            elif path.exists() or path.is_symlink():
-                path.unlink()
 
     # ------------------------------------------------------------------ checkpoints
-    def _rank_state(self) -> dict[str, Any]:
-        """What differs between ranks: RNG and view generator states."""
-        views = {
-            name: v.state_dict()
-            for name, v in (("view_a", self.view_a), ("view_b", self.view_b))
-            if hasattr(v, "state_dict")
-        }
-        return {"views": views, "rng": rng_state()}
+    def _views(self) -> dict[str, View]:
+        return {"view_a": self.view_a, "view_b": self.view_b}
+
+    def _momentum(self) -> Any:
+        """The run's :class:`~textcl.momentum.MomentumContrast` (its queue and EMA weights
+        go into every checkpoint), or None."""
+        if not uses_extended_loss(self.config):
+            return None
+        from textcl.momentum import MomentumContrast
+
+        return self.objective if isinstance(self.objective, MomentumContrast) else None
 
     def _payload(self, ranks: list[dict[str, Any]]) -> dict[str, Any]:
         self._sync_elapsed()
+        momentum = self._momentum()
         return {
             "state": self.state.to_dict(),
             "fingerprint": self.fingerprint(),
@@ -756,18 +423,8 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "ranks": ranks,
-            **self._negatives_state(),
+            **({"momentum": momentum.state_dict()} if momentum is not None else {}),
         }
-
-    def _negatives_state(self) -> dict[str, Any]:
-        """The momentum queue and EMA weights (same on every rank), when in use."""
-        if not _uses_extended_loss(self.config):
-            return {}
-        from textcl.momentum import MomentumContrast
-
-        if not isinstance(self.objective, MomentumContrast):
-            return {}
-        return {"momentum": self.objective.state_dict()}
 
     def model_card_data(self) -> dict[str, Any]:
         """The run facts the model card of ``best/`` and ``final/`` shows
@@ -800,148 +457,103 @@ class Trainer:
 
     def save_checkpoint(self) -> Path | None:
         """Write ``checkpoints/step-XXXXXXXX`` atomically (rank 0); prune this run's old
-        ones beyond ``save_total_limit``.
+        ones beyond ``save_total_limit``; then the ``on_save`` callbacks.
 
         Collective under torchrun: every rank calls it (rank 0 collects their RNG states).
         """
-        ranks = [self._rank_state()]
+        ranks = [rank_state(self._views())]
         if self.env.is_distributed:
             import torch.distributed as dist
 
             gathered: list[Any] = [None] * self.world_size
             dist.all_gather_object(gathered, ranks[0])
             ranks = gathered
-        if not self.is_main:
-            barrier(self.env)
-            return None
-        root = self.output_dir / CHECKPOINTS
-        target = root / f"step-{self.step:08d}"
-        with atomic_dir(target) as tmp:
-            self.encoder.save(tmp / "model")
-            self.config.save(
-                tmp / "config.json",
-                step=self.step,
-                epoch=self.epoch,
-                metrics=self.last_metrics,
-                best_metric=self.best_metric,
-                best_step=self.best_step,
+        target = None
+        if self.is_main:
+            meta = {
+                "epoch": self.epoch,
+                "metrics": self.last_metrics,
+                "best_metric": self.best_metric,
+                "best_step": self.best_step,
+            }
+            target = write_checkpoint(
+                self.output_dir, self.step, self.encoder, self.config, meta, self._payload(ranks)
             )
-            save_checkpoint_state(tmp, self._payload(ranks))  # last: it lists the files
-        self._prune_checkpoints(root)
+            prune_checkpoints(self.output_dir, self.state.run_id, self.config.save_total_limit)
         barrier(self.env)
+        self._call("on_save", target)
         return target
 
-    def _prune_checkpoints(self, root: Path) -> None:
-        mine: list[tuple[int, Path]] = []
-        for p in root.glob("step-*"):
-            step = _step_of(p)
-            if step is None or not (p / STATE_JSON).is_file():
-                continue
-            try:
-                run_id = read_json(p / STATE_JSON)["payload"]["state"]["run_id"]
-            except (CorruptFileError, KeyError, TypeError):
-                continue  # not ours to judge: leave it
-            if run_id == self.state.run_id:
-                mine.append((step, p))
-        mine.sort()
-        for _, old in mine[: -self.config.save_total_limit]:
-            shutil.rmtree(old, ignore_errors=True)
-
     def _load_state(self, checkpoint: Path) -> None:
-        payload = load_checkpoint_state(checkpoint)
-        source = str(checkpoint / STATE_JSON)
-        try:
-            self._check_fingerprint(checkpoint, payload.get("fingerprint"))
-            state = TrainerState.from_dict(payload["state"], source)
-            if _step_of(checkpoint) not in (None, state.step):
-                raise CorruptFileError(
-                    f"{source}: holds step {state.step}, not the folder's {checkpoint.name}"
-                )
-            self.optimizer.load_state_dict(payload["optimizer"])
-            self.scheduler.load_state_dict(payload["scheduler"])
-            self.scaler.load_state_dict(payload["scaler"])
-            mine = payload["ranks"][self.rank]
-            for name, view in (("view_a", self.view_a), ("view_b", self.view_b)):
-                if name in mine["views"] and hasattr(view, "load_state_dict"):
-                    view.load_state_dict(mine["views"][name])
-            set_rng_state(mine["rng"])
-            if _uses_extended_loss(self.config):
-                from textcl.momentum import MomentumContrast
-
-                if isinstance(self.objective, MomentumContrast):
-                    self.objective.load_state_dict(payload["momentum"], self.device)
-        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
-            if isinstance(e, CorruptFileError | FolderConflictError):
-                raise
-            raise CorruptFileError(
-                f"{source}: damaged trainer state ({type(e).__name__}: {e})"
-            ) from None
+        state = load_checkpoint(
+            checkpoint,
+            check_fingerprint=lambda path, stored: check_fingerprint(
+                path, self.fingerprint(), stored
+            ),
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            scaler=self.scaler,
+            views=self._views(),
+            rank=self.rank,
+            momentum=self._momentum(),
+            device=self.device,
+        )
         state.best_metric_name = self.primary_metric
         state.greater_is_better = self.greater_is_better
         self.state = state
 
-    def _resolve_resume(self, resume: str | os.PathLike[str] | bool | None) -> Path | None:
-        if resume is None or resume is False:
-            return None
-        if resume is True or resume == "auto":
-            found = find_latest_checkpoint(self.output_dir)
-            if found is None and resume is True:
-                raise FileNotFoundError(f"{self.output_dir}: no checkpoint to resume from")
-            return found
-        path = Path(resume)
-        if not ((path / STATE_JSON).is_file() or (path / LEGACY_STATE_FILE).is_file()):
-            raise FileNotFoundError(f"{path}: not a textcl checkpoint (no {STATE_JSON})")
-        return path
-
     # ------------------------------------------------------------------ logging
+    def _call(self, hook: str, *args: Any) -> None:
+        """Call ``hook`` on every callback with the run, its state and the control."""
+        self.callbacks.call(hook, self.run_info, self.state, self.control, *args)
+
     def _sync_elapsed(self) -> None:
         now = time.perf_counter()
         self.state.elapsed_s += now - self._clock
         self._clock = now
 
     def _log(self, record: dict[str, Any]) -> None:
-        """Append ``record`` to the run state's log history, ``metrics.jsonl`` and the
-        trackers (``report_to``)."""
+        """Append ``record`` to the run state's log history; then the ``on_log`` callbacks
+        (``metrics.jsonl``, the ``report_to`` tracker)."""
         self._sync_elapsed()
         record = {**record, "elapsed_s": round(self.state.elapsed_s, 3)}
         self.state.log_history.append(record)
-        if not self.is_main:
-            return
-        with open(self.output_dir / METRICS_FILE, "a", encoding="utf-8") as fh:
-            fh.write(dumps_json(record, indent=None) + "\n")
-        for tracker in self._trackers:
-            tracker.log(record)
+        self._call("on_log", record)
 
-    def _write_log(self) -> None:
-        """``metrics.jsonl`` rewritten from the run state (at a start or a resume: records
-        of an interrupted run past its checkpoint are dropped, a damaged log is replaced)."""
-        if self.is_main:
-            atomic_write_text(
-                self.output_dir / METRICS_FILE,
-                "".join(dumps_json(r, indent=None) + "\n" for r in self.state.log_history),
-            )
+    def _log_train(self, bar: Any) -> None:
+        """The train record of the steps since the last one (training time only:
+        evaluations, checkpoints and callbacks are left out)."""
+        window = self._window
+        elapsed = time.perf_counter() - window.start - window.paused
+        rate = window.sentences / max(elapsed, 1e-9)
+        mean_loss = float(np.mean(window.losses))
+        bar.set_postfix(loss=f"{mean_loss:.4g}", sent_s=f"{rate:.1f}")
+        self._log(
+            {
+                "event": "train",
+                "step": self.step,
+                "epoch": self.epoch,
+                "time": time.time(),
+                "loss": mean_loss,
+                "lr": self.scheduler.get_last_lr()[0],
+                "sentences_per_s": rate,
+            }
+        )
+        self._window = _Window()
 
-    def _open_trackers(self) -> list[Any]:
-        """The experiment trackers of ``report_to`` (rank 0 only)."""
-        if not self.is_main or self.config.report_to == "none":
-            return []
-        kind = self.config.report_to
-        if kind in ("auto", "tensorboard"):
-            try:
-                return [_TensorBoard(self.output_dir / "tb", self.config)]
-            except ImportError:
-                if kind == "tensorboard":
-                    raise InputError(
-                        "config field 'report_to': tensorboard is not installed "
-                        "(pip install tensorboard) or use --report-to none"
-                    ) from None
-                return []
-        return [_WandB(self.output_dir, self.config)]
+    @contextlib.contextmanager
+    def _paused(self) -> Iterator[None]:
+        """Time spent here is not training time (throughput of the train records)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._window.paused += time.perf_counter() - start
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> dict[str, float]:
         """Run the evaluator; keep the best model (by the evaluator's primary metric) in
-        ``OUTPUT_DIR/best``."""
+        ``OUTPUT_DIR/best``; then the ``on_evaluate`` callbacks."""
         start = time.perf_counter()
         metrics: dict[str, float] = {}
         if self.is_main:  # the other ranks wait: evaluation is cheap next to training
@@ -964,7 +576,7 @@ class Trainer:
             if self.is_main:
                 self.encoder.save(self.output_dir / "best", card=self.model_card_data())
         barrier(self.env)
-        scales = dict(getattr(self.evaluator, "scales", {}) or {})
+        scales = metric_scales(self.evaluator)
         self._log(
             {
                 "event": "eval",
@@ -978,6 +590,7 @@ class Trainer:
                 "eval_time_s": round(time.perf_counter() - start, 3),
             }
         )
+        self._call("on_evaluate", metrics)
         return metrics
 
     # ------------------------------------------------------------------ loop
@@ -1001,20 +614,22 @@ class Trainer:
             if lock is not None:
                 lock.release()
 
-    def _train_locked(self, resume: str | os.PathLike[str] | bool | None) -> TrainResult:
+    def _start(self, resume: str | os.PathLike[str] | bool | None) -> None:
+        """Claim the run folder, set up (from the checkpoint when resuming), restore or start
+        the run state, write ``config.json``."""
         cfg = self.config
         self._clock = time.perf_counter()
         if self.is_main:
             remove_stale_tmp(self.output_dir)  # left by a killed run; we hold the lock
-        checkpoint = self._resolve_resume(resume)
+        checkpoint = resolve_resume(self.output_dir, resume)
         if self.is_main:
-            self._claim_folder(resuming=checkpoint is not None)
+            claim_folder(self.output_dir, resuming=checkpoint is not None, overwrite=cfg.overwrite)
         barrier(self.env)
         if checkpoint is not None:
             load_checkpoint_state(checkpoint)  # refuse a damaged/old one before the model loads
-        self._model_digest = _weights_digest(cfg.model)
+        self._model_digest = weights_digest(cfg.model)
         if cfg.guide_model is not None:
-            self._guide_digest = _weights_digest(cfg.guide_model)
+            self._guide_digest = weights_digest(cfg.guide_model)
         self.setup(checkpoint)
         if checkpoint is not None:
             self._load_state(checkpoint)
@@ -1026,159 +641,106 @@ class Trainer:
                 greater_is_better=self.greater_is_better,
             )
         self._clock = time.perf_counter()
-        self._write_log()
         if self.is_main:
             cfg.save(self.output_dir / "config.json")
-        self._trackers = self._open_trackers()
-        total = self.total_steps()
-        save_every = cfg.save_steps or (cfg.eval_steps if cfg.eval_steps > 0 else None)
-        if cfg.eval_at_start and self.step == 0 and cfg.eval_steps >= 0:
-            self.evaluate()
-        self.encoder.train()
-        bar = tqdm(
-            total=total, initial=self.step, desc="train", unit="step", disable=not self.is_main
+
+    def _train_locked(self, resume: str | os.PathLike[str] | bool | None) -> TrainResult:
+        self._start(resume)
+        cfg, total = self.config, self.total_steps()
+        self.callbacks = CallbackList(
+            [*reporting_callbacks(cfg, self.is_main), *self.user_callbacks]
         )
-        window_start, window_sentences, window_losses = time.perf_counter(), 0, []
-        self._paused = 0.0
+        self.control = control = TrainerControl()
+        self._evaluated_at = self._saved_at = -1
+        bar = None
         try:
-            while self.step < total:
+            self._call("on_train_begin")
+            if cfg.eval_at_start and self.step == 0 and cfg.eval_steps >= 0:
+                self.evaluate()
+            self.encoder.train()
+            bar = tqdm(
+                total=total, initial=self.step, desc="train", unit="step", disable=not self.is_main
+            )
+            self._window = _Window()
+            while self.step < total and not control.should_stop:
                 plan = self.plan(self.epoch)
                 for cpu_inputs in self.loader(self.epoch):
                     if self.step >= total:
                         break
-                    batch = plan[self.batch_in_epoch]
                     loss = self.train_step(self.to_device(cpu_inputs))
+                    self._window.sentences += len(plan[self.batch_in_epoch])
+                    self._window.losses.append(loss)
                     self.batch_in_epoch += 1
                     self.step += 1
-                    window_sentences += len(batch)
-                    window_losses.append(loss)
                     bar.update(1)
-                    if self.step % cfg.logging_steps == 0 or self.step == total:
-                        # Training time only: evaluations and checkpoints are left out.
-                        elapsed = time.perf_counter() - window_start - self._paused
-                        rate = window_sentences / max(elapsed, 1e-9)
-                        mean_loss = float(np.mean(window_losses))
-                        bar.set_postfix(loss=f"{mean_loss:.4g}", sent_s=f"{rate:.1f}")
-                        self._log(
-                            {
-                                "event": "train",
-                                "step": self.step,
-                                "epoch": self.epoch,
-                                "time": time.time(),
-                                "loss": mean_loss,
-                                "lr": self.scheduler.get_last_lr()[0],
-                                "sentences_per_s": rate,
-                            }
-                        )
-                        window_start, window_sentences, window_losses = time.perf_counter(), 0, []
-                        self._paused = 0.0
-                    last = self.step == total
-                    paused_from = time.perf_counter()
-                    if cfg.eval_steps > 0 and self.step % cfg.eval_steps == 0 and not last:
-                        self.evaluate()
-                    if save_every and self.step % save_every == 0 and not last:
-                        self.save_checkpoint()
-                    if self.step_callback is not None:
-                        self.step_callback(self, self.step)
-                    self._paused += time.perf_counter() - paused_from
+                    self._cadence()  # control: this step's log / evaluate / save flags
+                    with self._paused():
+                        self._call("on_step_end")  # callbacks may change the flags
+                    if control.should_log or self._ends(total):
+                        self._log_train(bar)
+                    with self._paused():
+                        if control.should_evaluate and not self._ends(total):
+                            self.evaluate()
+                            self._evaluated_at = self.step
+                        if control.should_save and not self._ends(total):
+                            self.save_checkpoint()
+                            self._saved_at = self.step
+                        if self.step_callback is not None:
+                            self.step_callback(self, self.step)
+                    if control.should_stop:
+                        break
                 if self.batch_in_epoch >= len(plan):
                     self.epoch += 1
                     self.batch_in_epoch = 0
-            final_metrics = self.evaluate() if cfg.eval_steps >= 0 else None
-            final_dir = self.output_dir / "final"
-            if self.is_main:
-                self.encoder.save(final_dir, card=self.model_card_data())
-            self.save_checkpoint()
-            if self.is_main:
-                write_json(self.output_dir / "results.json", self.summary(final_metrics))
+            final_metrics = self._finish(bar)
         finally:
-            bar.close()
-            for tracker in self._trackers:
-                tracker.close()
-            self._trackers = []
+            if bar is not None:
+                bar.close()
+            self._call("on_train_end")
         return self.result(final_metrics)
+
+    def _cadence(self) -> None:
+        """The control's flags for this step from the config (``logging_steps``,
+        ``eval_steps``, ``save_steps``: by default every ``eval_steps``)."""
+        cfg, step = self.config, self.step
+        save_every = cfg.save_steps or (cfg.eval_steps if cfg.eval_steps > 0 else 0)
+        self.control.should_log = step % cfg.logging_steps == 0
+        self.control.should_evaluate = cfg.eval_steps > 0 and step % cfg.eval_steps == 0
+        self.control.should_save = save_every > 0 and step % save_every == 0
+
+    def _ends(self, total: int) -> bool:
+        """This step is the run's last: ``total`` reached or a callback stopped the run
+        (its logging, evaluation and checkpoint are the final ones)."""
+        return self.step >= total or self.control.should_stop
+
+    def _finish(self, bar: Any) -> dict[str, float] | None:
+        """The end of a run, at ``max_steps`` / the last epoch or stopped by a callback
+        (``should_stop``), the same either way: the steps not logged yet, the final
+        evaluation (unless ``eval_steps < 0``), ``final/``, the last checkpoint and
+        ``results.json``. An evaluation or checkpoint the loop already made at this step
+        (a stop from ``on_evaluate`` / ``on_save``) is not repeated."""
+        cfg = self.config
+        if self._window.losses:
+            self._log_train(bar)
+        final_metrics = None
+        if cfg.eval_steps >= 0:
+            done = self._evaluated_at == self.step
+            final_metrics = self.last_metrics if done else self.evaluate()
+        if self.is_main:
+            self.encoder.save(self.output_dir / "final", card=self.model_card_data())
+        if self._saved_at != self.step:
+            self.save_checkpoint()
+        if self.is_main:
+            write_json(self.output_dir / "results.json", self.summary(final_metrics))
+        return final_metrics
 
     def summary(self, final_metrics: Mapping[str, float] | None) -> dict[str, Any]:
         """``results.json``: the run's outcome, from the run state."""
-        return {
-            "steps": self.step,
-            "elapsed_s": round(self.state.elapsed_s, 3),
-            "primary_metric": self.primary_metric,
-            "greater_is_better": self.greater_is_better,
-            "best": {
-                "step": self.best_step,
-                self.primary_metric: self.best_metric,
-                "metrics": _numbers(self.state.best_record()),
-            },
-            "final": dict(final_metrics) if final_metrics is not None else None,
-        }
+        return run_summary(self.state, final_metrics)
 
     def result(self, final_metrics: Mapping[str, float] | None = None) -> TrainResult:
         """The :class:`TrainResult` of the run state."""
-        best_dir = self.output_dir / "best" if self.best_step is not None else None
-        return TrainResult(
-            output_dir=self.output_dir,
-            steps=self.step,
-            final_dir=self.output_dir / "final",
-            best_dir=best_dir,
-            best_metrics=_numbers(self.state.best_record()) if best_dir is not None else None,
-            final_metrics=dict(final_metrics) if final_metrics is not None else None,
-            start_metrics=_numbers(self.state.eval_record(0)),
-            state=self.state,
-        )
-
-
-class _TensorBoard:
-    """Scalars under ``OUTPUT_DIR/tb``; the config as hyper-parameters (text)."""
-
-    def __init__(self, log_dir: Path, config: TrainConfig) -> None:
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.writer = SummaryWriter(log_dir=str(log_dir))
-        self.writer.add_text("config", "```\n" + dumps_json(config.to_dict()) + "```", 0)
-
-    def log(self, record: Mapping[str, Any]) -> None:
-        for key, value in record.items():
-            if key in ("step", "event", "epoch", "time", "best", "elapsed_s"):
-                continue
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                self.writer.add_scalar(f"{record['event']}/{key}", value, record["step"])
-
-    def close(self) -> None:
-        self.writer.close()
-
-
-class _WandB:
-    """Weights & Biases (optional; offline runs follow ``WANDB_MODE``)."""
-
-    def __init__(self, output_dir: Path, config: TrainConfig) -> None:
-        try:
-            import wandb
-        except ImportError:
-            raise InputError(
-                "config field 'report_to': wandb is not installed (pip install wandb) or use "
-                "--report-to none"
-            ) from None
-        self.wandb = wandb
-        self.run = wandb.init(
-            project=os.environ.get("WANDB_PROJECT", "textcl"),
-            name=output_dir.name,
-            dir=str(output_dir),
-            config=config.to_dict(),
-        )
-
-    def log(self, record: Mapping[str, Any]) -> None:
-        values = {
-            f"{record['event']}/{k}": v
-            for k, v in record.items()
-            if k not in ("step", "event", "time", "best")
-            and isinstance(v, int | float)
-            and not isinstance(v, bool)
-        }
-        self.run.log(values, step=int(record["step"]))
-
-    def close(self) -> None:
-        self.run.finish()
+        return train_result(self.output_dir, self.state, final_metrics)
 
 
 def train(
@@ -1186,6 +748,7 @@ def train(
     *,
     resume: str | os.PathLike[str] | bool | None = None,
     evaluator: EvaluatorLike | None = None,
+    callbacks: Sequence[TrainerCallback] = (),
 ) -> TrainResult:
     """Train one run (see :class:`Trainer`)."""
-    return Trainer(config, evaluator=evaluator).train(resume=resume)
+    return Trainer(config, evaluator=evaluator, callbacks=callbacks).train(resume=resume)
