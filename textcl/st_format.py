@@ -83,13 +83,21 @@ def _read_transformer(folder: Path, settings: dict[str, Any]) -> None:
     if not cfg_file.is_file():
         return
     st_cfg = read_json(cfg_file)
-    if st_cfg.get("do_lower_case"):
+    if not isinstance(st_cfg, dict):
+        raise ValueError(f"{cfg_file}: expected a JSON object")
+    lower = st_cfg.get("do_lower_case")
+    if lower is not None and not isinstance(lower, bool):
+        raise ValueError(f"{cfg_file}: field 'do_lower_case' must be true or false, got {lower!r}")
+    if lower:
         raise ValueError(
             f"{cfg_file}: do_lower_case=true (lower-casing before the tokenizer) "
             "is not supported by textcl"
         )
-    if st_cfg.get("max_seq_length"):
-        settings["max_length"] = int(st_cfg["max_seq_length"])
+    length = st_cfg.get("max_seq_length")
+    if length is not None and (isinstance(length, bool) or not isinstance(length, int)):
+        raise ValueError(f"{cfg_file}: field 'max_seq_length' must be an integer, got {length!r}")
+    if length:
+        settings["max_length"] = length
 
 
 # ---------------------------------------------------------------------- Pooling

@@ -221,6 +221,34 @@ def test_textcl_config_not_an_object(saved_model: Path, capsys: pytest.CaptureFi
     )
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "fragment"),
+    [
+        ("max_seq_length", "128", "field 'max_seq_length' must be an integer, got '128'"),
+        ("max_seq_length", True, "field 'max_seq_length' must be an integer, got True"),
+        ("do_lower_case", "no", "field 'do_lower_case' must be true or false, got 'no'"),
+    ],
+)
+def test_sentence_bert_config_is_strictly_typed(
+    saved_model: Path, capsys: pytest.CaptureFixture[str], field: str, value: Any, fragment: str
+) -> None:
+    """A sentence-transformers folder (no textcl_config.json): its sentence_bert_config.json
+    fields are typed too (before: "128" became 128, true became max_length 1, "no" was
+    truthy and refused as lower-casing)."""
+    (saved_model / "textcl_config.json").unlink()
+    cfg_file = saved_model / "sentence_bert_config.json"
+    cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+    cfg[field] = value
+    cfg_file.write_text(json.dumps(cfg), encoding="utf-8")
+    assert_fails(
+        ["eval", "--model", str(saved_model), "--tasks", "stsb"],
+        capsys,
+        EXIT_USAGE,
+        [str(cfg_file), fragment],
+        saved_model,
+    )
+
+
 # ------------------------------------------------------------------ 4. STS data
 @pytest.mark.parametrize(
     ("rel", "lineno", "col", "value", "fragment"),
