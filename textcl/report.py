@@ -174,7 +174,7 @@ def format_epoch(value: object) -> str:
         return ""
     if isinstance(value, int):
         return f"index {value}"
-    assert isinstance(value, float)
+    assert isinstance(value, float)  # is_number: an int or a float
     return f"{value:.2f}"
 
 
