@@ -147,7 +147,7 @@ def test_eval_table_labels_the_scale_the_records_declare(tmp_path: Path) -> None
         {
             "event": "eval",
             "step": 2,
-            "epoch": 0,
+            "epoch": 0.0,  # a fractional epoch (an integer is an epoch index, shown as such)
             "time": 1.0,
             "stsb_dev_spearman": 0.83,
             "scales": {"stsb_dev_spearman": 100.0},
@@ -155,7 +155,7 @@ def test_eval_table_labels_the_scale_the_records_declare(tmp_path: Path) -> None
         {
             "event": "eval",
             "step": 4,
-            "epoch": 0,
+            "epoch": 0.0,
             "time": 2.0,
             "stsb_dev_spearman": 0.9,
             "scales": {"stsb_dev_spearman": 100.0},

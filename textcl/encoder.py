@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from textcl.encoder_config import EncoderConfig
+from textcl.errors import InputError
 from textcl.hub import load_transformer, model_folder, quiet_transformers
 from textcl.io import atomic_dir, atomic_write_text
 from textcl.model_card import CardModel, DenseInfo, render_model_card
@@ -59,6 +60,9 @@ default (sentence-transformers' convention: bars when logging at INFO or DEBUG).
 SHOW_PROGRESS_MIN_BATCHES = 32
 """With the ``textcl`` logger at INFO, ``encode`` shows a progress bar by default only from
 this many batches on."""
+VOCAB_MIN_FRACTION_DIVISOR = 2
+"""A tokenizer with fewer than ``1 / VOCAB_MIN_FRACTION_DIVISOR`` of the model's embedding
+rows as tokens is refused (see ``_check_tokenizer_matches_model``)."""
 
 Output = Literal["numpy", "torch"]
 
@@ -75,6 +79,24 @@ def default_show_progress(n_batches: int) -> bool:
         logging.getLogger(PROGRESS_LOGGER).isEnabledFor(logging.INFO)
         and n_batches >= SHOW_PROGRESS_MIN_BATCHES
     )
+
+
+def check_max_length(model: Any, value: int | None, what: str = "max_length") -> int | None:
+    """``value`` when it is a valid truncation length for ``model`` (an integer >= 2, at
+    most :func:`textcl.tokens.max_positions`), else :class:`~textcl.errors.InputError`
+    naming ``what`` and the model's limit: a longer sequence fails in the position
+    embeddings at the first long sentence."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+        raise InputError(f"{what} must be an integer >= 2, got {value!r}")
+    limit = max_positions(model)
+    if limit is not None and value > limit:
+        raise InputError(
+            f"{what} {value} is more than the model's limit of {limit} tokens (its position "
+            f"embeddings): choose {what} <= {limit}"
+        )
+    return value
 
 
 class SentenceEncoder(nn.Module):
@@ -148,7 +170,7 @@ class SentenceEncoder(nn.Module):
         self._prompt: PromptTemplate | None = None  # for ``prompt`` pooling
         if self.pooling.strategy == "prompt":
             self._prompt = PromptTemplate(str(self.prompt_template), tokenizer)
-        self.max_length = config.max_length
+        self.max_length = self.check_max_length(config.max_length)
         self.include_prompt = bool(include_prompt)
         self.normalize = normalize
         self.truncate_dim = config.truncate_dim
@@ -228,6 +250,13 @@ class SentenceEncoder(nn.Module):
             limits.append(pos)
         return min(limits)
 
+    def check_max_length(self, value: int | None, what: str = "max_length") -> int | None:
+        """``value`` when it is a valid truncation length for this model, else
+        :class:`~textcl.errors.InputError` naming ``what`` and the model's limit (see
+        :func:`check_max_length`). Every caller that truncates with a length of its own
+        (encode, evaluation, training's ``max_length``) checks it here, before any work."""
+        return check_max_length(self.model, value, what)
+
     def _check_tokenizer_matches_model(self) -> None:
         get_emb = getattr(self.model, "get_input_embeddings", None)
         if get_emb is None:
@@ -237,9 +266,18 @@ class SentenceEncoder(nn.Module):
         n_rows = get_emb().num_embeddings
         n_tokens = len(self.tokenizer)
         if n_tokens > n_rows:
-            raise ValueError(
+            raise InputError(
                 f"tokenizer/model mismatch: the tokenizer has {n_tokens} tokens but the model's "
                 f"embedding table has only {n_rows} rows; load the tokenizer that belongs to this model"
+            )
+        if n_tokens * VOCAB_MIN_FRACTION_DIVISOR < n_rows:
+            # Embedding tables are padded by a few rows at most; a tokenizer covering less
+            # than half of them is another model's, or a default one built from no files.
+            raise InputError(
+                f"tokenizer/model mismatch: the tokenizer has only {n_tokens} tokens but the "
+                f"model's embedding table has {n_rows} rows; the tokenizer does not belong to "
+                "this model (a folder without tokenizer files loads a default tokenizer of a "
+                "few special tokens): load the tokenizer that belongs to this model"
             )
         if self.tokenizer.pad_token_id is None:
             raise ValueError(
@@ -251,6 +289,7 @@ class SentenceEncoder(nn.Module):
         """Tokenize, truncate and pad ``texts`` into a :data:`TokenBatch` (with
         ``special_tokens_mask``). With ``prompt`` pooling each text is wrapped in the
         encoder's template (:meth:`textcl.prompt.PromptTemplate.tokenize`)."""
+        self.check_max_length(max_length)
         if self._prompt is not None:
             return self.tokenize_prompted(texts, max_length)
         return tokenize_texts(self.tokenizer, texts, max_length or self.effective_max_length)
@@ -347,6 +386,7 @@ class SentenceEncoder(nn.Module):
         alone). Returns the order (``order[k]`` is the input index of the k-th sorted
         sentence) and a lazy iterator of CPU batches.
         """
+        self.check_max_length(max_length)
         ids = token_ids(self.tokenizer, texts, max_length or self.effective_max_length)
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
         bounds = batch_bounds([len(ids[i]) for i in order], batch_size, max_tokens)
@@ -531,6 +571,7 @@ class SentenceEncoder(nn.Module):
                 prompt_length = self.prompt_length(text_prompt)
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.check_max_length(max_length)
         if output not in ("numpy", "torch"):
             raise ValueError(f"output must be 'numpy' or 'torch', got {output!r}")
         dim = self.full_embedding_dim
@@ -716,6 +757,11 @@ class SentenceEncoder(nn.Module):
             settings.pop("prompt_template", None)  # a saved template, pooling overridden
         config = EncoderConfig(**settings)
         model, tokenizer = load_transformer(folder.model_dir, model_kwargs)
+        check_max_length(
+            model,
+            config.max_length,
+            "max_length" if max_length is not None else f"{name_or_path}: saved max_length",
+        )
         encoder = cls(
             model,
             tokenizer,

@@ -11,6 +11,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from textcl.errors import InputError
 from textcl.sources import resolve_source
 
 SNAPSHOT_IGNORE_PATTERNS: tuple[str, ...] = (
@@ -27,6 +28,33 @@ SNAPSHOT_IGNORE_PATTERNS: tuple[str, ...] = (
 )
 """Other frameworks' weights and exported formats, not downloaded: textcl needs config,
 tokenizer and PyTorch weights (plus sentence-transformers' small JSON files)."""
+
+
+TOKENIZER_FILES: tuple[str, ...] = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "vocab.json",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "sentencepiece.model",
+    "tokenizer.model",
+    "source.spm",
+)
+"""Files of which a model folder must hold at least one for its tokenizer to load: without
+any, ``AutoTokenizer`` silently builds a default tokenizer of a handful of special tokens."""
+
+
+def check_tokenizer_files(model_dir: Path) -> None:
+    """:class:`~textcl.errors.InputError` naming ``model_dir`` and the files it lacks when
+    it holds none of :data:`TOKENIZER_FILES`."""
+    if not any((model_dir / name).is_file() for name in TOKENIZER_FILES):
+        raise InputError(
+            f"{model_dir}: no tokenizer files (none of {', '.join(TOKENIZER_FILES)}): the "
+            "folder holds a model without its tokenizer; save the tokenizer into it "
+            "(tokenizer.save_pretrained(folder)) or copy the tokenizer files of the model it "
+            "was trained from"
+        )
 
 
 def _hub_snapshot(name: str) -> Path:
@@ -54,9 +82,10 @@ def model_folder(name_or_path: str | os.PathLike[str]) -> Path:
 
 def load_transformer(model_dir: Path, model_kwargs: Mapping[str, Any]) -> tuple[Any, Any]:
     """The transformer and tokenizer of ``model_dir``; ``ValueError`` naming the folder
-    when either fails to load."""
+    when either fails to load or it holds no tokenizer files (:func:`check_tokenizer_files`)."""
     from transformers import AutoModel, AutoTokenizer  # lazy: start-up time
 
+    check_tokenizer_files(model_dir)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     except Exception as e:

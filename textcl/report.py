@@ -10,7 +10,11 @@ so instead of failing.
 
 The report renders what is stored, as stored: textcl stores correlations ×100 (STS results,
 ``stsb_dev_spearman``) and every eval record names the scale of its metrics (``scales``);
-no value is rescaled by guessing. Evaluating a model now is
+no value is rescaled by guessing. An ``epoch`` logged as a number with a fraction (``0.54``)
+is shown as such; an integer ``epoch`` is the index of the epoch in progress (a fraction was
+not logged) and is shown as that index, never as ``0.00``. Each eval record's ``best`` says
+"a new best at the time": the report marks only the run's best evaluation (``results.json``'s
+``best.step``, else the last record flagged ``best``). Evaluating a model now is
 :func:`textcl.evaluation.runs.evaluate_run`'s job, not the report's.
 """
 
@@ -29,6 +33,9 @@ from textcl.errors import CorruptFileError
 from textcl.io import PathLike, atomic_write_text, is_number, read_json
 from textcl.plots import read_metrics
 from textcl.version import __version__
+
+RUN_RESULTS_FILENAME = "results.json"
+"""The trainer's end-of-run summary; the report reads its ``best.step``."""
 
 RESULTS_FILENAMES: tuple[str, ...] = ("sts_results.json",)
 """STS results files picked up from the run folder when no ``results`` are given (not
@@ -55,6 +62,19 @@ class RunData:
     checkpoints: list[Path] = field(default_factory=list)
     best_dir: Path | None = None
     final_dir: Path | None = None
+    results_best_step: int | None = None
+    """``best.step`` of the run's ``results.json`` (None: no such file or no best)."""
+
+    @property
+    def best_eval_step(self) -> int | None:
+        """The step of the run's best evaluation: ``results.json``'s when it names one of
+        the eval records, else the last eval record flagged ``best`` (the trainer flags each
+        new best, so the last flag is the best of the run); None when nothing is flagged."""
+        steps = {int(r["step"]) for r in self.eval_records}
+        if self.results_best_step is not None and self.results_best_step in steps:
+            return self.results_best_step
+        flagged = [int(r["step"]) for r in self.eval_records if r.get("best") is True]
+        return flagged[-1] if flagged else None
 
     @property
     def train_records(self) -> list[dict[str, Any]]:
@@ -97,6 +117,10 @@ def load_run(run_dir: PathLike) -> RunData:
         config = read_json(run_dir / "config.json", "run config")
         if not isinstance(config, dict):
             raise CorruptFileError(f"{run_dir / 'config.json'}: expected a JSON object")
+    try:
+        records = read_metrics(metrics)
+    except UnicodeDecodeError as e:
+        raise CorruptFileError(_decode_error_message(metrics, e)) from None
     ckpt_root = run_dir / "checkpoints"
     checkpoints = (
         sorted(p for p in ckpt_root.glob("step-*") if p.is_dir()) if ckpt_root.is_dir() else []
@@ -104,11 +128,54 @@ def load_run(run_dir: PathLike) -> RunData:
     return RunData(
         run_dir=run_dir,
         config=config,
-        records=relative_times(read_metrics(metrics)),
+        records=relative_times(records),
         checkpoints=checkpoints,
         best_dir=run_dir / "best" if (run_dir / "best").is_dir() else None,
         final_dir=run_dir / "final" if (run_dir / "final").is_dir() else None,
+        results_best_step=_results_best_step(run_dir / RUN_RESULTS_FILENAME),
     )
+
+
+def _decode_error_message(path: Path, error: UnicodeDecodeError) -> str:
+    """``path:LINE: not UTF-8 text ...`` for a file that failed to decode: the first line
+    whose bytes are not UTF-8 (found by reading the file again as bytes)."""
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as bad:
+                return (
+                    f"{path}:{lineno}: not UTF-8 text (byte {raw[bad.start]:#04x} at column "
+                    f"{bad.start + 1}): the file is damaged; remove or repair that line"
+                )
+    return f"{path}: not UTF-8 text ({error.reason})"
+
+
+def _results_best_step(path: Path) -> int | None:
+    """``best.step`` of a run's ``results.json`` (None when the file or the step is absent);
+    :class:`~textcl.errors.CorruptFileError` naming the file and field when malformed."""
+    if not path.is_file():
+        return None
+    data = read_json(path, "run results")
+    best = data.get("best") if isinstance(data, dict) else None
+    if not isinstance(data, dict) or not isinstance(best, dict | None):
+        raise CorruptFileError(f"{path}: expected a JSON object with an object field 'best'")
+    step = (best or {}).get("step")
+    if step is not None and (isinstance(step, bool) or not isinstance(step, int)):
+        raise CorruptFileError(f"{path}: field 'best.step' must be an integer, got {step!r}")
+    return step
+
+
+def format_epoch(value: object) -> str:
+    """An ``epoch`` value for display: a float (fractional epochs, ``0.54``) with two
+    decimals; an integer (the index of the epoch in progress, logged without its fraction)
+    as ``index N``; anything else empty."""
+    if isinstance(value, bool) or not is_number(value):
+        return ""
+    if isinstance(value, int):
+        return f"index {value}"
+    assert isinstance(value, float)  # is_number: an int or a float
+    return f"{value:.2f}"
 
 
 def load_sts_results(path: PathLike) -> dict[str, Any]:
@@ -210,7 +277,8 @@ def run_summary(run: RunData) -> dict[str, Any]:
     last = max(run.records, key=lambda r: int(r["step"])) if run.records else None
     best = None
     if evals:
-        flagged = [r for r in evals if r.get("best") is True]
+        best_step = run.best_eval_step
+        flagged = [r for r in evals if int(r["step"]) == best_step]
         best = flagged[-1] if flagged else max(evals, key=lambda r: r["stsb_dev_spearman"])
     primary = next(
         (
@@ -220,7 +288,7 @@ def run_summary(run: RunData) -> dict[str, Any]:
         ),
         None,
     )
-    flagged_all = [r for r in run.eval_records if r.get("best") is True]
+    flagged_all = [r for r in run.eval_records if int(r["step"]) == run.best_eval_step]
     best_primary = flagged_all[-1] if primary and flagged_all else None
     return {
         "primary_metric": primary,
@@ -246,7 +314,12 @@ def _summary_section(run: RunData, s: Mapping[str, Any]) -> str:
     sts = metric_label("stsb_dev_spearman", run.eval_records)
     rows = [
         ("last step", _fmt(s["last_step"], "d")),
-        ("epochs", _fmt(s["last_epoch"], ".2f")),
+        (
+            "epoch (fraction not logged)"
+            if isinstance(s["last_epoch"], int) and not isinstance(s["last_epoch"], bool)
+            else "epochs",
+            format_epoch(s["last_epoch"]),
+        ),
         ("wall time (s)", _fmt(s["wall_time_s"], ".1f")),
         (
             "last training loss",
@@ -309,10 +382,14 @@ def _eval_section(run: RunData) -> str:
     cols = [c for c in EVAL_COLUMNS if any(c[0] in r for r in evals)]
     missing = [c[1] for c in EVAL_COLUMNS if c not in cols]
     headers = [metric_label(c[0], evals, c[1]) for c in cols] + ["best"]
+    best_step = run.best_eval_step
     rows = []
     for r in evals:
-        cells = [_esc(_fmt(r.get(k), spec)) for k, _, spec in cols]
-        cells.append("★" if r.get("best") is True else "")
+        cells = [
+            _esc(format_epoch(r.get(k)) if k == "epoch" else _fmt(r.get(k), spec))
+            for k, _, spec in cols
+        ]
+        cells.append("★" if int(r["step"]) == best_step else "")
         rows.append(cells)
     out += _table(headers, rows, "num")
     if missing:

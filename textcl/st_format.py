@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from textcl.encoder_config import HEAD_WEIGHTS_NAME, TEXTCL_CONFIG_NAME, EncoderConfig
+from textcl.errors import InputError
 from textcl.io import atomic_write_text, dumps_json, read_json
 from textcl.pooling import (
     ST_POOLING_MODES,
@@ -82,13 +83,21 @@ def _read_transformer(folder: Path, settings: dict[str, Any]) -> None:
     if not cfg_file.is_file():
         return
     st_cfg = read_json(cfg_file)
-    if st_cfg.get("do_lower_case"):
+    if not isinstance(st_cfg, dict):
+        raise ValueError(f"{cfg_file}: expected a JSON object")
+    lower = st_cfg.get("do_lower_case")
+    if lower is not None and not isinstance(lower, bool):
+        raise ValueError(f"{cfg_file}: field 'do_lower_case' must be true or false, got {lower!r}")
+    if lower:
         raise ValueError(
             f"{cfg_file}: do_lower_case=true (lower-casing before the tokenizer) "
             "is not supported by textcl"
         )
-    if st_cfg.get("max_seq_length"):
-        settings["max_length"] = int(st_cfg["max_seq_length"])
+    length = st_cfg.get("max_seq_length")
+    if length is not None and (isinstance(length, bool) or not isinstance(length, int)):
+        raise ValueError(f"{cfg_file}: field 'max_seq_length' must be an integer, got {length!r}")
+    if length:
+        settings["max_length"] = length
 
 
 # ---------------------------------------------------------------------- Pooling
@@ -365,13 +374,47 @@ def write_sentence_transformers_files(
 
 
 # ---------------------------------------------------------------------- the whole folder
+RUN_FOLDER_MARKERS: tuple[str, ...] = ("metrics.jsonl", "checkpoints", "results.json")
+"""Entries of a textcl training run folder that no model folder has."""
+RUN_MODEL_FOLDERS: tuple[str, ...] = ("best", "final")
+"""The loadable model folders of a training run, in order of preference."""
+
+
+def run_folder_models(local: Path) -> list[Path] | None:
+    """When ``local`` is a textcl training run folder (it holds ``metrics.jsonl``,
+    ``checkpoints/`` or ``results.json`` and no model files at its root): its loadable
+    model folders (``best/``, ``final/``, then each checkpoint's ``model/``, newest first;
+    possibly none yet). ``None`` for any other folder."""
+    if (local / TEXTCL_CONFIG_NAME).is_file() or is_sentence_transformers_folder(local):
+        return None
+    if not any((local / m).exists() for m in RUN_FOLDER_MARKERS):
+        return None
+    found = [local / n for n in RUN_MODEL_FOLDERS if (local / n / "config.json").is_file()]
+    ckpts = local / "checkpoints"
+    if ckpts.is_dir():
+        found += sorted(
+            (p / "model" for p in ckpts.glob("step-*") if (p / "model" / "config.json").is_file()),
+            reverse=True,
+        )
+    return found
+
+
 def read_model_folder(local: Path) -> ModelFolder:
     """Read a local model folder: ``textcl_config.json`` first (with its Dense folders and
     head file), else a sentence-transformers ``modules.json``, else a plain transformers
-    folder (no settings). ``ValueError`` when ``local`` is a file or has no ``config.json``.
+    folder (no settings). ``ValueError`` when ``local`` is a file, a textcl training run
+    folder (naming the model folders in it) or has no ``config.json``.
     """
     if not local.is_dir():
         raise ValueError(f"{local} is a file, not a model folder")
+    models = run_folder_models(local)
+    if models is not None:
+        where = (
+            "load one of its model folders: " + ", ".join(str(m) for m in models[:4])
+            if models
+            else "it holds no model yet (no best/, final/ or checkpoint)"
+        )
+        raise InputError(f"{local} is a textcl training run folder, not a model folder: {where}")
     folder = ModelFolder(local)
     config_file = local / TEXTCL_CONFIG_NAME
     if config_file.is_file():
@@ -379,8 +422,7 @@ def read_model_folder(local: Path) -> ModelFolder:
         folder.settings = asdict(EncoderConfig.from_dict(raw, str(config_file)))
         folder.head_file = local / HEAD_WEIGHTS_NAME
         folder.dense = [
-            _read_dense(local / str(d), f"{config_file}: {d}")
-            for d in raw.get("dense_modules") or []
+            _read_dense(local / d, f"{config_file}: {d}") for d in raw.get("dense_modules") or []
         ]
     elif is_sentence_transformers_folder(local):
         folder = read_sentence_transformers_folder(local)

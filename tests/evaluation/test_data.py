@@ -220,7 +220,7 @@ def _fake_hub(calls: list, n: int) -> object:
             {
                 "sentence1": [f"first {i}" for i in range(n)],
                 "sentence2": [f"second {i}" for i in range(n)],
-                "score": rng.uniform(0, 5, n).tolist(),
+                "score": rng.uniform(1, 5, n).tolist(),  # in every task's range (SICK: 1-5)
             }
         )
 

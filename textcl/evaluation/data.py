@@ -8,11 +8,20 @@ Three sources, in this order of priority:
 3. the Hugging Face hub (MTEB's public copies, pinned revisions) via ``datasets``.
 
 Every loaded task is checked against the published pair counts (:data:`EXPECTED_PAIRS`);
-a mismatch is an error.
+a mismatch is an error. Every gold score must lie in its task's range
+(:data:`SCORE_RANGES`: 0-5, SICK 1-5); one outside is an error naming the file and line.
+
+Duplicated pairs (the same sentence pair on two lines of a file) are scored as they are:
+the published files hold some (STS12 SMTeuroparl repeats 142 pairs; a few repeated pairs
+of STS-B train and SICK train even carry different gold scores) and every published result
+counts them. A file with more repeated pairs than the published one
+(:data:`PUBLISHED_DUPLICATES`) gets a warning with their count and the first file:line;
+the published files load silently and score as published.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Sequence
@@ -23,6 +32,8 @@ from typing import Any
 import numpy as np
 
 from textcl.io import PathLike
+
+logger = logging.getLogger(__name__)
 
 TASKS: tuple[str, ...] = ("sts12", "sts13", "sts14", "sts15", "sts16", "stsb", "sickr")
 """Task names, in the order results are reported; ``"all"`` expands to all of them."""
@@ -107,6 +118,33 @@ EXPECTED_PAIRS: dict[tuple[str, str], int] = {
 }
 """Pairs with a gold score per ``(task, split)``: the published sizes (data MANIFEST)."""
 
+SCORE_RANGES: dict[str, tuple[float, float]] = {
+    **{t: (0.0, 5.0) for t in YEAR_TASKS},
+    "stsb": (0.0, 5.0),
+    "sickr": (1.0, 5.0),
+}
+"""The range of every task's gold scores (inclusive): SemEval STS 0-5, SICK relatedness 1-5."""
+
+PUBLISHED_DUPLICATES: dict[tuple[str, str], int] = {
+    ("sts12", "MSRvid"): 5,
+    ("sts12", "SMTeuroparl"): 142,
+    ("sts12", "surprise.SMTnews"): 44,
+    ("sts14", "deft-forum"): 27,
+    ("sts14", "deft-news"): 1,
+    ("sts14", "images"): 1,
+    ("sts14", "OnWN"): 38,
+    ("stsb", "sts-test"): 1,
+    ("stsb", "sts-dev"): 2,
+    ("stsb", "sts-train"): 43,
+    ("sickr", "SICK_train"): 30,
+    # The hub copies of STS12-16 and SICK-R: every file of the task in one subset.
+    ("sts12", "sts12"): 191,
+    ("sts14", "sts14"): 67,
+    ("sickr", "sickr"): 85,
+}
+"""Repeated sentence pairs (lines beyond the first of each pair) in the published files,
+per ``(task, subset)``; any other subset has none. A different count is warned about."""
+
 HUB_DATASETS: dict[str, tuple[str, str]] = {
     # task: (hub dataset, revision pinned by MTEB)
     "sts12": ("mteb/sts12-sts", "a0d554a64d88156834ff5ae9920b964011b16384"),
@@ -133,6 +171,10 @@ class STSSubset:
     sentences1: list[str]
     sentences2: list[str]
     scores: np.ndarray  # (n_pairs,) float64 gold scores
+    path: str = ""
+    """The file the pairs come from (for messages); empty when unknown."""
+    lines: tuple[int, ...] = ()
+    """The line (in ``path``) of each pair, or empty (hub rows: pair ``i`` is row ``i``)."""
 
     def __post_init__(self) -> None:
         if not (len(self.sentences1) == len(self.sentences2) == len(self.scores)):
@@ -265,25 +307,37 @@ def _read_lines(path: Path) -> list[str]:
     return [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
 
 
-def _parse_score(value: str, path: Path, lineno: int) -> float:
+def _parse_score(
+    value: str, path: Path, lineno: int, score_range: tuple[float, float] = (0.0, 5.0)
+) -> float:
     try:
         score = float(value)
     except ValueError:
         raise ValueError(f"{path}:{lineno}: score {value.strip()!r} is not a number") from None
     if not math.isfinite(score):
         raise ValueError(f"{path}:{lineno}: score {value.strip()!r} is not a finite number")
+    low, high = score_range
+    if not low <= score <= high:
+        raise ValueError(
+            f"{path}:{lineno}: gold score {value.strip()!r} is outside the task's range "
+            f"{low:g}-{high:g}"
+        )
     return score
 
 
 def read_senteval_pairs(
-    input_path: PathLike, gold_path: PathLike, columns: Sequence[int] = (2,), name: str = ""
+    input_path: PathLike,
+    gold_path: PathLike,
+    columns: Sequence[int] = (2,),
+    name: str = "",
+    score_range: tuple[float, float] = SCORE_RANGES["sts12"],
 ) -> STSSubset:
     """Read one STS12-16 subset: ``STS.input.X.txt`` (tab-separated, sentences in the first
     two columns; ``columns`` lists the allowed column counts) and ``STS.gs.X.txt`` (one score
     a line; an empty line means "no gold score" and the pair is skipped).
 
-    ``ValueError`` naming the file and line for a wrong column count or a non-numeric score,
-    and naming both files when their line counts differ.
+    ``ValueError`` naming the file and line for a wrong column count, a non-numeric score or
+    one outside ``score_range``, and naming both files when their line counts differ.
     """
     inp, gold = Path(input_path), Path(gold_path)
     in_lines, gold_lines = _read_lines(inp), _read_lines(gold)
@@ -295,6 +349,7 @@ def read_senteval_pairs(
     s1: list[str] = []
     s2: list[str] = []
     scores: list[float] = []
+    lines: list[int] = []
     for i, (line, g) in enumerate(zip(in_lines, gold_lines, strict=True), start=1):
         cols = line.split("\t")
         if len(cols) not in columns:
@@ -304,16 +359,21 @@ def read_senteval_pairs(
             )
         if not g.strip():
             continue  # no gold score for this pair
-        scores.append(_parse_score(g, gold, i))
+        scores.append(_parse_score(g, gold, i, score_range))
         s1.append(cols[0])
         s2.append(cols[1])
-    return STSSubset(name or inp.name, s1, s2, np.asarray(scores, dtype=np.float64))
+        lines.append(i)
+    return STSSubset(
+        name or inp.name, s1, s2, np.asarray(scores, dtype=np.float64), str(inp), tuple(lines)
+    )
 
 
-def read_stsb_file(path: PathLike) -> STSSubset:
+def read_stsb_file(
+    path: PathLike, score_range: tuple[float, float] = SCORE_RANGES["stsb"]
+) -> STSSubset:
     """Read an STS Benchmark ``sts-*.csv``: tab-separated, NOT quoted (sentences contain
     ``"``); columns genre, file, year, id, score, sentence1, sentence2, and on some rows two
-    extra source columns (ignored)."""
+    extra source columns (ignored). A score outside ``score_range`` is an error."""
     p = Path(path)
     s1: list[str] = []
     s2: list[str] = []
@@ -322,15 +382,21 @@ def read_stsb_file(path: PathLike) -> STSSubset:
         cols = line.split("\t")
         if len(cols) not in (7, 9):
             raise ValueError(f"{p}:{i}: expected 7 or 9 tab-separated columns, got {len(cols)}")
-        scores.append(_parse_score(cols[4], p, i))
+        scores.append(_parse_score(cols[4], p, i, score_range))
         s1.append(cols[5])
         s2.append(cols[6])
-    return STSSubset(p.stem, s1, s2, np.asarray(scores, dtype=np.float64))
+    n = len(scores)
+    return STSSubset(
+        p.stem, s1, s2, np.asarray(scores, dtype=np.float64), str(p), tuple(range(1, n + 1))
+    )
 
 
-def read_sick_file(path: PathLike) -> STSSubset:
+def read_sick_file(
+    path: PathLike, score_range: tuple[float, float] = SCORE_RANGES["sickr"]
+) -> STSSubset:
     """Read a SICK file: a header row, then tab-separated pair_ID, sentence_A, sentence_B,
-    relatedness_score, entailment_judgment (CRLF line endings are accepted)."""
+    relatedness_score, entailment_judgment (CRLF line endings are accepted). A score outside
+    ``score_range`` (relatedness is 1-5) is an error."""
     p = Path(path)
     lines = _read_lines(p)
     if not lines:
@@ -350,10 +416,13 @@ def read_sick_file(path: PathLike) -> STSSubset:
             raise ValueError(
                 f"{p}:{i}: expected {len(header)} tab-separated columns, got {len(cols)}"
             )
-        scores.append(_parse_score(cols[3], p, i))
+        scores.append(_parse_score(cols[3], p, i, score_range))
         s1.append(cols[1])
         s2.append(cols[2])
-    return STSSubset(p.stem, s1, s2, np.asarray(scores, dtype=np.float64))
+    n = len(scores)
+    return STSSubset(
+        p.stem, s1, s2, np.asarray(scores, dtype=np.float64), str(p), tuple(range(2, n + 2))
+    )
 
 
 def check_counts(task: STSTask) -> STSTask:
@@ -377,6 +446,52 @@ def check_counts(task: STSTask) -> STSTask:
     return task
 
 
+def duplicate_pairs(subset: STSSubset) -> list[tuple[int, int]]:
+    """``(i, first)`` for every pair ``i`` of ``subset`` that repeats the sentence pair of an
+    earlier pair ``first`` (same order of the two sentences), in file order."""
+    seen: dict[tuple[str, str], int] = {}
+    out: list[tuple[int, int]] = []
+    for i, pair in enumerate(zip(subset.sentences1, subset.sentences2, strict=True)):
+        first = seen.setdefault(pair, i)
+        if first != i:
+            out.append((i, first))
+    return out
+
+
+def check_duplicates(task: STSTask) -> STSTask:
+    """Log a warning for each subset of ``task`` with more repeated sentence pairs than the
+    published file (:data:`PUBLISHED_DUPLICATES`): the count, how many of them carry a
+    different gold score and the first repeat as file:line. Pairs are scored as they are."""
+    for sub in task.subsets:
+        dups = duplicate_pairs(sub)
+        published = PUBLISHED_DUPLICATES.get((task.name, sub.name), 0)
+        if len(dups) <= published:  # fewer: the pair count check speaks for the file
+            if dups:
+                logger.debug(
+                    "%s: %d repeated pair(s), as published", sub.path or sub.name, len(dups)
+                )
+            continue
+        conflicting = sum(1 for i, j in dups if sub.scores[i] != sub.scores[j])
+        where = sub.path or f"{task.source} {sub.name}"
+        first = ""
+        if dups:
+            i, j = dups[0]
+            at = [f"line {sub.lines[k]}" if sub.lines else f"row {k}" for k in (i, j)]
+            first = f"; first: {where} {at[0]} repeats {at[1]}"
+        logger.warning(
+            "%s %s (%s): %d repeated sentence pair(s), %d of them with a different gold "
+            "score (the published file has %d)%s; scored as they are",
+            task.name,
+            sub.name,
+            where,
+            len(dups),
+            conflicting,
+            published,
+            first,
+        )
+    return task
+
+
 def load_local_task(task: str, split: str, sts_dir: PathLike) -> STSTask:
     """Load ``task`` (split as in :func:`task_split`) from a SentEval-layout folder."""
     root = Path(sts_dir)
@@ -387,7 +502,9 @@ def load_local_task(task: str, split: str, sts_dir: PathLike) -> STSTask:
         if not d.is_dir():
             raise FileNotFoundError(f"{task}: folder {d} not found")
         subs = [
-            read_senteval_pairs(d / f"STS.input.{s}.txt", d / f"STS.gs.{s}.txt", columns, s)
+            read_senteval_pairs(
+                d / f"STS.input.{s}.txt", d / f"STS.gs.{s}.txt", columns, s, SCORE_RANGES[task]
+            )
             for s in subsets
         ]
         files = [str(d / f"STS.input.{s}.txt") for s in subsets]
@@ -400,7 +517,7 @@ def load_local_task(task: str, split: str, sts_dir: PathLike) -> STSTask:
         subs, files = [read_sick_file(p) for p in paths], [str(p) for p in paths]
     else:
         raise ValueError(f"unknown STS task {task!r}")
-    return check_counts(STSTask(task, split, subs, f"local:{root}", True, files))
+    return check_duplicates(check_counts(STSTask(task, split, subs, f"local:{root}", True, files)))
 
 
 # ---------------------------------------------------------------------- hub
@@ -452,9 +569,19 @@ def load_hub_task(task: str, split: str) -> STSTask:
             raise ValueError(f"{source} {hub_split} row {i}: score {v!r} is not a number") from None
     if not np.isfinite(scores).all():
         raise ValueError(f"{source} {hub_split}: non-finite score(s)")
+    low, high = SCORE_RANGES[task]
+    outside = np.flatnonzero((scores < low) | (scores > high))
+    if outside.size:
+        i = int(outside[0])
+        raise ValueError(
+            f"{source} {hub_split} row {i}: gold score {scores[i]!r} is outside the task's "
+            f"range {low:g}-{high:g} ({outside.size} such row(s))"
+        )
     sub = STSSubset(task if task != "stsb" else f"sts-{split}", s1, s2, scores)
     has_subsets = task not in YEAR_TASKS
-    return check_counts(STSTask(task, split, [sub], source, has_subsets, [hub_name]))
+    return check_duplicates(
+        check_counts(STSTask(task, split, [sub], source, has_subsets, [hub_name]))
+    )
 
 
 def load_sts_task(task: str, split: str = "test", data_dir: PathLike | None = None) -> STSTask:
