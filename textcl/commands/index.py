@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from textcl.search import build_faiss_index, verify_index
+
 HELP = "build a FAISS vector index over an index folder written by `textcl encode`"
 
 
@@ -32,8 +34,6 @@ def register(subparsers: Any) -> None:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from textcl.search import verify_index
-
     idx = verify_index(args.index)
     m = idx.manifest
     files = 3 * len(m.shards) + len(m.faiss)
@@ -45,8 +45,6 @@ def run_verify(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from textcl.search import build_faiss_index
-
     entry = build_faiss_index(
         args.index,
         args.kind,

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from textcl.errors import InputError
+from textcl.model_card import MODEL_PATH_PLACEHOLDER
 
 HELP = "upload a trained model (a run's best/ by default) to the Hugging Face hub"
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -90,8 +91,6 @@ def push(
             "no Hugging Face token: set HF_TOKEN or run `hf auth login` "
             "(a token with write access) before `textcl push`"
         )
-    from textcl.model_card import MODEL_PATH_PLACEHOLDER
-
     api = huggingface_hub.HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     if revision:

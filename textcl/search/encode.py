@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from textcl.encoder import SentenceEncoder
 from textcl.errors import FolderConflictError, InputError
 from textcl.io import FolderLock, atomic_write_bytes, remove_stale_tmp
 from textcl.precision import resolve_inference_precision
@@ -313,8 +314,6 @@ def _encode_locked(
     model: Any, corpus: CorpusSource, folder: Path, options: EncodeOptions
 ) -> Manifest:
     """Holding the folder's lock: check the input, then start, resume or skip the index."""
-    from textcl.encoder import SentenceEncoder
-
     old: Manifest | None = None
     if (folder / MANIFEST_NAME).exists():
         if options.overwrite:

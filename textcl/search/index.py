@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from textcl.errors import CorruptFileError, InputError
-from textcl.io import sha256_file
+from textcl.errors import CorruptFileError, FolderConflictError, InputError
+from textcl.io import FolderLock, sha256_file
 from textcl.search.exact import DEFAULT_CHUNK_SIZE, exact_search
 from textcl.search.faiss_index import build_faiss, faiss_search, import_faiss, load_faiss_index
 from textcl.search.manifest import MANIFEST_NAME, PROBE_SENTENCES, Manifest, ShardInfo, inside
@@ -410,8 +410,6 @@ def build_faiss_index(
         The manifest's entry for this index (file, parameters, count, size, sha256, build
         seconds).
     """
-    from textcl.io import FolderLock
-
     folder = index.folder if isinstance(index, EmbeddingIndex) else Path(index).expanduser()
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such index folder")
@@ -472,15 +470,17 @@ def search(
         if not isinstance(q, str) or not q.strip():
             raise ValueError(f"query {i} is blank or not a string: {q!r:.80}")
     m = idx.manifest
-    if model is None and m.model_hash.startswith("files:") and Path(m.model).is_dir():
-        from textcl.errors import FolderConflictError
-
-        if model_weights_hash(m.model) != m.model_hash:
-            raise FolderConflictError(
-                f"{m.model}: the model folder changed since {idx.folder} was encoded (weights "
-                "hash differs from the manifest's model_hash); re-encode with `textcl encode "
-                "--overwrite`, or pass the original model with --model"
-            )
+    if (
+        model is None
+        and m.model_hash.startswith("files:")
+        and Path(m.model).is_dir()
+        and model_weights_hash(m.model) != m.model_hash
+    ):
+        raise FolderConflictError(
+            f"{m.model}: the model folder changed since {idx.folder} was encoded (weights "
+            "hash differs from the manifest's model_hash); re-encode with `textcl encode "
+            "--overwrite`, or pass the original model with --model"
+        )
     encoder = load_encoder(m.model if model is None else model, device)
     idx.check_encoder(encoder)  # cheap: 3 probe sentences; catches a changed model folder
     if truncate_dim is not None:

@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from textcl.encoder import SentenceEncoder
 from textcl.errors import InputError
 from textcl.io import files_digest
 from textcl.search.manifest import PROBE_SENTENCES
@@ -38,8 +40,6 @@ def model_probe(encoder: Any) -> list[list[float]]:
 def model_name(model: Any) -> str:
     """How the manifest names ``model``: a resolved folder path, a hub id, or for an
     in-memory encoder its model's ``name_or_path``."""
-    from textcl.encoder import SentenceEncoder
-
     if isinstance(model, SentenceEncoder):
         cfg = getattr(model.model, "config", None)
         name = str(getattr(cfg, "_name_or_path", "") or "")
@@ -80,10 +80,6 @@ def model_weights_hash(model: Any) -> str:
       head tensors, names, dtypes, shapes) and its :class:`~textcl.EncoderConfig`:
       ``"state:<hex>"``.
     """
-    import torch
-
-    from textcl.encoder import SentenceEncoder
-
     h = hashlib.sha256()
     if isinstance(model, SentenceEncoder):
         h.update(json.dumps(asdict(model.config), sort_keys=True).encode())
@@ -111,8 +107,6 @@ def model_folder(model: Any, encoder: Any | None = None) -> Path | None:
     """The local folder ``model`` was (or will be) loaded from, if any: the folder itself,
     or for a hub id the snapshot folder ``encoder`` was loaded from; ``None`` for an
     in-memory encoder."""
-    from textcl.encoder import SentenceEncoder
-
     if isinstance(model, SentenceEncoder):
         return None
     local = Path(model).expanduser()
@@ -127,8 +121,6 @@ def model_folder(model: Any, encoder: Any | None = None) -> Path | None:
 
 def load_encoder(model: Any, device: Any = None) -> Any:
     """``model`` as a :class:`~textcl.SentenceEncoder` (loaded when a folder or hub id)."""
-    from textcl.encoder import SentenceEncoder
-
     if isinstance(model, SentenceEncoder):
         if device is not None:
             model.to(device)
