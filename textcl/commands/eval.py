@@ -9,6 +9,7 @@ from textcl.encoder import SentenceEncoder
 from textcl.evaluation import evaluate_sts, expand_tasks, format_sts_table
 from textcl.io import write_json
 from textcl.precision import resolve_inference_precision
+from textcl.search.model import check_device
 
 HELP = "evaluate an encoder on STS12-16, STS-B and SICK-R (Spearman of cosine similarity ×100)"
 
@@ -76,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     extra = [s.strip() for s in args.similarity.split(",") if s.strip()]
+    check_device(args.device)  # one line for a device this machine lacks
     encoder = SentenceEncoder.from_pretrained(
         args.model, pooling=args.pooling, max_length=args.max_length, device=args.device
     )

@@ -18,6 +18,20 @@ a finished index "done") needs the same input identity (checksum, columns, split
 name and model weights hash (:func:`~textcl.search.model.model_weights_hash`), dtype, shard size and encoder
 settings. The whole input is read and checked (UTF-8, JSON, fields) before the first
 shard is written, so a bad line fails before any work, naming the line.
+
+Nothing in ``output`` is touched before the options, the device, the output's place (never
+equal to, inside or around the model folder or the input), the input and the model have
+been checked. ``overwrite`` then moves the old index's files into ``output/.replaced/``
+(renames) and deletes them only once the new run's first shard is listed in the manifest;
+a failure before that puts them back. After a kill -9 in between, the next run on the
+folder (holding its lock) settles it before anything else: with no ``manifest.json`` in
+``output`` the new run never wrote a shard and the old index is restored from
+``.replaced/``; with one, the new (resumable) index wins and ``.replaced/`` is deleted.
+
+The corpus file is checked against the one scanned (size, modification time, inode) before
+every shard is written and, with the sha256 of everything read, at the end: an input
+rewritten during encoding is an :class:`~textcl.errors.InputError` naming the file, and
+the index is never marked complete.
 """
 
 from __future__ import annotations
@@ -29,6 +43,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
@@ -46,8 +61,10 @@ from textcl.search.manifest import (
     MANIFEST_NAME,
     Manifest,
     ShardInfo,
+    check_apart,
 )
 from textcl.search.model import (
+    check_device,
     load_encoder,
     model_folder,
     model_name,
@@ -64,6 +81,8 @@ ENCODE_LOG_NAME = "encode_log.jsonl"
 DEFAULT_SHARD_SIZE = 50_000
 ENCODE_CHUNK = 4096
 """Sentences handed to ``SentenceEncoder.encode`` at a time inside a shard (progress grain)."""
+SET_ASIDE_NAME = ".replaced"
+"""Subfolder of an index folder holding the old index while ``overwrite`` replaces it."""
 _INDEX_FILE = re.compile(r"^(shard-\d{5}(\.npy|\.jsonl|\.offsets\.npy)|faiss-\w+\.index)$")
 
 
@@ -99,8 +118,60 @@ def _chunks(records: Iterator[tuple[str, str | None]], size: int) -> Iterator[li
 
 def _clear_index_files(folder: Path) -> None:
     for p in folder.iterdir():
-        if p.name in (MANIFEST_NAME, ENCODE_LOG_NAME) or _INDEX_FILE.match(p.name):
+        if _is_index_file(p.name):
             p.unlink()
+
+
+def _set_aside(folder: Path) -> Path:
+    """Move the index files of ``folder`` into ``folder/.replaced/`` (the manifest first, so
+    a partly moved index is never taken for a new one) and return that folder."""
+    aside = folder / SET_ASIDE_NAME
+    aside.mkdir()
+    names = sorted(p.name for p in folder.iterdir() if p.is_file() and _is_index_file(p.name))
+    names.sort(key=lambda n: n != MANIFEST_NAME)
+    for name in names:
+        os.replace(folder / name, aside / name)
+    return aside
+
+
+def _is_index_file(name: str) -> bool:
+    return name in (MANIFEST_NAME, ENCODE_LOG_NAME) or bool(_INDEX_FILE.match(name))
+
+
+def _restore(folder: Path, aside: Path, *, clear: bool) -> None:
+    """Move the old index back from ``aside`` (``clear``: first delete the new run's files,
+    known to be all of ``folder``'s index files)."""
+    if clear:
+        _clear_index_files(folder)
+    for p in aside.iterdir():
+        os.replace(p, folder / p.name)
+    aside.rmdir()
+
+
+def _settle_set_aside(folder: Path) -> None:
+    """After a killed ``overwrite`` (see the module docstring): restore the old index when
+    the new run wrote no manifest, else delete the set-aside copy."""
+    aside = folder / SET_ASIDE_NAME
+    if not aside.is_dir():
+        return
+    if (folder / MANIFEST_NAME).exists():
+        logger.warning("%s: deleting the old index an interrupted --overwrite set aside", folder)
+        shutil.rmtree(aside)
+    else:
+        logger.warning("%s: restoring the old index an interrupted --overwrite set aside", folder)
+        _restore(folder, aside, clear=False)
+
+
+def check_output_apart(folder: Path, model: Any, corpus: CorpusSource) -> None:
+    """Raise :class:`~textcl.errors.InputError` when the index folder equals, is inside or
+    holds the model folder or the input file/folder (:func:`check_apart`)."""
+    others: list[tuple[str, Path]] = []
+    local = None if isinstance(model, SentenceEncoder) else model_folder(model)
+    if local is not None:
+        others.append(("model folder", local))
+    if corpus.kind != "hub":
+        others.append(("input", Path(corpus.path)))
+    check_apart(folder, "--output", others)
 
 
 def _settings_diffs(old: Manifest, new: Manifest) -> list[str]:
@@ -268,6 +339,7 @@ def encode_corpus_with(
 ) -> Manifest:
     """:func:`encode_corpus` with its settings in one :class:`EncodeOptions`."""
     options.check()
+    check_device(options.device)
     folder = Path(output).expanduser()
     if folder.exists() and not folder.is_dir():
         raise InputError(
@@ -280,11 +352,13 @@ def encode_corpus_with(
         split=options.split,
         scan=False,
     )
+    check_output_apart(folder, model, corpus)
     folder.mkdir(parents=True, exist_ok=True)
     with FolderLock(folder, "index"):
         removed = remove_stale_tmp(folder, recursive=False)
         if removed:
             logger.info("%s: removed %d temp file(s) left by a killed run", folder, len(removed))
+        _settle_set_aside(folder)
         return _encode_locked(model, corpus, folder, options)
 
 
@@ -315,11 +389,9 @@ def _encode_locked(
 ) -> Manifest:
     """Holding the folder's lock: check the input, then start, resume or skip the index."""
     old: Manifest | None = None
-    if (folder / MANIFEST_NAME).exists():
-        if options.overwrite:
-            _clear_index_files(folder)
-        else:
-            old = Manifest.load(folder)
+    replace_old = (folder / MANIFEST_NAME).exists() and options.overwrite
+    if (folder / MANIFEST_NAME).exists() and not options.overwrite:
+        old = Manifest.load(folder)
     name = model_name(model)
     pre_hash: str | None = None
     local = None if isinstance(model, SentenceEncoder) else model_folder(model)
@@ -371,7 +443,16 @@ def _encode_locked(
         _check_resume(old, manifest, folder)
         manifest.shards, manifest.count, manifest.skipped = old.shards, old.count, old.skipped
         manifest.faiss = {}
-    return _encode_shards(encoder, corpus, manifest, folder, options)
+    if not replace_old:
+        return _encode_shards(encoder, corpus, manifest, folder, options)
+    # Everything is checked: only now is the old index moved aside (see the module doc).
+    aside = _set_aside(folder)
+    try:
+        return _encode_shards(encoder, corpus, manifest, folder, options, aside=aside)
+    except BaseException:
+        if aside.is_dir():
+            _restore(folder, aside, clear=True)
+        raise
 
 
 def _encode_shards(
@@ -380,9 +461,12 @@ def _encode_shards(
     manifest: Manifest,
     folder: Path,
     options: EncodeOptions,
+    *,
+    aside: Path | None = None,
 ) -> Manifest:
     """Read the corpus forward from the first row not yet in a shard, writing a shard every
-    ``shard_size`` non-blank texts."""
+    ``shard_size`` non-blank texts (the corpus file checked unchanged before each); once the
+    first is listed, the old index set aside in ``aside`` (if any) is deleted."""
     from tqdm.auto import tqdm
 
     done_rows = sum(s.rows + s.skipped for s in manifest.shards)
@@ -393,7 +477,8 @@ def _encode_shards(
             len(manifest.shards) - 1,
             done_rows,
         )
-    records = itertools.islice(corpus.records(), done_rows, None)
+    digest = hashlib.sha256() if corpus.stat is not None else None
+    records = itertools.islice(corpus.records(digest=digest), done_rows, None)
     bar = tqdm(
         total=corpus.rows,
         initial=done_rows,
@@ -409,6 +494,7 @@ def _encode_shards(
     pending_skipped = 0
 
     def flush() -> None:
+        corpus.check_unchanged()  # every row of this shard was read before this check
         _write_shard(
             encoder,
             manifest,
@@ -420,6 +506,8 @@ def _encode_shards(
             bar=bar,
             options=options,
         )
+        if aside is not None and aside.is_dir():
+            shutil.rmtree(aside)
 
     with bar:
         for block in _chunks(records, ENCODE_CHUNK):
@@ -447,6 +535,7 @@ def _encode_shards(
             f"{corpus.path}: empty corpus, no non-blank text in column/field "
             f"{corpus.text_column!r} ({position} rows read); nothing to encode"
         )
+    corpus.check_unchanged(digest)
     manifest.complete = True
     manifest.save(folder)
     return manifest

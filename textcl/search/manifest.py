@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from textcl.errors import CorruptFileError
+from textcl.errors import CorruptFileError, InputError
 from textcl.io import atomic_write_text, read_json
 
 MANIFEST_NAME = "manifest.json"
@@ -51,6 +51,27 @@ def inside(folder: Path, name: Any, where: str) -> Path:
             f"{where}: {name!r} is a link to {path.resolve()}, outside the index folder {root}"
         )
     return path
+
+
+def check_apart(folder: Path, flag: str, others: list[tuple[str, Path]]) -> None:
+    """Raise :class:`~textcl.errors.InputError` when the index ``folder`` (given as ``flag``)
+    equals, is inside or holds one of ``others`` (``(what, path)``: the model folder, the
+    input): an index written there would mix with what it is made from."""
+    out = folder.resolve()
+    for what, path in others:
+        p = path.resolve()
+        if out == p:
+            relation = "is"
+        elif p in out.parents:
+            relation = "is inside"
+        elif out in p.parents:
+            relation = "holds"
+        else:
+            continue
+        raise InputError(
+            f"{flag} {folder}: the index folder {relation} the {what} {path}; an index must "
+            f"be written apart from its model and input: choose another {flag.split()[-1]}"
+        )
 
 
 @dataclass
@@ -154,6 +175,7 @@ class Manifest:
             raise FileNotFoundError(
                 f"{path}: missing; is {folder} an index folder written by `textcl encode`?"
             )
+        inside(Path(folder), MANIFEST_NAME, str(path))  # a link leading out is refused
         data = read_json(path, "index manifest")
         if not isinstance(data, dict):
             raise CorruptFileError(f"{path}: corrupt manifest, expected a JSON object")
