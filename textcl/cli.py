@@ -30,6 +30,7 @@ import errno
 import importlib
 import logging
 import os
+import re
 import sys
 import traceback
 from collections.abc import Sequence
@@ -123,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _fail(command: str, message: str, code: int, verbose: int) -> int:
     if verbose:
         traceback.print_exc()
+    # One line, even when a library's message spans several.
+    message = re.sub(r"\s*\n\s*", " ", message.strip())
     print(f"textcl {command}: error: {message}", file=sys.stderr)
     return code
 

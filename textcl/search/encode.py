@@ -31,7 +31,9 @@ folder (holding its lock) settles it before anything else: with no ``manifest.js
 The corpus file is checked against the one scanned (size, modification time, inode) before
 every shard is written and, with the sha256 of everything read, at the end: an input
 rewritten during encoding is an :class:`~textcl.errors.InputError` naming the file, and
-the index is never marked complete.
+the index is never marked complete. Shards written before a size/time change stay
+resumable; when only the re-hash differs, the manifest records the checksum of what was
+read, so only that same content resumes (any other needs ``--overwrite``).
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ import numpy as np
 
 from textcl.encoder import SentenceEncoder
 from textcl.errors import FolderConflictError, InputError
-from textcl.io import FolderLock, atomic_write_bytes, remove_stale_tmp
+from textcl.io import FolderLock, append_text, atomic_write_bytes, remove_stale_tmp
 from textcl.precision import resolve_inference_precision
 from textcl.search.manifest import (
     DTYPES,
@@ -535,7 +537,17 @@ def _encode_shards(
             f"{corpus.path}: empty corpus, no non-blank text in column/field "
             f"{corpus.text_column!r} ({position} rows read); nothing to encode"
         )
-    corpus.check_unchanged(digest)
+    try:
+        corpus.check_unchanged(digest)
+    except InputError:
+        read = None if digest is None else "sha256:" + digest.hexdigest()
+        if read is not None and read != corpus.checksum and manifest.shards:
+            # The shards hold what was read, not the scanned content: record that, so a
+            # resume goes on only over that very content (a resumed run mixes both: never).
+            checksum = read if done_rows == 0 else f"mixed:{read}"
+            manifest.source = {**manifest.source, "checksum": checksum}
+            manifest.save(folder)
+        raise
     manifest.complete = True
     manifest.save(folder)
     return manifest
@@ -603,15 +615,10 @@ def _write_shard(
     manifest.count += len(ids)
     manifest.skipped += skipped
     manifest.save(folder)
-    with (folder / ENCODE_LOG_NAME).open("a", encoding="utf-8") as log:
-        log.write(
-            json.dumps(
-                {
-                    "shard": index,
-                    "rows": len(ids),
-                    "seconds": round(seconds, 3),
-                    "sentences_per_s": round(len(ids) / max(seconds, 1e-9), 1),
-                }
-            )
-            + "\n"
-        )
+    entry = {
+        "shard": index,
+        "rows": len(ids),
+        "seconds": round(seconds, 3),
+        "sentences_per_s": round(len(ids) / max(seconds, 1e-9), 1),
+    }
+    append_text(folder / ENCODE_LOG_NAME, json.dumps(entry) + "\n")
