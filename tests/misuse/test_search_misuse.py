@@ -470,3 +470,26 @@ def test_push_upload_failure_names_the_step(
     )
     rc, err = run_cli(["push", str(model_copy), "--repo-id", "me/tiny"], capsys)
     assert rc == 5 and f"could not upload {model_copy}" in err and "503" in err
+
+
+# ----------------------------------------- beyond the list: eval -o over its own inputs
+@pytest.mark.parametrize("where", ["model config", "inside data", "a folder"])
+def test_eval_output_apart_from_model_and_data(
+    where: str, model_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``eval -o MODEL/config.json`` replaced the model's config after a full evaluation;
+    now refused before any work, like a file of the STS data folder or a folder."""
+    data = tmp_path / "sts"
+    data.mkdir()
+    (data / "results.json").write_text("a data file")  # replaced by -o: refused
+    out = {
+        "model config": model_copy / "config.json",
+        "inside data": data / "results.json",
+        "a folder": tmp_path,
+    }[where]
+    before = tree_hash(model_copy)
+    argv = ["eval", "--model", str(model_copy), "--tasks", "stsb", "--data", str(data)]
+    rc, err = run_cli([*argv, "-o", str(out)], capsys)
+    assert rc == 2 and "-o/--output" in err and str(out) in err
+    assert tree_hash(model_copy) == before
+    assert (data / "results.json").read_text() == "a data file"

@@ -53,10 +53,13 @@ def inside(folder: Path, name: Any, where: str) -> Path:
     return path
 
 
-def check_apart(folder: Path, flag: str, others: list[tuple[str, Path]]) -> None:
-    """Raise :class:`~textcl.errors.InputError` when the index ``folder`` (given as ``flag``)
-    equals, is inside or holds one of ``others`` (``(what, path)``: the model folder, the
-    input): an index written there would mix with what it is made from."""
+def check_apart(
+    folder: Path, flag: str, others: list[tuple[str, Path]], noun: str = "the index folder"
+) -> None:
+    """Raise :class:`~textcl.errors.InputError` when the output ``folder`` (given as
+    ``flag``; ``noun``: what it is) equals, is inside or holds one of ``others`` (``(what,
+    path)``: the model folder, the input): an output written there would mix with, or
+    overwrite, what it is made from."""
     out = folder.resolve()
     for what, path in others:
         p = path.resolve()
@@ -69,8 +72,8 @@ def check_apart(folder: Path, flag: str, others: list[tuple[str, Path]]) -> None
         else:
             continue
         raise InputError(
-            f"{flag} {folder}: the index folder {relation} the {what} {path}; an index must "
-            f"be written apart from its model and input: choose another {flag.split()[-1]}"
+            f"{flag} {folder}: {noun} {relation} the {what} {path}; an output must be "
+            f"written apart from its model and input: choose another {flag.split('/')[-1]}"
         )
 
 
