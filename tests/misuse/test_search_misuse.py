@@ -26,7 +26,8 @@ from tests.search.conftest import CORPUS
 from textcl.cli import main
 from textcl.io import LOCK_NAME
 from textcl.search import encode_corpus
-from textcl.search.encode import SET_ASIDE_NAME, _set_aside
+from textcl.search.encode import _set_aside
+from textcl.search.manifest import SET_ASIDE_NAME
 
 HAS_FAISS = importlib.util.find_spec("faiss") is not None
 needs_faiss = pytest.mark.skipif(not HAS_FAISS, reason="needs faiss")
@@ -183,6 +184,8 @@ def test_killed_overwrite_before_first_shard_restores_old_index(
     before = tree_hash(index)
     _set_aside(index)
     (index / "shard-00000.npy").write_bytes(b"half a new shard")  # the killed run's file
+    rc, err = run_cli(_search(index), capsys)  # meanwhile, search says what to do
+    assert rc == 2 and ".replaced" in err and "rerun `textcl encode`" in err
     rc, _ = run_cli(encode_argv(tiny_model_dir, corpus_txt, index), capsys)
     assert rc == 0
     assert tree_hash(index) == before
@@ -334,7 +337,8 @@ def test_bad_faiss_search_params(
     index: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert main(["index", "build", "--index", str(index), "--kind", kind, "--nlist", "2"]) == 0
+    nlist = ["--nlist", "2"] if kind == "ivf" else []
+    assert main(["index", "build", "--index", str(index), "--kind", kind, *nlist]) == 0
     capsys.readouterr()
     before = tree_hash(index)
     rc, err = run_cli(_search(index, "--faiss", kind, *extra), capsys)
@@ -493,3 +497,26 @@ def test_eval_output_apart_from_model_and_data(
     assert rc == 2 and "-o/--output" in err and str(out) in err
     assert tree_hash(model_copy) == before
     assert (data / "results.json").read_text() == "a data file"
+
+
+# ------------------------------------- beyond the list: index build options that do not apply
+@needs_faiss
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        (["--kind", "hnsw", "--ef-construction", "0"], "ef_construction (--ef-construction)"),
+        (["--kind", "ivf", "--seed", "-1"], "seed (--seed)"),
+        (["--kind", "hnsw", "--nlist", "2"], "--nlist applies only to --kind ivf"),
+        (["--kind", "flat", "--m", "8"], "--m applies only to --kind hnsw"),
+        (["--kind", "ivf", "--ef-construction", "64"], "--ef-construction applies only"),
+    ],
+)
+def test_index_build_options(
+    extra: list[str], fragment: str, index: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """ef_construction 0 was built silently, --seed -1 failed without naming the field,
+    --nlist on hnsw and --m on flat were ignored."""
+    before = tree_hash(index)
+    rc, err = run_cli(["index", "build", "--index", str(index), *extra], capsys)
+    assert rc == 2 and fragment in err
+    assert tree_hash(index) == before

@@ -61,6 +61,7 @@ from textcl.precision import resolve_inference_precision
 from textcl.search.manifest import (
     DTYPES,
     MANIFEST_NAME,
+    SET_ASIDE_NAME,
     Manifest,
     ShardInfo,
     check_apart,
@@ -83,8 +84,6 @@ ENCODE_LOG_NAME = "encode_log.jsonl"
 DEFAULT_SHARD_SIZE = 50_000
 ENCODE_CHUNK = 4096
 """Sentences handed to ``SentenceEncoder.encode`` at a time inside a shard (progress grain)."""
-SET_ASIDE_NAME = ".replaced"
-"""Subfolder of an index folder holding the old index while ``overwrite`` replaces it."""
 _INDEX_FILE = re.compile(r"^(shard-\d{5}(\.npy|\.jsonl|\.offsets\.npy)|faiss-\w+\.index)$")
 
 

@@ -124,6 +124,18 @@ def build_faiss(
     """
     if kind not in FAISS_KINDS:
         raise ValueError(f"unknown FAISS index kind {kind!r}: expected {', '.join(FAISS_KINDS)}")
+    for name, flag, value, low in (
+        ("nlist", "--nlist", nlist, 1),
+        ("m", "--m", m, 2),
+        ("ef_construction", "--ef-construction", ef_construction, 1),
+        ("train_size", "", train_size, 1),
+        ("seed", "--seed", seed, 0),
+    ):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < low
+        ):
+            where = f"{name} ({flag})" if flag else name
+            raise InputError(f"{where} must be an integer >= {low}, got {value!r}")
     faiss = import_faiss()
     n, dim = len(idx), idx.dimension
     t0 = time.perf_counter()

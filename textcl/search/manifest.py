@@ -22,6 +22,9 @@ from textcl.errors import CorruptFileError, InputError
 from textcl.io import atomic_write_text, read_json
 
 MANIFEST_NAME = "manifest.json"
+SET_ASIDE_NAME = ".replaced"
+"""Subfolder of an index folder holding the old index while ``textcl encode --overwrite``
+replaces it (see :mod:`textcl.search.encode`)."""
 FORMAT_VERSION = 1
 DTYPES: tuple[str, ...] = ("float32", "float16")
 PROBE_SENTENCES: tuple[str, ...] = (
@@ -174,6 +177,12 @@ class Manifest:
         path = Path(folder) / MANIFEST_NAME
         if not Path(folder).is_dir():
             raise FileNotFoundError(f"{folder}: no such index folder")
+        if not path.is_file() and (Path(folder) / SET_ASIDE_NAME).is_dir():
+            raise InputError(
+                f"{path}: missing: an interrupted `textcl encode --overwrite` set the old index "
+                f"aside in {Path(folder) / SET_ASIDE_NAME}; rerun `textcl encode` on {folder} "
+                "to restore it (or to finish the new one with --overwrite)"
+            )
         if not path.is_file():
             raise FileNotFoundError(
                 f"{path}: missing; is {folder} an index folder written by `textcl encode`?"
