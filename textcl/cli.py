@@ -14,7 +14,8 @@ One error boundary (:func:`main`) turns every failure a user can cause into one 
 3     a damaged file (truncated, corrupted, does not match its manifest)
 4     the folder is busy (another textcl process) or belongs to another run/index
 5     an operating-system error: permission denied, read-only filesystem, disk full,
-      a path that is a file where a folder is needed (the line names path and cause)
+      a path that is a file where a folder is needed (the line names path and cause);
+      the hub cannot be reached (``push``)
 130   interrupted (Ctrl-C)
 ====  ===========================================================================
 
@@ -30,6 +31,7 @@ import errno
 import importlib
 import logging
 import os
+import re
 import sys
 import traceback
 from collections.abc import Sequence
@@ -103,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Contrastive sentence embeddings: train, evaluate, encode and search.",
         epilog="Exit codes: 0 ok; 1 bug (traceback); 2 bad input/usage; 3 damaged file; "
         "4 folder busy or owned by another run; 5 operating-system error (permissions, "
-        "read-only filesystem, disk full); 130 interrupted.",
+        "read-only filesystem, disk full) or network error; 130 interrupted.",
     )
     parser.add_argument("--version", action="version", version=f"textcl {__version__}")
     parser.add_argument(
@@ -123,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _fail(command: str, message: str, code: int, verbose: int) -> int:
     if verbose:
         traceback.print_exc()
+    # One line, even when a library's message spans several.
+    message = re.sub(r"\s*\n\s*", " ", message.strip())
     print(f"textcl {command}: error: {message}", file=sys.stderr)
     return code
 

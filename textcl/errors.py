@@ -8,7 +8,8 @@ Exit codes (documented in the README):
 * 2: bad input or usage (a flag, a config field, a data file's content);
 * 3: a file or folder is damaged, crafted or does not match its manifest/checkpoint;
 * 4: the folder is busy (another textcl process owns it) or belongs to another run;
-* 5: an operating-system error (permissions, read-only filesystem, disk full).
+* 5: an operating-system error (permissions, read-only filesystem, disk full) or a network
+  error (the hub cannot be reached).
 """
 
 from __future__ import annotations
@@ -45,3 +46,10 @@ class FolderConflictError(TextclError, ValueError):
     """The folder holds another run or index, or a resume does not match it (exit 4)."""
 
     exit_code = EXIT_CONFLICT
+
+
+class NetworkError(TextclError, OSError):
+    """A remote service (the Hugging Face hub) could not be reached or refused a request
+    (exit 5, like an operating-system error)."""
+
+    exit_code = EXIT_OS

@@ -60,21 +60,41 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
-def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(target), dir=target.parent)
+@contextlib.contextmanager
+def naming_path(path: PathLike) -> Iterator[None]:
+    """Re-raise an ``OSError`` without a file name (a write or flush on a full disk) as
+    the same error naming ``path``, so the CLI's line says where it happened."""
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        _follow_umask(Path(tmp), directory=False)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        yield
+    except OSError as e:
+        if e.filename is not None or e.errno is None:
+            raise
+        raise OSError(e.errno, e.strerror or str(e), os.fspath(path)) from e
+
+
+def append_text(path: PathLike, text: str) -> None:
+    """Append ``text`` (UTF-8) to ``path``; an ``OSError`` names the path."""
+    with naming_path(path), open(path, "a", encoding="utf-8") as fh:
+        fh.write(text)
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename);
+    an ``OSError`` (disk full, read-only filesystem) names ``path``."""
+    target = Path(path)
+    with naming_path(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(target), dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            _follow_umask(Path(tmp), directory=False)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     _fsync_dir(target.parent)
     return target
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-if TYPE_CHECKING:
-    from textcl.distributed import DistEnv
+from textcl.distributed import DistEnv, as_dist_env, gather_sizes, gather_with_grad
 
 
 class ContrastiveLogits(NamedTuple):
@@ -78,8 +77,6 @@ class InfoNCE(nn.Module):
         self.temperature = float(temperature)
         self.symmetric = bool(symmetric)
         self.hard_negative_weight = float(hard_negative_weight)
-        from textcl.distributed import as_dist_env
-
         self.dist = as_dist_env(dist)
         self.rank, self.world_size = self.dist.rank, self.dist.world_size
 
@@ -111,8 +108,6 @@ class InfoNCE(nn.Module):
     def _layout(self, z_a: Tensor) -> tuple[Tensor, list[int]]:
         """This rank's labels (global row of each local anchor's positive, ``offset_r + i``)
         and every rank's row count (collective when distributed)."""
-        from textcl.distributed import gather_sizes
-
         n_local = z_a.shape[0]
         offset, sizes = 0, [n_local]
         if self.dist.is_distributed:
@@ -141,8 +136,6 @@ class InfoNCE(nn.Module):
     ) -> ContrastiveLogits:
         """Logits and labels of this rank's anchors against the global candidates (gathered
         from every rank when distributed; all ranks must call it together)."""
-        from textcl.distributed import gather_with_grad
-
         self._check(z_a, z_b, z_neg)
         labels, sizes = self._layout(z_a)
         all_b = gather_with_grad(z_b, self.dist, sizes)
@@ -296,8 +289,6 @@ class ExtendedInfoNCE(InfoNCE):
         extra_negatives: Tensor | None = None,
         guide: Sequence[Tensor | None] | None = None,
     ) -> ContrastiveLogits:
-        from textcl.distributed import gather_with_grad
-
         self._check(z_a, z_b, z_neg)
         if extra_negatives is not None and (
             extra_negatives.dim() != 2

@@ -31,7 +31,15 @@ from typing import Any
 
 from textcl.errors import CorruptFileError
 from textcl.io import PathLike, atomic_write_text, is_number, read_json
-from textcl.plots import read_metrics
+from textcl.plots import (
+    available_curves,
+    figure_to_png_bytes,
+    plot_alignment_uniformity,
+    plot_similarity_distribution,
+    plot_sts_scatters,
+    plot_training_curves,
+    read_metrics,
+)
 from textcl.version import __version__
 
 RUN_RESULTS_FILENAME = "results.json"
@@ -398,14 +406,10 @@ def _eval_section(run: RunData) -> str:
 
 
 def _figure_html(make: Any, alt: str) -> str:
-    from textcl.plots import figure_to_png_bytes
-
     return f"<figure>{_img(figure_to_png_bytes(make()), alt)}<figcaption>{_esc(alt)}</figcaption></figure>"
 
 
 def _curves_section(run: RunData) -> str:
-    from textcl.plots import available_curves, plot_training_curves
-
     out = "<h2>Training curves</h2>\n"
     present = available_curves(run.records)
     if not present:
@@ -423,8 +427,6 @@ def _curves_section(run: RunData) -> str:
 
 
 def _alignment_section(run: RunData) -> str:
-    from textcl.plots import plot_alignment_uniformity
-
     out = "<h2>Alignment and uniformity of the evaluated checkpoints</h2>\n"
     evals = [
         r
@@ -500,8 +502,6 @@ def _sts_section(results: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
 
 
 def _scatter_section(results: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
-    from textcl.plots import plot_sts_scatters
-
     with_preds = [
         (n, r) for n, r in results if isinstance(r.get("predictions"), Mapping) and r["predictions"]
     ]
@@ -519,8 +519,6 @@ def _scatter_section(results: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
 def _similarity_section(sims: tuple[Any, Any] | None, source: str) -> str:
     if sims is None:
         return ""
-    from textcl.plots import plot_similarity_distribution
-
     return "<h2>Cosine similarity of positive vs random pairs</h2>\n" + _figure_html(
         lambda: plot_similarity_distribution(sims[0], sims[1], title=source), source
     )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from textcl.search import encode_corpus
+
 HELP = (
     "encode a corpus (.txt/.jsonl/.csv/.parquet/datasets folder/hub dataset) into an index folder"
 )
@@ -59,8 +61,6 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from textcl.search import encode_corpus
-
     manifest = encode_corpus(
         args.model,
         args.input,

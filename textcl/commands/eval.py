@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 from typing import Any
 
 from textcl.encoder import SentenceEncoder
+from textcl.errors import InputError
 from textcl.evaluation import evaluate_sts, expand_tasks, format_sts_table
 from textcl.io import write_json
 from textcl.precision import resolve_inference_precision
+from textcl.search.manifest import check_apart
+from textcl.search.model import check_device
 
 HELP = "evaluate an encoder on STS12-16, STS-B and SICK-R (Spearman of cosine similarity ×100)"
 
@@ -71,11 +76,28 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
+def check_output(output: Path, model: str, data: str | None) -> None:
+    """Before any work: the results file is not a folder, does not sit inside the model
+    folder (a new ``.json`` there changes the model's weights hash) and does not replace a
+    file of the STS data folder (``--data``, else ``$TEXTCL_DATA``)."""
+    if output.is_dir():
+        raise InputError(f"-o/--output {output}: a folder, expected a results file name")
+    others = [("model folder", Path(model).expanduser())]
+    data_dir = data or os.environ.get("TEXTCL_DATA")
+    if data_dir and output.exists():
+        others.append(("STS data folder", Path(data_dir).expanduser()))
+    local = [(what, p) for what, p in others if p.is_dir()]
+    check_apart(output, "-o/--output", local, noun="the results file")
+
+
 def run(args: argparse.Namespace) -> int:
     tasks = expand_tasks(args.tasks)  # fail on a bad task name before loading the model
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     extra = [s.strip() for s in args.similarity.split(",") if s.strip()]
+    check_device(args.device)  # one line for a device this machine lacks
+    if args.output:
+        check_output(Path(args.output).expanduser(), args.model, args.data)
     encoder = SentenceEncoder.from_pretrained(
         args.model, pooling=args.pooling, max_length=args.max_length, device=args.device
     )

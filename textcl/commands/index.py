@@ -6,6 +6,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from textcl.errors import InputError
+from textcl.search import build_faiss_index, verify_index
+
 HELP = "build a FAISS vector index over an index folder written by `textcl encode`"
 
 
@@ -16,9 +19,13 @@ def register(subparsers: Any) -> None:
     b.add_argument("--index", required=True, help="index folder")
     b.add_argument("--kind", choices=("flat", "ivf", "hnsw"), default="hnsw")
     b.add_argument("--nlist", type=int, default=None, help="IVF cells (default ~4*sqrt(N))")
-    b.add_argument("--m", type=int, default=32, help="HNSW links per node")
-    b.add_argument("--ef-construction", type=int, default=200, help="HNSW build candidates")
-    b.add_argument("--seed", type=int, default=0, help="IVF training sample / k-means seed")
+    b.add_argument("--m", type=int, default=None, help="HNSW links per node (default: 32)")
+    b.add_argument(
+        "--ef-construction", type=int, default=None, help="HNSW build candidates (default: 200)"
+    )
+    b.add_argument(
+        "--seed", type=int, default=None, help="IVF training sample / k-means seed (default: 0)"
+    )
     b.set_defaults(func=run)
     v = sub.add_parser(
         "verify",
@@ -32,8 +39,6 @@ def register(subparsers: Any) -> None:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from textcl.search import verify_index
-
     idx = verify_index(args.index)
     m = idx.manifest
     files = 3 * len(m.shards) + len(m.faiss)
@@ -44,17 +49,24 @@ def run_verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def run(args: argparse.Namespace) -> int:
-    from textcl.search import build_faiss_index
+BUILD_FLAGS: dict[str, tuple[str, str]] = {
+    "nlist": ("--nlist", "ivf"),
+    "m": ("--m", "hnsw"),
+    "ef_construction": ("--ef-construction", "hnsw"),
+    "seed": ("--seed", "ivf"),
+}
+"""``index build`` option -> its flag and the one index kind it applies to."""
 
-    entry = build_faiss_index(
-        args.index,
-        args.kind,
-        nlist=args.nlist,
-        m=args.m,
-        ef_construction=args.ef_construction,
-        seed=args.seed,
-    )
+
+def run(args: argparse.Namespace) -> int:
+    given = {name: getattr(args, name) for name in BUILD_FLAGS if getattr(args, name) is not None}
+    for name in given:
+        flag, kind = BUILD_FLAGS[name]
+        if args.kind != kind:
+            raise InputError(
+                f"{flag} applies only to --kind {kind}, not to --kind {args.kind}; drop {flag}"
+            )
+    entry = build_faiss_index(args.index, args.kind, **given)
     params = ", ".join(f"{k}={v}" for k, v in entry["params"].items())
     print(
         f"{args.index}/{entry['file']}: {args.kind} over {entry['count']} vectors"

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from textcl.errors import InputError
+from textcl.errors import InputError, NetworkError
+from textcl.model_card import MODEL_PATH_PLACEHOLDER
 
 HELP = "upload a trained model (a run's best/ by default) to the Hugging Face hub"
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -68,6 +72,35 @@ def resolve_model_folder(path: str | Path) -> Path:
     )
 
 
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """What the hub client raises when the hub cannot be reached or refuses a request:
+    ``OSError`` (``requests`` and ``huggingface_hub`` errors derive from it) and, when
+    installed, ``httpx.HTTPError``."""
+    errors: list[type[BaseException]] = [OSError]
+    try:
+        import httpx  # optional: the transport of recent huggingface_hub versions
+    except ImportError:
+        pass
+    else:
+        errors.append(httpx.HTTPError)
+    return tuple(errors)
+
+
+@contextlib.contextmanager
+def _hub_step(endpoint: str, what: str) -> Iterator[None]:
+    """Turn a network or hub failure inside the block into one :class:`NetworkError` line
+    naming the hub and the step that failed."""
+    try:
+        yield
+    except _network_errors() as e:
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise NetworkError(
+            f"{endpoint}: could not {what} ({type(e).__name__}: {reason:.300}); check the "
+            "network connection, HF_ENDPOINT and the token's write access, then run "
+            "`textcl push` again"
+        ) from e
+
+
 def push(
     folder: str | Path,
     repo_id: str,
@@ -90,34 +123,39 @@ def push(
             "no Hugging Face token: set HF_TOKEN or run `hf auth login` "
             "(a token with write access) before `textcl push`"
         )
-    from textcl.model_card import MODEL_PATH_PLACEHOLDER
-
     api = huggingface_hub.HfApi(token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    endpoint = getattr(api, "endpoint", None)
+    if not isinstance(endpoint, str):
+        endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    with _hub_step(endpoint, f"create the repository {repo_id}"):
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     if revision:
-        api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
+        with _hub_step(endpoint, f"create the branch {revision!r} of {repo_id}"):
+            api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
     message = commit_message or f"Upload textcl model from {model_dir.name}/"
     card = model_dir / "README.md"
     card_text = card.read_text(encoding="utf-8") if card.is_file() else ""
     patch_card = MODEL_PATH_PLACEHOLDER in card_text
-    info = api.upload_folder(
-        repo_id=repo_id,
-        folder_path=str(model_dir),
-        repo_type="model",
-        revision=revision,
-        commit_message=message,
-        ignore_patterns=IGNORE_PATTERNS + (["README.md"] if patch_card else []),
-    )
-    if patch_card:
-        # The card's snippets load the model by its hub id.
-        info = api.upload_file(
-            path_or_fileobj=card_text.replace(MODEL_PATH_PLACEHOLDER, repo_id).encode("utf-8"),
-            path_in_repo="README.md",
+    with _hub_step(endpoint, f"upload {model_dir} to {repo_id}"):
+        info = api.upload_folder(
             repo_id=repo_id,
+            folder_path=str(model_dir),
             repo_type="model",
             revision=revision,
-            commit_message=f"{message} (model card)",
+            commit_message=message,
+            ignore_patterns=IGNORE_PATTERNS + (["README.md"] if patch_card else []),
         )
+    if patch_card:
+        # The card's snippets load the model by its hub id.
+        with _hub_step(endpoint, f"upload the model card to {repo_id}"):
+            info = api.upload_file(
+                path_or_fileobj=card_text.replace(MODEL_PATH_PLACEHOLDER, repo_id).encode("utf-8"),
+                path_in_repo="README.md",
+                repo_id=repo_id,
+                repo_type="model",
+                revision=revision,
+                commit_message=f"{message} (model card)",
+            )
     return str(getattr(info, "commit_url", None) or info)
 
 

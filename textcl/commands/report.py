@@ -6,6 +6,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from textcl.evaluation.runs import evaluate_run
+from textcl.report import load_run, write_report
+
 HELP = "write a self-contained HTML report (config, metrics, plots, STS table) of a training run"
 
 
@@ -43,15 +46,11 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from textcl.report import load_run, write_report
-
     run_data = load_run(args.run_dir)  # fail early on a bad run folder
     results: list[Any] | None = list(args.results) if args.results else None
     similarity = None
     source = ""
     if args.sts:
-        from textcl.evaluation.runs import evaluate_run
-
         res_path, similarity, source = evaluate_run(
             run_data.run_dir,
             tasks=[t.strip() for t in args.tasks.split(",") if t.strip()],

@@ -9,6 +9,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from textcl.data.readers import read_lines
+from textcl.search import search
+
 HELP = "search an index folder written by `textcl encode` (exact, or through FAISS)"
 
 
@@ -61,8 +64,6 @@ def read_queries(path: str) -> list[str]:
     if path == "-":
         lines = sys.stdin.read().splitlines()
     else:
-        from textcl.data.readers import read_lines
-
         file = Path(path)
         if not file.is_file():
             raise FileNotFoundError(f"{path}: no such queries file")
@@ -95,8 +96,6 @@ def format_table(results: list[list[Any]]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from textcl.search import search
-
     queries = list(args.query) if args.query else read_queries(args.queries)
     results = search(
         args.index,

@@ -18,6 +18,22 @@ a finished index "done") needs the same input identity (checksum, columns, split
 name and model weights hash (:func:`~textcl.search.model.model_weights_hash`), dtype, shard size and encoder
 settings. The whole input is read and checked (UTF-8, JSON, fields) before the first
 shard is written, so a bad line fails before any work, naming the line.
+
+Nothing in ``output`` is touched before the options, the device, the output's place (never
+equal to, inside or around the model folder or the input), the input and the model have
+been checked. ``overwrite`` then moves the old index's files into ``output/.replaced/``
+(renames) and deletes them only once the new run's first shard is listed in the manifest;
+a failure before that puts them back. After a kill -9 in between, the next run on the
+folder (holding its lock) settles it before anything else: with no ``manifest.json`` in
+``output`` the new run never wrote a shard and the old index is restored from
+``.replaced/``; with one, the new (resumable) index wins and ``.replaced/`` is deleted.
+
+The corpus file is checked against the one scanned (size, modification time, inode) before
+every shard is written and, with the sha256 of everything read, at the end: an input
+rewritten during encoding is an :class:`~textcl.errors.InputError` naming the file, and
+the index is never marked complete. Shards written before a size/time change stay
+resumable; when only the re-hash differs, the manifest records the checksum of what was
+read, so only that same content resumes (any other needs ``--overwrite``).
 """
 
 from __future__ import annotations
@@ -29,6 +45,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
@@ -37,16 +54,20 @@ from typing import Any
 
 import numpy as np
 
+from textcl.encoder import SentenceEncoder
 from textcl.errors import FolderConflictError, InputError
-from textcl.io import FolderLock, atomic_write_bytes, remove_stale_tmp
+from textcl.io import FolderLock, append_text, atomic_write_bytes, remove_stale_tmp
 from textcl.precision import resolve_inference_precision
 from textcl.search.manifest import (
     DTYPES,
     MANIFEST_NAME,
+    SET_ASIDE_NAME,
     Manifest,
     ShardInfo,
+    check_apart,
 )
 from textcl.search.model import (
+    check_device,
     load_encoder,
     model_folder,
     model_name,
@@ -98,8 +119,60 @@ def _chunks(records: Iterator[tuple[str, str | None]], size: int) -> Iterator[li
 
 def _clear_index_files(folder: Path) -> None:
     for p in folder.iterdir():
-        if p.name in (MANIFEST_NAME, ENCODE_LOG_NAME) or _INDEX_FILE.match(p.name):
+        if _is_index_file(p.name):
             p.unlink()
+
+
+def _set_aside(folder: Path) -> Path:
+    """Move the index files of ``folder`` into ``folder/.replaced/`` (the manifest first, so
+    a partly moved index is never taken for a new one) and return that folder."""
+    aside = folder / SET_ASIDE_NAME
+    aside.mkdir()
+    names = sorted(p.name for p in folder.iterdir() if p.is_file() and _is_index_file(p.name))
+    names.sort(key=lambda n: n != MANIFEST_NAME)
+    for name in names:
+        os.replace(folder / name, aside / name)
+    return aside
+
+
+def _is_index_file(name: str) -> bool:
+    return name in (MANIFEST_NAME, ENCODE_LOG_NAME) or bool(_INDEX_FILE.match(name))
+
+
+def _restore(folder: Path, aside: Path, *, clear: bool) -> None:
+    """Move the old index back from ``aside`` (``clear``: first delete the new run's files,
+    known to be all of ``folder``'s index files)."""
+    if clear:
+        _clear_index_files(folder)
+    for p in aside.iterdir():
+        os.replace(p, folder / p.name)
+    aside.rmdir()
+
+
+def _settle_set_aside(folder: Path) -> None:
+    """After a killed ``overwrite`` (see the module docstring): restore the old index when
+    the new run wrote no manifest, else delete the set-aside copy."""
+    aside = folder / SET_ASIDE_NAME
+    if not aside.is_dir():
+        return
+    if (folder / MANIFEST_NAME).exists():
+        logger.warning("%s: deleting the old index an interrupted --overwrite set aside", folder)
+        shutil.rmtree(aside)
+    else:
+        logger.warning("%s: restoring the old index an interrupted --overwrite set aside", folder)
+        _restore(folder, aside, clear=False)
+
+
+def check_output_apart(folder: Path, model: Any, corpus: CorpusSource) -> None:
+    """Raise :class:`~textcl.errors.InputError` when the index folder equals, is inside or
+    holds the model folder or the input file/folder (:func:`check_apart`)."""
+    others: list[tuple[str, Path]] = []
+    local = None if isinstance(model, SentenceEncoder) else model_folder(model)
+    if local is not None:
+        others.append(("model folder", local))
+    if corpus.kind != "hub":
+        others.append(("input", Path(corpus.path)))
+    check_apart(folder, "--output", others)
 
 
 def _settings_diffs(old: Manifest, new: Manifest) -> list[str]:
@@ -267,6 +340,7 @@ def encode_corpus_with(
 ) -> Manifest:
     """:func:`encode_corpus` with its settings in one :class:`EncodeOptions`."""
     options.check()
+    check_device(options.device)
     folder = Path(output).expanduser()
     if folder.exists() and not folder.is_dir():
         raise InputError(
@@ -279,11 +353,13 @@ def encode_corpus_with(
         split=options.split,
         scan=False,
     )
+    check_output_apart(folder, model, corpus)
     folder.mkdir(parents=True, exist_ok=True)
     with FolderLock(folder, "index"):
         removed = remove_stale_tmp(folder, recursive=False)
         if removed:
             logger.info("%s: removed %d temp file(s) left by a killed run", folder, len(removed))
+        _settle_set_aside(folder)
         return _encode_locked(model, corpus, folder, options)
 
 
@@ -313,14 +389,10 @@ def _encode_locked(
     model: Any, corpus: CorpusSource, folder: Path, options: EncodeOptions
 ) -> Manifest:
     """Holding the folder's lock: check the input, then start, resume or skip the index."""
-    from textcl.encoder import SentenceEncoder
-
     old: Manifest | None = None
-    if (folder / MANIFEST_NAME).exists():
-        if options.overwrite:
-            _clear_index_files(folder)
-        else:
-            old = Manifest.load(folder)
+    replace_old = (folder / MANIFEST_NAME).exists() and options.overwrite
+    if (folder / MANIFEST_NAME).exists() and not options.overwrite:
+        old = Manifest.load(folder)
     name = model_name(model)
     pre_hash: str | None = None
     local = None if isinstance(model, SentenceEncoder) else model_folder(model)
@@ -372,7 +444,16 @@ def _encode_locked(
         _check_resume(old, manifest, folder)
         manifest.shards, manifest.count, manifest.skipped = old.shards, old.count, old.skipped
         manifest.faiss = {}
-    return _encode_shards(encoder, corpus, manifest, folder, options)
+    if not replace_old:
+        return _encode_shards(encoder, corpus, manifest, folder, options)
+    # Everything is checked: only now is the old index moved aside (see the module doc).
+    aside = _set_aside(folder)
+    try:
+        return _encode_shards(encoder, corpus, manifest, folder, options, aside=aside)
+    except BaseException:
+        if aside.is_dir():
+            _restore(folder, aside, clear=True)
+        raise
 
 
 def _encode_shards(
@@ -381,9 +462,12 @@ def _encode_shards(
     manifest: Manifest,
     folder: Path,
     options: EncodeOptions,
+    *,
+    aside: Path | None = None,
 ) -> Manifest:
     """Read the corpus forward from the first row not yet in a shard, writing a shard every
-    ``shard_size`` non-blank texts."""
+    ``shard_size`` non-blank texts (the corpus file checked unchanged before each); once the
+    first is listed, the old index set aside in ``aside`` (if any) is deleted."""
     from tqdm.auto import tqdm
 
     done_rows = sum(s.rows + s.skipped for s in manifest.shards)
@@ -394,7 +478,8 @@ def _encode_shards(
             len(manifest.shards) - 1,
             done_rows,
         )
-    records = itertools.islice(corpus.records(), done_rows, None)
+    digest = hashlib.sha256() if corpus.stat is not None else None
+    records = itertools.islice(corpus.records(digest=digest), done_rows, None)
     bar = tqdm(
         total=corpus.rows,
         initial=done_rows,
@@ -410,6 +495,7 @@ def _encode_shards(
     pending_skipped = 0
 
     def flush() -> None:
+        corpus.check_unchanged()  # every row of this shard was read before this check
         _write_shard(
             encoder,
             manifest,
@@ -421,6 +507,8 @@ def _encode_shards(
             bar=bar,
             options=options,
         )
+        if aside is not None and aside.is_dir():
+            shutil.rmtree(aside)
 
     with bar:
         for block in _chunks(records, ENCODE_CHUNK):
@@ -448,6 +536,17 @@ def _encode_shards(
             f"{corpus.path}: empty corpus, no non-blank text in column/field "
             f"{corpus.text_column!r} ({position} rows read); nothing to encode"
         )
+    try:
+        corpus.check_unchanged(digest)
+    except InputError:
+        read = None if digest is None else "sha256:" + digest.hexdigest()
+        if read is not None and read != corpus.checksum and manifest.shards:
+            # The shards hold what was read, not the scanned content: record that, so a
+            # resume goes on only over that very content (a resumed run mixes both: never).
+            checksum = read if done_rows == 0 else f"mixed:{read}"
+            manifest.source = {**manifest.source, "checksum": checksum}
+            manifest.save(folder)
+        raise
     manifest.complete = True
     manifest.save(folder)
     return manifest
@@ -515,15 +614,10 @@ def _write_shard(
     manifest.count += len(ids)
     manifest.skipped += skipped
     manifest.save(folder)
-    with (folder / ENCODE_LOG_NAME).open("a", encoding="utf-8") as log:
-        log.write(
-            json.dumps(
-                {
-                    "shard": index,
-                    "rows": len(ids),
-                    "seconds": round(seconds, 3),
-                    "sentences_per_s": round(len(ids) / max(seconds, 1e-9), 1),
-                }
-            )
-            + "\n"
-        )
+    entry = {
+        "shard": index,
+        "rows": len(ids),
+        "seconds": round(seconds, 3),
+        "sentences_per_s": round(len(ids) / max(seconds, 1e-9), 1),
+    }
+    append_text(folder / ENCODE_LOG_NAME, json.dumps(entry) + "\n")

@@ -124,6 +124,18 @@ def build_faiss(
     """
     if kind not in FAISS_KINDS:
         raise ValueError(f"unknown FAISS index kind {kind!r}: expected {', '.join(FAISS_KINDS)}")
+    for name, flag, value, low in (
+        ("nlist", "--nlist", nlist, 1),
+        ("m", "--m", m, 2),
+        ("ef_construction", "--ef-construction", ef_construction, 1),
+        ("train_size", "", train_size, 1),
+        ("seed", "--seed", seed, 0),
+    ):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < low
+        ):
+            where = f"{name} ({flag})" if flag else name
+            raise InputError(f"{where} must be an integer >= {low}, got {value!r}")
     faiss = import_faiss()
     n, dim = len(idx), idx.dimension
     t0 = time.perf_counter()
@@ -223,6 +235,34 @@ def load_faiss_index(idx: VectorIndex, kind: str) -> Any:
     return _LOADED[key]
 
 
+SEARCH_PARAMS: dict[str, tuple[str, str]] = {
+    "nprobe": ("ivf", "--nprobe"),
+    "ef_search": ("hnsw", "--ef-search"),
+}
+"""Search-time parameter -> the FAISS index kind it applies to and its CLI flag."""
+
+
+def check_search_params(
+    kind: str | None, *, nprobe: int | None = None, ef_search: int | None = None
+) -> None:
+    """Raise :class:`~textcl.errors.InputError` naming the flag for a ``nprobe`` /
+    ``ef_search`` that is not a positive integer, or given for a search it does not apply
+    to (``kind``: the FAISS index kind searched, ``None`` for exact search)."""
+    for name, value in (("nprobe", nprobe), ("ef_search", ef_search)):
+        if value is None:
+            continue
+        applies, flag = SEARCH_PARAMS[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"{flag} ({name}) must be a positive integer, got {value!r}")
+        if kind != applies:
+            searched = "exact search" if kind is None else f"a FAISS {kind!r} index"
+            raise InputError(
+                f"{flag} ({name}) applies only to a FAISS {applies!r} index, not to "
+                f"{searched}; drop {flag}"
+                + ("" if kind is None else f" or search with --faiss {applies}")
+            )
+
+
 def faiss_search(
     idx: VectorIndex,
     queries: np.ndarray,
@@ -236,6 +276,7 @@ def faiss_search(
     index -1 and score -inf."""
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+    check_search_params(kind, nprobe=nprobe, ef_search=ef_search)
     fi = load_faiss_index(idx, kind)
     k = min(top_k, len(idx))
     if kind == "ivf":

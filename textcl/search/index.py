@@ -30,12 +30,25 @@ from typing import Any
 
 import numpy as np
 
-from textcl.errors import CorruptFileError, InputError
-from textcl.io import sha256_file
+from textcl.errors import CorruptFileError, FolderConflictError, InputError
+from textcl.io import FolderLock, sha256_file
 from textcl.search.exact import DEFAULT_CHUNK_SIZE, exact_search
-from textcl.search.faiss_index import build_faiss, faiss_search, import_faiss, load_faiss_index
-from textcl.search.manifest import MANIFEST_NAME, PROBE_SENTENCES, Manifest, ShardInfo, inside
-from textcl.search.model import load_encoder, model_weights_hash
+from textcl.search.faiss_index import (
+    build_faiss,
+    check_search_params,
+    faiss_search,
+    import_faiss,
+    load_faiss_index,
+)
+from textcl.search.manifest import (
+    MANIFEST_NAME,
+    PROBE_SENTENCES,
+    Manifest,
+    ShardInfo,
+    check_apart,
+    inside,
+)
+from textcl.search.model import check_device, load_encoder, model_weights_hash
 
 PROBE_MIN_COSINE = 0.999
 """A query encoder whose probe embeddings have a lower cosine to the manifest's is refused."""
@@ -235,7 +248,7 @@ class EmbeddingIndex:
             s = int(np.searchsorted(self._starts, g, side="right")) - 1
             shard = self.manifest.shards[s]
             offsets = self._load_offsets(s)
-            path = self.folder / shard.texts
+            path = inside(self.folder, shard.texts, str(self.folder / MANIFEST_NAME))
             with path.open("rb") as f:
                 f.seek(int(offsets[g - int(self._starts[s])]))
                 line = f.readline()
@@ -410,14 +423,15 @@ def build_faiss_index(
         The manifest's entry for this index (file, parameters, count, size, sha256, build
         seconds).
     """
-    from textcl.io import FolderLock
-
     folder = index.folder if isinstance(index, EmbeddingIndex) else Path(index).expanduser()
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such index folder")
     with FolderLock(folder, "index"):
+        idx = open_index(index)
+        if Path(idx.manifest.model).is_dir():  # never write into (or around) a model folder
+            check_apart(folder, "--index", [("model folder", Path(idx.manifest.model))])
         return build_faiss(
-            open_index(index),
+            idx,
             kind,
             nlist=nlist,
             m=m,
@@ -464,6 +478,7 @@ def search(
     Returns:
         One list of :class:`Hit` per query.
     """
+    check_device(device)
     idx = open_index(index, verify=verify)
     items = [queries] if isinstance(queries, str) else list(queries)
     if not items:
@@ -472,26 +487,6 @@ def search(
         if not isinstance(q, str) or not q.strip():
             raise ValueError(f"query {i} is blank or not a string: {q!r:.80}")
     m = idx.manifest
-    if model is None and m.model_hash.startswith("files:") and Path(m.model).is_dir():
-        from textcl.errors import FolderConflictError
-
-        if model_weights_hash(m.model) != m.model_hash:
-            raise FolderConflictError(
-                f"{m.model}: the model folder changed since {idx.folder} was encoded (weights "
-                "hash differs from the manifest's model_hash); re-encode with `textcl encode "
-                "--overwrite`, or pass the original model with --model"
-            )
-    encoder = load_encoder(m.model if model is None else model, device)
-    idx.check_encoder(encoder)  # cheap: 3 probe sentences; catches a changed model folder
-    if truncate_dim is not None:
-        check_truncate_dim(truncate_dim, idx.dimension)
-    vectors = encoder.encode(
-        items,
-        batch_size=batch_size,
-        normalize=m.normalized,
-        show_progress=False,
-        truncate_dim=truncate_dim,
-    )
     kind: str | None
     if faiss is None or faiss is False:
         kind = None
@@ -505,6 +500,29 @@ def search(
         kind = built[0]
     else:
         kind = str(faiss)
+    check_search_params(kind, nprobe=nprobe, ef_search=ef_search)
+    if (
+        model is None
+        and m.model_hash.startswith("files:")
+        and Path(m.model).is_dir()
+        and model_weights_hash(m.model) != m.model_hash
+    ):
+        raise FolderConflictError(
+            f"{m.model}: the model folder changed since {idx.folder} was encoded (weights "
+            "hash differs from the manifest's model_hash); re-encode with `textcl encode "
+            "--overwrite`, or pass the original model with --model"
+        )
+    encoder = load_encoder(m.model if model is None else model, device)
+    idx.check_encoder(encoder)  # cheap: 3 probe sentences; catches a changed model folder
+    if truncate_dim is not None:
+        check_truncate_dim(truncate_dim, idx.dimension)
+    vectors = encoder.encode(
+        items,
+        batch_size=batch_size,
+        normalize=m.normalized,
+        show_progress=False,
+        truncate_dim=truncate_dim,
+    )
     scores, indices = idx.search_vectors(
         vectors,
         top_k,

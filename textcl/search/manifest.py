@@ -18,10 +18,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from textcl.errors import CorruptFileError
+from textcl.errors import CorruptFileError, InputError
 from textcl.io import atomic_write_text, read_json
 
 MANIFEST_NAME = "manifest.json"
+SET_ASIDE_NAME = ".replaced"
+"""Subfolder of an index folder holding the old index while ``textcl encode --overwrite``
+replaces it (see :mod:`textcl.search.encode`)."""
 FORMAT_VERSION = 1
 DTYPES: tuple[str, ...] = ("float32", "float16")
 PROBE_SENTENCES: tuple[str, ...] = (
@@ -51,6 +54,30 @@ def inside(folder: Path, name: Any, where: str) -> Path:
             f"{where}: {name!r} is a link to {path.resolve()}, outside the index folder {root}"
         )
     return path
+
+
+def check_apart(
+    folder: Path, flag: str, others: list[tuple[str, Path]], noun: str = "the index folder"
+) -> None:
+    """Raise :class:`~textcl.errors.InputError` when the output ``folder`` (given as
+    ``flag``; ``noun``: what it is) equals, is inside or holds one of ``others`` (``(what,
+    path)``: the model folder, the input): an output written there would mix with, or
+    overwrite, what it is made from."""
+    out = folder.resolve()
+    for what, path in others:
+        p = path.resolve()
+        if out == p:
+            relation = "is"
+        elif p in out.parents:
+            relation = "is inside"
+        elif out in p.parents:
+            relation = "holds"
+        else:
+            continue
+        raise InputError(
+            f"{flag} {folder}: {noun} {relation} the {what} {path}; an output must be "
+            f"written apart from its model and input: choose another {flag.split('/')[-1]}"
+        )
 
 
 @dataclass
@@ -150,10 +177,17 @@ class Manifest:
         path = Path(folder) / MANIFEST_NAME
         if not Path(folder).is_dir():
             raise FileNotFoundError(f"{folder}: no such index folder")
+        if not path.is_file() and (Path(folder) / SET_ASIDE_NAME).is_dir():
+            raise InputError(
+                f"{path}: missing: an interrupted `textcl encode --overwrite` set the old index "
+                f"aside in {Path(folder) / SET_ASIDE_NAME}; rerun `textcl encode` on {folder} "
+                "to restore it (or to finish the new one with --overwrite)"
+            )
         if not path.is_file():
             raise FileNotFoundError(
                 f"{path}: missing; is {folder} an index folder written by `textcl encode`?"
             )
+        inside(Path(folder), MANIFEST_NAME, str(path))  # a link leading out is refused
         data = read_json(path, "index manifest")
         if not isinstance(data, dict):
             raise CorruptFileError(f"{path}: corrupt manifest, expected a JSON object")

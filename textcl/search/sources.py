@@ -49,6 +49,9 @@ class CorpusSource:
     """Number of source rows (lines for text files) once known, else ``None``."""
     count: int | None = None
     """Number of non-blank texts, once :meth:`scan` has read the source."""
+    stat: tuple[int, int, int] | None = None
+    """``(size, mtime_ns, inode)`` of a corpus file when :meth:`scan` started reading it
+    (``None`` for datasets and hub sources): :meth:`check_unchanged` compares it."""
     _dataset: Any = field(default=None, repr=False)
 
     @property
@@ -81,6 +84,8 @@ class CorpusSource:
         if self.count is not None:
             return self.count
         digest = hashlib.sha256() if self.kind not in ("datasets",) else None
+        if self.kind != "datasets":
+            self.stat = self._file_stat()
         count = 0
         rows = 0
         for _, text in self.records(digest=digest):
@@ -100,6 +105,34 @@ class CorpusSource:
 
     validate = scan
     """The old name of :meth:`scan`."""
+
+    def _file_stat(self) -> tuple[int, int, int]:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            raise InputError(
+                f"{self.path}: the corpus file was removed while it was being encoded; the "
+                "index is left unfinished"
+            ) from None
+        return st.st_size, st.st_mtime_ns, st.st_ino
+
+    def check_unchanged(self, digest: Any = None) -> None:
+        """Raise :class:`~textcl.errors.InputError` naming the file when the corpus file is
+        no longer the one :meth:`scan` read: another size, modification time or inode, or
+        (``digest``: a hashlib object fed the whole file by a later read) other content
+        than :attr:`checksum`. Datasets and hub sources are not checked."""
+        if self.stat is None:
+            return
+        changed = self._file_stat() != self.stat
+        if not changed and digest is not None:
+            changed = "sha256:" + digest.hexdigest() != self.checksum
+        if changed:
+            raise InputError(
+                f"{self.path}: the corpus file changed while it was being encoded (its size, "
+                "modification time or content differ from when encoding started); the index "
+                "is left unfinished, never marked complete: rerun `textcl encode` once the "
+                "file is final (with --overwrite if its content changed)"
+            )
 
     def records(self, digest: Any = None) -> Iterator[Record]:
         """Yield ``(id, text)`` in source order (``digest``: a hashlib object fed the
