@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from textcl.errors import InputError
+from textcl.io import files_digest
 from textcl.sources import resolve_source
 
 SNAPSHOT_IGNORE_PATTERNS: tuple[str, ...] = (
@@ -28,6 +29,51 @@ SNAPSHOT_IGNORE_PATTERNS: tuple[str, ...] = (
 )
 """Other frameworks' weights and exported formats, not downloaded: textcl needs config,
 tokenizer and PyTorch weights (plus sentence-transformers' small JSON files)."""
+
+
+WEIGHT_SUFFIXES: tuple[str, ...] = (
+    ".safetensors",
+    ".bin",
+    ".pt",
+    ".pth",
+    ".h5",
+    ".msgpack",
+    ".ckpt",
+)
+"""Weight files of a model folder: what a training run's fingerprint covers (a run resumes
+after its base model's configs were re-saved, not after its weights changed)."""
+MODEL_FILE_SUFFIXES: tuple[str, ...] = (
+    ".safetensors",
+    ".bin",
+    ".pt",
+    ".pth",
+    ".json",
+    ".txt",
+    ".model",
+)
+"""Weights, every config (transformers, textcl, sentence-transformers modules) and the
+tokenizer's vocabulary: what an index's model fingerprint covers (all that changes a vector)."""
+FINGERPRINT_SKIP_DIRS = frozenset({"onnx", "openvino", ".git", ".cache"})
+"""Sub-folders a model fingerprint ignores (exported formats, VCS and caches), besides hidden
+ones."""
+
+
+def model_files_digest(folder: Path, suffixes: tuple[str, ...]) -> str:
+    """The one fingerprint of a model folder's content: sha256 over the relative path and
+    sha256 of each file whose suffix is in ``suffixes`` (hidden folders and
+    :data:`FINGERPRINT_SKIP_DIRS` excluded). A training run's resume check uses it with
+    :data:`WEIGHT_SUFFIXES`, an index's model check with :data:`MODEL_FILE_SUFFIXES`."""
+    files = (
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in suffixes
+        and not any(
+            part.startswith(".") or part in FINGERPRINT_SKIP_DIRS
+            for part in p.relative_to(folder).parts
+        )
+    )
+    return files_digest(folder, files)
 
 
 TOKENIZER_FILES: tuple[str, ...] = (

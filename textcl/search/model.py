@@ -30,7 +30,7 @@ import torch
 
 from textcl.encoder import SentenceEncoder
 from textcl.errors import InputError
-from textcl.io import files_digest
+from textcl.hub import MODEL_FILE_SUFFIXES, model_files_digest
 from textcl.search.manifest import PROBE_SENTENCES
 
 
@@ -58,20 +58,6 @@ def model_name(model: Any) -> str:
     return str(local.resolve()) if local.exists() else str(model)
 
 
-MODEL_FILE_SUFFIXES: tuple[str, ...] = (
-    ".safetensors",
-    ".bin",
-    ".pt",
-    ".pth",
-    ".json",
-    ".txt",
-    ".model",
-)
-"""Files of a model folder that :func:`model_weights_hash` covers: weights, every config
-(transformers, textcl, sentence-transformers modules) and the tokenizer's vocabulary."""
-_SKIP_DIRS = frozenset({"onnx", "openvino", ".git", ".cache"})
-
-
 def model_weights_hash(model: Any) -> str:
     """A fingerprint of what makes ``model`` embed as it does.
 
@@ -94,16 +80,7 @@ def model_weights_hash(model: Any) -> str:
     folder = Path(model).expanduser()
     if not folder.is_dir():
         raise InputError(f"{model}: not a model folder, cannot hash its weights")
-    files = sorted(
-        p
-        for p in folder.rglob("*")
-        if p.is_file()
-        and p.suffix.lower() in MODEL_FILE_SUFFIXES
-        and not any(
-            part.startswith(".") or part in _SKIP_DIRS for part in p.relative_to(folder).parts
-        )
-    )
-    return "files:" + files_digest(folder, files)
+    return "files:" + model_files_digest(folder, MODEL_FILE_SUFFIXES)
 
 
 def model_folder(model: Any, encoder: Any | None = None) -> Path | None:
