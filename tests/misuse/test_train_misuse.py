@@ -415,3 +415,34 @@ def test_full_disk_while_saving_a_checkpoint_is_exit_5_with_the_path(
     assert str(old_run / "checkpoints" / "step-00000001") in err
     assert "No space left on device" in err and "the disk is full" in err
     assert tree_hash(old_run) == before  # the old run is restored
+
+
+# ------------------------------------------------------------------------ beyond the list
+def test_resume_and_overwrite_exclude_each_other(
+    old_run: Path, tiny_model_dir: Path, corpus: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = tree_hash(old_run)
+    rc, err = run_cli(
+        [*argv(tiny_model_dir, corpus, old_run, "--max-steps", "5"), "--resume", "--overwrite"],
+        capsys,
+    )
+    assert rc == EXIT_USAGE, err
+    assert "--resume and --overwrite exclude each other" in err
+    assert tree_hash(old_run) == before
+
+
+@pytest.mark.parametrize("device", ["foo", "meta", "cuda:x"])
+def test_unknown_device_is_one_line_naming_the_field(
+    old_run: Path,
+    tiny_model_dir: Path,
+    corpus: Path,
+    capsys: pytest.CaptureFixture[str],
+    device: str,
+) -> None:
+    before = tree_hash(old_run)
+    rc, err = run_cli(
+        [*argv(tiny_model_dir, corpus, old_run, "--device", device), "--overwrite"], capsys
+    )
+    assert rc == EXIT_USAGE, err
+    assert f"config field 'device': {device!r}" in err and "Traceback" not in err
+    assert tree_hash(old_run) == before

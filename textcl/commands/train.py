@@ -189,10 +189,16 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     from textcl.distributed import cleanup
+    from textcl.errors import InputError
     from textcl.train import Trainer
 
     config = config_from_args(args)
     resume: Any = args.resume
+    if resume is not None and config.overwrite:
+        raise InputError(
+            "--resume and --overwrite exclude each other: --resume continues the run of "
+            "--output-dir, --overwrite replaces it with a new run; give one"
+        )
     if resume == "latest":
         resume = True
     try:

@@ -144,8 +144,10 @@ class TrainConfig:
     the first text), drawn at random from buckets of 50 batches (less padding; negatives
     still random within a bucket); deterministic in seed and epoch."""
     overwrite: bool = False
-    """Start a new run in a folder that holds another run: its checkpoints, best/, final/
-    and logs are removed first (without it, such a folder is refused)."""
+    """Start a new run in a folder that holds another run (without it, such a folder is
+    refused): once the new run is checked, the old one's checkpoints, best/, final/ and logs
+    are set aside, removed after the new run's first checkpoint, restored if it fails first.
+    Command line only: never saved in config.json, refused in a config file."""
     # --- momentum queue and false-negative control (issue 17) ---
     queue_size: int = 0
     """Momentum contrast: a FIFO queue of this many past key embeddings (sentences) as extra

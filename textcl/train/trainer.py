@@ -183,14 +183,7 @@ class Trainer:
             config.data_dir, config.eval_batch_size
         )
         check_run_paths(config, self._sts_dir() if evaluator is None else None)
-        if config.device is not None:
-            try:
-                torch.device(config.device)
-            except RuntimeError:
-                raise InputError(
-                    f"config field 'device': {config.device!r} is not a device "
-                    "(expected cpu, cuda or cuda:N)"
-                ) from None
+        _check_device(config.device)
         self.primary_metric, self.greater_is_better = primary_metric(self.evaluator)
         self.user_callbacks = list(callbacks)
         self.step_callback = step_callback
@@ -818,6 +811,26 @@ class Trainer:
     def result(self, final_metrics: Mapping[str, float] | None = None) -> TrainResult:
         """The :class:`TrainResult` of the run state."""
         return train_result(self.output_dir, self.state, final_metrics)
+
+
+def _check_device(device: str | None) -> None:
+    """A device name torch knows, of a kind this machine has (CUDA's own count is checked
+    by :func:`textcl.distributed.init_distributed`): else an InputError naming the field."""
+    if device is None:
+        return
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        kind = ""
+    if kind in ("cpu", "cuda"):
+        return
+    backend = getattr(torch, kind, None) if kind else None
+    available = getattr(backend, "is_available", None)
+    if not (callable(available) and available()):
+        raise InputError(
+            f"config field 'device': {device!r} is not a device of this machine "
+            "(expected cpu, cuda or cuda:N)"
+        )
 
 
 def train(
