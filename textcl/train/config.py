@@ -367,6 +367,9 @@ def _field_types() -> dict[str, Any]:
     return _TYPES
 
 
+_ITEMS = {bool: "true/false values", int: "integers", float: "numbers", str: "strings"}
+
+
 def _type_name(kind: Any) -> str:
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
         kind, getattr(kind, "__name__", str(kind))
@@ -387,11 +390,12 @@ def _type_error(value: Any, hint: Any) -> str | None:
         optional = ""
     if typing.get_origin(hint) is list:
         item = args[0]
+        items = _ITEMS.get(item, "values")
         if not isinstance(value, list):
-            return f"expected a list of {_type_name(item)} values{optional}"
+            return f"expected a list of {items}{optional}"
         for v in value:
             if _type_error(v, item):
-                return f"expected a list of {_type_name(item)} values{optional}, got {v!r} in it"
+                return f"expected a list of {items}{optional}; {v!r} is not one"
         return None
     fits = (
         isinstance(value, bool)
@@ -401,9 +405,9 @@ def _type_error(value: Any, hint: Any) -> str | None:
     )
     if fits:
         return None
-    why = f"expected {_type_name(hint)}{optional}, got {type(value).__name__}"
+    why = f"expected {_type_name(hint)}{optional}"
     if hint is float and isinstance(value, str) and re.fullmatch(r"[-+]?\d+e[-+]?\d+", value):
-        why += " (YAML reads a number like 3e-5 as text: write 3.0e-5)"
+        why += "; YAML reads a number like 3e-5 as text: write 3.0e-5"
     return why
 
 
