@@ -125,7 +125,8 @@ def register(subparsers: Any) -> None:
         help="continue from a checkpoint folder, or (no value) from the newest checkpoint "
         "in --output-dir (default: start a new run)",
     )
-    p.add_argument(
+    head = p.add_mutually_exclusive_group()  # --mlp-train-only is a --head value: not both
+    head.add_argument(
         "--mlp-train-only",
         dest="head",
         action="store_const",
@@ -140,7 +141,7 @@ def register(subparsers: Any) -> None:
         kind = _field_type(field)
         kwargs: dict[str, Any] = {"dest": field.name, "default": argparse.SUPPRESS}
         kwargs["help"] = field_help(field, docs.get(field.name, ""), choices.get(field.name))
-        target: Any = p
+        target: Any = head if field.name == "head" else p
         if field.name == "precision":
             target = p.add_mutually_exclusive_group()
             for name in ("bf16", "fp16"):
@@ -164,22 +165,40 @@ def register(subparsers: Any) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
-    """The run's TrainConfig: defaults, then ``--config`` file, then flags."""
-    from textcl.train.config import read_config_file
+    """The run's TrainConfig: defaults, then ``--config`` file, then flags. A refused field
+    is named with its flag, or with the config file and line that gave it; a config file
+    may not carry the command-line-only keys (``overwrite``, ``resume``)."""
+    from textcl.train.config import check_config_file_values, config_line, read_config_file
 
     cls = _config_class()
     values: dict[str, Any] = read_config_file(args.config) if args.config else {}
+    if args.config:
+        check_config_file_values(args.config, values)
     names = {f.name for f in dataclasses.fields(cls)}
-    values.update({k: v for k, v in vars(args).items() if k in names})
-    return cls.from_dict(values, args.config or "command line")
+    flags = {k: v for k, v in vars(args).items() if k in names}
+    values.update(flags)
+
+    def locate(name: str) -> str:
+        if name in flags or not args.config:
+            return f"command line (--{name.replace('_', '-')})"
+        line = config_line(args.config, name)
+        return f"{args.config}:{line}" if line else str(args.config)
+
+    return cls.from_dict(values, args.config or "command line", locate=locate)
 
 
 def run(args: argparse.Namespace) -> int:
     from textcl.distributed import cleanup
+    from textcl.errors import InputError
     from textcl.train import Trainer
 
     config = config_from_args(args)
     resume: Any = args.resume
+    if resume is not None and config.overwrite:
+        raise InputError(
+            "--resume and --overwrite exclude each other: --resume continues the run of "
+            "--output-dir, --overwrite replaces it with a new run; give one"
+        )
     if resume == "latest":
         resume = True
     try:

@@ -9,9 +9,12 @@ model folder's weight files that a run's fingerprint records.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import re
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +87,29 @@ def resolve_resume(output_dir: Path, resume: str | os.PathLike[str] | bool | Non
     path = Path(resume)
     if not ((path / STATE_JSON).is_file() or (path / LEGACY_STATE_FILE).is_file()):
         raise FileNotFoundError(f"{path}: not a textcl checkpoint (no {STATE_JSON})")
+    own = (output_dir / CHECKPOINTS).expanduser().resolve()
+    if path.expanduser().resolve().parent != own:
+        raise FolderConflictError(
+            f"{path}: a checkpoint of another run folder (not under {output_dir / CHECKPOINTS}); "
+            "a resume continues the run of --output-dir. Resume that run with its own "
+            "--output-dir, or start a new run from its weights (--model "
+            f"{path / 'model'})"
+        )
     return path
+
+
+@contextlib.contextmanager
+def os_errors(path: Path) -> Iterator[None]:
+    """Writing ``path``: a safetensors write error (disk full, read-only filesystem: Rust's
+    ``IoError(Os { code: N, ...})``) becomes the ``OSError`` it wraps, naming ``path``."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except SafetensorError as e:
+        found = re.search(r"code: (\d+)", str(e))
+        code = int(found.group(1)) if found else errno.EIO
+        raise OSError(code, f"{os.strerror(code)} ({e})", str(path)) from e
 
 
 def rank_state(views: Mapping[str, View]) -> dict[str, Any]:
@@ -107,7 +132,7 @@ def write_checkpoint(
     ``meta``: step, epoch, metrics...) and the trainer state ``payload`` (last: it lists
     the files)."""
     target = output_dir / CHECKPOINTS / f"step-{step:08d}"
-    with atomic_dir(target) as tmp:
+    with os_errors(target), atomic_dir(target) as tmp:
         encoder.save(tmp / "model")
         config.save(tmp / "config.json", step=step, **meta)
         save_checkpoint_state(tmp, payload)

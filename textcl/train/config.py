@@ -6,15 +6,44 @@ import contextlib
 import json
 import math
 import os
+import re
+import types
+import typing
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from textcl.errors import InputError
 from textcl.pooling import HEAD_MODES, POOLING_STRATEGIES
 
 OBJECTIVES = ("unsup", "sup")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 REPORT_TO = ("auto", "none", "tensorboard", "wandb")
+SEED_MAX = 2**32 - 1
+"""The largest seed (numpy's seeds are 32-bit)."""
+
+OPERATIONAL_FIELDS = ("overwrite",)
+"""Fields that act on the run folder once (what to do with an old run), not on the recipe:
+never saved in ``config.json`` (a saved run re-used as ``--config`` must not wipe itself)
+and refused in a config file when set (:func:`check_config_file_values`); give them as
+flags."""
+
+COMMAND_LINE_ONLY = {
+    "overwrite": "--overwrite",
+    "resume": "--resume",
+    "resume_from_checkpoint": "--resume",
+}
+"""Config-file keys refused by :func:`check_config_file_values` and the flag to use."""
+
+
+class FieldError(InputError):
+    """A config field's value is refused (exit 2); ``field`` names it, so the command line
+    can point at the flag or at the config file's line that gave it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass
@@ -115,8 +144,10 @@ class TrainConfig:
     the first text), drawn at random from buckets of 50 batches (less padding; negatives
     still random within a bucket); deterministic in seed and epoch."""
     overwrite: bool = False
-    """Start a new run in a folder that holds another run: its checkpoints, best/, final/
-    and logs are removed first (without it, such a folder is refused)."""
+    """Start a new run in a folder that holds another run (without it, such a folder is
+    refused): once the new run is checked, the old one's checkpoints, best/, final/ and logs
+    are set aside, removed after the new run's first checkpoint, restored if it fails first.
+    Command line only: never saved in config.json, refused in a config file."""
     # --- momentum queue and false-negative control (issue 17) ---
     queue_size: int = 0
     """Momentum contrast: a FIFO queue of this many past key embeddings (sentences) as extra
@@ -160,9 +191,21 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
-        def bad(name: str, why: str) -> ValueError:
-            return ValueError(f"config field {name!r}: {why} (got {getattr(self, name)!r})")
+        """Refuse a field of the wrong type (a bool is not an int; a list only where one is
+        declared) or out of range: :class:`FieldError` naming the field."""
 
+        def bad(name: str, why: str) -> FieldError:
+            return FieldError(name, f"config field {name!r}: {why} (got {getattr(self, name)!r})")
+
+        # the command line gives "768,512,..." as strings
+        self.matryoshka_dims = _numbers(self.matryoshka_dims, int)
+        self.matryoshka_weights = _numbers(self.matryoshka_weights, float)
+        for f in fields(self):
+            why = _type_error(getattr(self, f.name), _field_types()[f.name])
+            if why:
+                raise bad(f.name, why)
+        if not 0 <= self.seed <= SEED_MAX:
+            raise bad("seed", f"must be an integer in [0, {SEED_MAX}]")
         if self.objective not in OBJECTIVES:
             raise bad("objective", f"expected one of {', '.join(OBJECTIVES)}")
         if self.pooling not in POOLING_STRATEGIES:
@@ -258,10 +301,6 @@ class TrainConfig:
         if self.matryoshka_dims is not None or self.matryoshka_weights is not None:
             from textcl.matryoshka import check_matryoshka
 
-            # the command line gives "768,512,..." as strings
-            self.matryoshka_dims = _numbers(self.matryoshka_dims, int)
-            self.matryoshka_weights = _numbers(self.matryoshka_weights, float)
-
             if self.matryoshka_dims is None:
                 raise bad("matryoshka_weights", "needs matryoshka_dims")
             try:
@@ -285,23 +324,91 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "config") -> TrainConfig:
+    def from_dict(
+        cls,
+        data: dict[str, Any],
+        source: str = "config",
+        locate: Callable[[str], str] | None = None,
+    ) -> TrainConfig:
+        """The config of ``data``; errors name ``source``, or ``locate(field)`` (e.g. a
+        file's line or a flag) for a refused field."""
+        where = locate or (lambda _name: source)
         if not isinstance(data, dict):
-            raise ValueError(f"{source}: a config must be a mapping of field -> value")
+            raise InputError(f"{source}: a config must be a mapping of field -> value")
         names = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - names)
+        unknown = sorted(set(data) - names, key=str)
         if unknown:
-            raise ValueError(f"{source}: unknown config field(s) {unknown}")
+            raise FieldError(
+                str(unknown[0]), f"{where(str(unknown[0]))}: unknown config field(s) {unknown}"
+            )
         try:
             return cls(**data)
+        except FieldError as e:
+            raise FieldError(e.field, f"{where(e.field)}: {e}") from None
         except TypeError as e:
-            raise ValueError(f"{source}: {e}") from None
+            raise InputError(f"{source}: {e}") from None
 
     def save(self, path: str | os.PathLike[str], **extra: Any) -> None:
-        """Write the config (plus ``extra`` keys such as step and metrics) as JSON."""
+        """Write the config (plus ``extra`` keys such as step and metrics) as JSON; the
+        operational fields (:data:`OPERATIONAL_FIELDS`) are left out."""
         from textcl.io import write_json
 
-        write_json(path, {"config": self.to_dict(), **extra})
+        recipe = {k: v for k, v in self.to_dict().items() if k not in OPERATIONAL_FIELDS}
+        write_json(path, {"config": recipe, **extra})
+
+
+_TYPES: dict[str, Any] = {}
+
+
+def _field_types() -> dict[str, Any]:
+    """Each TrainConfig field's declared type (resolved once)."""
+    if not _TYPES:
+        _TYPES.update(typing.get_type_hints(TrainConfig))
+    return _TYPES
+
+
+_ITEMS = {bool: "true/false values", int: "integers", float: "numbers", str: "strings"}
+
+
+def _type_name(kind: Any) -> str:
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
+        kind, getattr(kind, "__name__", str(kind))
+    )
+
+
+def _type_error(value: Any, hint: Any) -> str | None:
+    """Why ``value`` does not fit the declared type ``hint`` (None: it fits). Strict: a bool
+    is not a number, an integer fits a float field, a list only where one is declared."""
+    args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType):  # X | None
+        if value is None:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        args = typing.get_args(hint)
+        optional = " or null"
+    else:
+        optional = ""
+    if typing.get_origin(hint) is list:
+        item = args[0]
+        items = _ITEMS.get(item, "values")
+        if not isinstance(value, list):
+            return f"expected a list of {items}{optional}"
+        for v in value:
+            if _type_error(v, item):
+                return f"expected a list of {items}{optional}; {v!r} is not one"
+        return None
+    fits = (
+        isinstance(value, bool)
+        if hint is bool
+        else not isinstance(value, bool)
+        and isinstance(value, hint if hint is not float else (int, float))
+    )
+    if fits:
+        return None
+    why = f"expected {_type_name(hint)}{optional}"
+    if hint is float and isinstance(value, str) and re.fullmatch(r"[-+]?\d+e[-+]?\d+", value):
+        why += "; YAML reads a number like 3e-5 as text: write 3.0e-5"
+    return why
 
 
 def field_docs(cls: type = TrainConfig) -> dict[str, str]:
@@ -344,6 +451,35 @@ def _numbers(values: list[Any] | None, kind: type) -> list[Any] | None:
                 v = kind(v)
         out.append(v)
     return out
+
+
+def config_line(path: str | os.PathLike[str], name: str) -> int | None:
+    """The line of a JSON/YAML config file where key ``name`` is set (None: not found)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    key = re.compile(rf"\s*[\"']?{re.escape(name)}[\"']?\s*:")
+    return next((i for i, line in enumerate(lines, 1) if key.match(line)), None)
+
+
+def check_config_file_values(path: str | os.PathLike[str], data: dict[str, Any]) -> None:
+    """Refuse what a config file may not carry: the command-line-only keys
+    (:data:`COMMAND_LINE_ONLY`: ``overwrite`` set, ``resume``), naming the file, its line and
+    the flag to give instead; ``overwrite: false`` (as older runs saved it) is dropped."""
+    for name, flag in COMMAND_LINE_ONLY.items():
+        if name not in data:
+            continue
+        if name in OPERATIONAL_FIELDS and data[name] is False:
+            del data[name]  # the default: no effect
+            continue
+        line = config_line(path, name)
+        raise FieldError(
+            name,
+            f"{path}{f':{line}' if line else ''}: config field {name!r} acts on the run folder "
+            f"and is taken from the command line only: remove it from the file and give "
+            f"{flag} when you mean it",
+        )
 
 
 def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:

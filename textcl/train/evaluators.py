@@ -13,6 +13,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from textcl.encoder import SentenceEncoder
+from textcl.errors import InputError
 
 BEST_METRIC = "stsb_dev_spearman"
 """The primary metric of :func:`sts_dev_evaluator` (and of plain-callable evaluators)."""
@@ -40,7 +41,8 @@ class MetricEvaluator:
     """Wrap a plain ``encoder -> metrics`` callable with its primary metric and direction.
 
     ``MetricEvaluator(my_eval, "val_loss", greater_is_better=False)``; ``scales`` says
-    how each stored value is scaled (e.g. ``{"stsb_dev_spearman": 100}``: ×100).
+    how each stored value is scaled (e.g. ``{"stsb_dev_spearman": 100}``: ×100);
+    ``check`` (optional) tells before training whether the evaluation can run.
     """
 
     def __init__(
@@ -49,11 +51,15 @@ class MetricEvaluator:
         primary_metric: str,
         greater_is_better: bool = True,
         scales: Mapping[str, float] | None = None,
+        check: Callable[[], None] | None = None,
     ) -> None:
         self.fn = fn
         self.primary_metric = primary_metric
         self.greater_is_better = greater_is_better
         self.scales = dict(scales or {})
+        self.check = check
+        """Called before training (when the run evaluates): raises when the evaluation
+        could not run (e.g. its data is missing), so the run fails before its first step."""
 
     def __call__(self, encoder: SentenceEncoder) -> Mapping[str, float]:
         return self.fn(encoder)
@@ -86,9 +92,31 @@ def sts_dev_evaluator(data_dir: str | None = None, batch_size: int = 128) -> Met
         metrics.update({k: float(v) for k, v in au.items()})
         return metrics
 
+    def check() -> None:
+        """STS-B dev (both metrics read it) loads: else the run fails before training."""
+        from textcl.evaluation.data import load_sts_task
+
+        load_sts_task("stsb", "dev", data_dir)
+
     return MetricEvaluator(
-        evaluate, BEST_METRIC, greater_is_better=True, scales={BEST_METRIC: 100.0}
+        evaluate, BEST_METRIC, greater_is_better=True, scales={BEST_METRIC: 100.0}, check=check
     )
+
+
+def check_evaluator(evaluator: EvaluatorLike) -> None:
+    """Run ``evaluator``'s ``check`` (if it has one): an :class:`~textcl.errors.InputError`
+    naming what is missing when the evaluation cannot run."""
+    check = getattr(evaluator, "check", None)
+    if not callable(check):
+        return
+    try:
+        check()
+    except (OSError, ValueError) as e:
+        raise InputError(
+            f"the evaluation (every eval_steps and at the end of the run) cannot run: {e}. "
+            "Give the STS data (--data-dir, or $TEXTCL_DATA), or train without evaluation "
+            "(--eval-steps -1)"
+        ) from e
 
 
 def primary_metric(evaluator: EvaluatorLike) -> tuple[str, bool]:

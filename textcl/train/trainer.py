@@ -23,7 +23,10 @@ One :class:`Trainer` runs one :class:`TrainConfig`:
   written atomically; ``resume`` checks them and the run's fingerprint
   (:mod:`textcl.train.run_folder`), then continues exactly;
 * the run folder belongs to one run: rank 0 holds its lock for the whole run, a new run
-  does not start over another run's checkpoints (``overwrite`` clears them);
+  does not start over another run's checkpoints; ``overwrite`` sets the old run aside only
+  once the new one is checked (config, paths, data, model, evaluation data, device) and
+  drops it after the new run's first checkpoint, or restores it if the new run fails first
+  (:mod:`textcl.train.run_folder`); the output folder never shares a path with an input;
 * callbacks (:mod:`textcl.train.callbacks`) watch the run and steer it through a
   :class:`~textcl.train.callbacks.TrainerControl` (stop, save, evaluate); ``metrics.jsonl``
   and the tracker of ``report_to`` (TensorBoard under ``OUTPUT_DIR/tb``, wandb) are
@@ -76,8 +79,10 @@ from textcl.train.callbacks import (
     reporting_callbacks,
 )
 from textcl.train.checkpoints import (
+    checkpoint_step,
     find_latest_checkpoint,
     load_checkpoint,
+    os_errors,
     prune_checkpoints,
     rank_state,
     resolve_resume,
@@ -90,6 +95,7 @@ from textcl.train.evaluators import (
     Evaluator,
     EvaluatorLike,
     MetricEvaluator,
+    check_evaluator,
     metric_scales,
     primary_metric,
     sts_dev_evaluator,
@@ -100,8 +106,12 @@ from textcl.train.plan import TrainingData
 from textcl.train.results import TrainResult, run_summary, train_result
 from textcl.train.run_folder import (
     check_fingerprint,
+    check_run_paths,
     claim_folder,
+    drop_replaced,
+    restore_replaced,
     run_fingerprint,
+    settle_replaced,
 )
 from textcl.train.state import (
     TrainerState,
@@ -172,6 +182,8 @@ class Trainer:
         self.evaluator: EvaluatorLike = evaluator or sts_dev_evaluator(
             config.data_dir, config.eval_batch_size
         )
+        check_run_paths(config, self._sts_dir() if evaluator is None else None)
+        _check_device(config.device)
         self.primary_metric, self.greater_is_better = primary_metric(self.evaluator)
         self.user_callbacks = list(callbacks)
         self.step_callback = step_callback
@@ -204,9 +216,22 @@ class Trainer:
         self._evaluated_at = self._saved_at = -1  # steps of the loop's last eval / checkpoint
         self._model_digest: str | None = None
         self._guide_digest: str | None = None
+        self._replaced: Path | None = None  # the old run set aside by overwrite
         # Data is read (and checked) before the model is loaded: bad input fails fast.
         self.training_data = TrainingData(config, self.world_size)
         self.data, self.hashes = self.training_data.items, self.training_data.hashes
+
+    def _sts_dir(self) -> Path | None:
+        """The default evaluator's STS folder when the run evaluates (None: none, or the
+        hub; a missing one is reported by the evaluator's check)."""
+        if self.config.eval_steps < 0:
+            return None
+        from textcl.evaluation.data import resolve_sts_dir
+
+        try:
+            return resolve_sts_dir(self.config.data_dir)
+        except OSError:
+            return None
 
     # The run state lives in self.state; these read and write it.
     @property
@@ -479,6 +504,9 @@ class Trainer:
             target = write_checkpoint(
                 self.output_dir, self.step, self.encoder, self.config, meta, self._payload(ranks)
             )
+            if self._replaced is not None:  # the new run has started for real
+                drop_replaced(self._replaced)
+                self._replaced = None
             prune_checkpoints(self.output_dir, self.state.run_id, self.config.save_total_limit)
         barrier(self.env)
         self._call("on_save", target)
@@ -574,7 +602,8 @@ class Trainer:
         if best:
             self.state.best_metric, self.state.best_step = score, self.step
             if self.is_main:
-                self.encoder.save(self.output_dir / "best", card=self.model_card_data())
+                with os_errors(self.output_dir / "best"):
+                    self.encoder.save(self.output_dir / "best", card=self.model_card_data())
         barrier(self.env)
         scales = metric_scales(self.evaluator)
         self._log(
@@ -615,22 +644,25 @@ class Trainer:
                 lock.release()
 
     def _start(self, resume: str | os.PathLike[str] | bool | None) -> None:
-        """Claim the run folder, set up (from the checkpoint when resuming), restore or start
-        the run state, write ``config.json``."""
+        """Check everything (checkpoint, model, evaluation data), set up (from the checkpoint
+        when resuming), restore or start the run state; only then claim the run folder
+        (``overwrite``: the old run set aside) and write ``config.json``."""
         cfg = self.config
         self._clock = time.perf_counter()
         if self.is_main:
             remove_stale_tmp(self.output_dir)  # left by a killed run; we hold the lock
-        checkpoint = resolve_resume(self.output_dir, resume)
-        if self.is_main:
-            claim_folder(self.output_dir, resuming=checkpoint is not None, overwrite=cfg.overwrite)
+            settle_replaced(self.output_dir)  # an overwrite killed before its 1st checkpoint
         barrier(self.env)
+        checkpoint = resolve_resume(self.output_dir, resume)
         if checkpoint is not None:
             load_checkpoint_state(checkpoint)  # refuse a damaged/old one before the model loads
+            self._check_length(checkpoint)
         self._model_digest = weights_digest(cfg.model)
         if cfg.guide_model is not None:
             self._guide_digest = weights_digest(cfg.guide_model)
         self.setup(checkpoint)
+        if self.is_main and cfg.eval_steps >= 0:
+            check_evaluator(self.evaluator)  # fail now, not at the first evaluation
         if checkpoint is not None:
             self._load_state(checkpoint)
             logger.info("resumed from %s at step %d", checkpoint, self.step)
@@ -640,11 +672,38 @@ class Trainer:
                 best_metric_name=self.primary_metric,
                 greater_is_better=self.greater_is_better,
             )
+        if self.is_main:
+            self._replaced = claim_folder(
+                self.output_dir, resuming=checkpoint is not None, overwrite=cfg.overwrite
+            )
+        barrier(self.env)
         self._clock = time.perf_counter()
         if self.is_main:
             cfg.save(self.output_dir / "config.json")
 
+    def _check_length(self, checkpoint: Path) -> None:
+        """A resume trains up to ``max_steps`` (or ``epochs``): a checkpoint already past
+        that is an error, not a run of 0 steps reported as the checkpoint's."""
+        step, total = checkpoint_step(checkpoint), self.total_steps()
+        if step is not None and total < step:
+            name = "max_steps" if self.config.max_steps is not None else "epochs"
+            raise InputError(
+                f"config field {name!r}: the run would end at step {total}, before the "
+                f"checkpoint's step {step} ({checkpoint}); give a larger --max-steps / "
+                "--epochs to train on, or use the run's final/ as it is"
+            )
+
     def _train_locked(self, resume: str | os.PathLike[str] | bool | None) -> TrainResult:
+        try:
+            return self._run(resume)
+        except BaseException:
+            if self._replaced is not None:  # failed before its first checkpoint
+                restore_replaced(self.output_dir, self._replaced)
+                self._replaced = None
+                logger.warning("%s: the old run is restored", self.output_dir)
+            raise
+
+    def _run(self, resume: str | os.PathLike[str] | bool | None) -> TrainResult:
         self._start(resume)
         cfg, total = self.config, self.total_steps()
         self.callbacks = CallbackList(
@@ -680,7 +739,7 @@ class Trainer:
                         self._log_train(bar)
                     with self._paused():
                         if control.should_evaluate and not self._ends(total):
-                            self.evaluate()
+                            self._evaluate_or_save()
                             self._evaluated_at = self.step
                         if control.should_save and not self._ends(total):
                             self.save_checkpoint()
@@ -698,6 +757,16 @@ class Trainer:
                 bar.close()
             self._call("on_train_end")
         return self.result(final_metrics)
+
+    def _evaluate_or_save(self) -> None:
+        """Evaluate; if the evaluation fails (its data went away mid-run...), the step's
+        checkpoint, if due, is still written (one process): the training is not lost."""
+        try:
+            self.evaluate()
+        except Exception:
+            if self.control.should_save and not self.env.is_distributed:
+                self.save_checkpoint()
+            raise
 
     def _cadence(self) -> None:
         """The control's flags for this step from the config (``logging_steps``,
@@ -727,7 +796,8 @@ class Trainer:
             done = self._evaluated_at == self.step
             final_metrics = self.last_metrics if done else self.evaluate()
         if self.is_main:
-            self.encoder.save(self.output_dir / "final", card=self.model_card_data())
+            with os_errors(self.output_dir / "final"):
+                self.encoder.save(self.output_dir / "final", card=self.model_card_data())
         if self._saved_at != self.step:
             self.save_checkpoint()
         if self.is_main:
@@ -741,6 +811,26 @@ class Trainer:
     def result(self, final_metrics: Mapping[str, float] | None = None) -> TrainResult:
         """The :class:`TrainResult` of the run state."""
         return train_result(self.output_dir, self.state, final_metrics)
+
+
+def _check_device(device: str | None) -> None:
+    """A device name torch knows, of a kind this machine has (CUDA's own count is checked
+    by :func:`textcl.distributed.init_distributed`): else an InputError naming the field."""
+    if device is None:
+        return
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        kind = ""
+    if kind in ("cpu", "cuda"):
+        return
+    backend = getattr(torch, kind, None) if kind else None
+    available = getattr(backend, "is_available", None)
+    if not (callable(available) and available()):
+        raise InputError(
+            f"config field 'device': {device!r} is not a device of this machine "
+            "(expected cpu, cuda or cuda:N)"
+        )
 
 
 def train(
