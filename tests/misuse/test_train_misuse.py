@@ -82,8 +82,16 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
         ("ok", ("--matryoshka-dims", "64"), EXIT_USAGE, "matryoshka_dims"),
         ("ok", ("--seed", "-1"), EXIT_USAGE, "'seed'"),
         ("ok", ("--data-dir", "/nonexistent/sts", "--eval-steps", "2"), EXIT_USAGE, "data_dir"),
+        ("ok", ("--max-length", "1000"), EXIT_USAGE, "'max_length' 1000 is more than"),
     ],
-    ids=["mistyped-model", "model-inside-run", "matryoshka-dims", "seed-negative", "no-sts"],
+    ids=[
+        "mistyped-model",
+        "model-inside-run",
+        "matryoshka-dims",
+        "seed-negative",
+        "no-sts",
+        "max-length-past-positions",
+    ],
 )
 def test_overwrite_with_a_bad_run_keeps_the_old_run(
     old_run: Path,
@@ -446,3 +454,11 @@ def test_unknown_device_is_one_line_naming_the_field(
     assert rc == EXIT_USAGE, err
     assert f"config field 'device': {device!r}" in err and "Traceback" not in err
     assert tree_hash(old_run) == before
+
+
+def test_log_records_carry_the_fractional_epoch(old_run: Path) -> None:
+    """A run shorter than an epoch logs the epoch with its fraction (32 sentences in batches
+    of 4: 8 batches an epoch), so a report of a 0.54-epoch run no longer shows 0.00."""
+    rows = [json.loads(line) for line in (old_run / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if r["event"] == "train"]
+    assert [(r["step"], r["epoch"]) for r in train_rows] == [(1, 0.125), (2, 0.25), (3, 0.375)]

@@ -15,6 +15,21 @@ import types
 import typing
 from typing import Any
 
+from textcl.distributed import cleanup
+from textcl.errors import InputError
+from textcl.pooling import HEAD_MODES, POOLING_STRATEGIES
+from textcl.train import Trainer
+from textcl.train.config import (
+    OBJECTIVES,
+    PRECISIONS,
+    TrainConfig,
+    check_config_file_values,
+    config_line,
+    field_docs,
+    read_config_file,
+)
+from textcl.views.registry import available_views
+
 HELP = "train a sentence encoder with contrastive learning (SimCSE / ConSERT family)"
 
 DESCRIPTION = (
@@ -33,8 +48,6 @@ ALIASES: dict[str, tuple[str, ...]] = {
 
 
 def _choices() -> dict[str, tuple[str, ...]]:
-    from textcl.pooling import HEAD_MODES, POOLING_STRATEGIES
-    from textcl.train.config import OBJECTIVES, PRECISIONS
 
     return {
         "objective": tuple(OBJECTIVES),
@@ -68,8 +81,6 @@ def field_help(field: dataclasses.Field[Any], doc: str, choices: tuple[str, ...]
     """``--help`` text of a config field: its docstring, choices and default."""
     text = plain_text(doc).rstrip(".") if doc else field.name.replace("_", " ")
     if field.name in ("view_a", "view_b"):
-        from textcl.views.registry import available_views
-
         text += "; views: " + ", ".join(available_views())
     if choices and not all(re.search(rf"\b{re.escape(c)}\b", text) for c in choices):
         text += "; choices: " + ", ".join(choices)
@@ -96,7 +107,6 @@ def _field_type(field: dataclasses.Field[Any]) -> type:
 
 
 def _config_class() -> Any:
-    from textcl.train.config import TrainConfig
 
     return TrainConfig
 
@@ -106,7 +116,6 @@ def _split_list(text: str) -> list[str]:
 
 
 def register(subparsers: Any) -> None:
-    from textcl.train.config import field_docs
 
     p = subparsers.add_parser("train", help=HELP, description=DESCRIPTION)
     p.add_argument(
@@ -168,7 +177,6 @@ def config_from_args(args: argparse.Namespace) -> Any:
     """The run's TrainConfig: defaults, then ``--config`` file, then flags. A refused field
     is named with its flag, or with the config file and line that gave it; a config file
     may not carry the command-line-only keys (``overwrite``, ``resume``)."""
-    from textcl.train.config import check_config_file_values, config_line, read_config_file
 
     cls = _config_class()
     values: dict[str, Any] = read_config_file(args.config) if args.config else {}
@@ -188,9 +196,6 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from textcl.distributed import cleanup
-    from textcl.errors import InputError
-    from textcl.train import Trainer
 
     config = config_from_args(args)
     resume: Any = args.resume

@@ -22,7 +22,8 @@ import torch
 
 from textcl.encoder import SentenceEncoder
 from textcl.errors import CorruptFileError, FolderConflictError
-from textcl.io import atomic_dir, files_digest, read_json
+from textcl.hub import WEIGHT_SUFFIXES, model_files_digest
+from textcl.io import atomic_dir, read_json
 from textcl.train.config import TrainConfig
 from textcl.train.state import (
     LEGACY_STATE_FILE,
@@ -37,17 +38,16 @@ from textcl.views.base import View
 
 CHECKPOINTS = "checkpoints"
 """The folder of a run's checkpoints, under its output folder."""
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".ckpt")
 
 
 def weights_digest(model: str) -> str | None:
-    """sha256 over the weight files of a local model folder (None for a hub id)."""
+    """sha256 over the weight files of a local model folder (None for a hub id): the run
+    fingerprint's model part (:func:`textcl.hub.model_files_digest`, the fingerprint an
+    index's model check uses too, over the weight files only)."""
     path = Path(model).expanduser()
     if not path.is_dir():
         return None
-    return files_digest(
-        path, (p for p in path.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
-    )
+    return model_files_digest(path, WEIGHT_SUFFIXES)
 
 
 def checkpoint_step(path: Path) -> int | None:

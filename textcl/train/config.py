@@ -15,7 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from textcl.errors import InputError
+from textcl.io import write_json
+from textcl.matryoshka import check_matryoshka
 from textcl.pooling import HEAD_MODES, POOLING_STRATEGIES
+from textcl.prompt import DEFAULT_PROMPT_TEMPLATE, SECOND_PROMPT_TEMPLATE, check_template
 
 OBJECTIVES = ("unsup", "sup")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -289,7 +292,6 @@ class TrainConfig:
                 2,
             ):
                 raise bad("prompt_templates", "must be a list of 1 or 2 templates")
-            from textcl.prompt import check_template
 
             for t in self.prompt_templates:
                 try:
@@ -299,8 +301,6 @@ class TrainConfig:
         if self.prompt_denoise not in ("none", "train", "always"):
             raise bad("prompt_denoise", "expected one of none, train, always")
         if self.matryoshka_dims is not None or self.matryoshka_weights is not None:
-            from textcl.matryoshka import check_matryoshka
-
             if self.matryoshka_dims is None:
                 raise bad("matryoshka_weights", "needs matryoshka_dims")
             try:
@@ -310,7 +310,6 @@ class TrainConfig:
 
     def resolved_prompt_templates(self) -> list[str]:
         """The templates of view a and view b (``prompt`` pooling; see ``prompt_templates``)."""
-        from textcl.prompt import DEFAULT_PROMPT_TEMPLATE, SECOND_PROMPT_TEMPLATE
 
         if self.prompt_templates:
             t = list(self.prompt_templates)
@@ -351,7 +350,6 @@ class TrainConfig:
     def save(self, path: str | os.PathLike[str], **extra: Any) -> None:
         """Write the config (plus ``extra`` keys such as step and metrics) as JSON; the
         operational fields (:data:`OPERATIONAL_FIELDS`) are left out."""
-        from textcl.io import write_json
 
         recipe = {k: v for k, v in self.to_dict().items() if k not in OPERATIONAL_FIELDS}
         write_json(path, {"config": recipe, **extra})

@@ -14,6 +14,9 @@ import numpy as np
 
 from textcl.encoder import SentenceEncoder
 from textcl.errors import InputError
+from textcl.evaluation import evaluate_sts
+from textcl.evaluation.alignment import alignment_uniformity
+from textcl.evaluation.data import load_sts_task
 
 BEST_METRIC = "stsb_dev_spearman"
 """The primary metric of :func:`sts_dev_evaluator` (and of plain-callable evaluators)."""
@@ -71,8 +74,6 @@ def sts_dev_evaluator(data_dir: str | None = None, batch_size: int = 128) -> Met
     ``stsb_dev_spearman`` (greater is better)."""
 
     def evaluate(encoder: SentenceEncoder) -> dict[str, float]:
-        from textcl.evaluation import evaluate_sts
-        from textcl.evaluation.alignment import alignment_uniformity
 
         cache: dict[str, np.ndarray] = {}
 
@@ -94,7 +95,6 @@ def sts_dev_evaluator(data_dir: str | None = None, batch_size: int = 128) -> Met
 
     def check() -> None:
         """STS-B dev (both metrics read it) loads: else the run fails before training."""
-        from textcl.evaluation.data import load_sts_task
 
         load_sts_task("stsb", "dev", data_dir)
 

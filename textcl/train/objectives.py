@@ -13,7 +13,10 @@ import torch
 from textcl.distributed import DistEnv
 from textcl.encoder import SentenceEncoder
 from textcl.errors import InputError
-from textcl.losses import InfoNCE
+from textcl.gradcache import CachedLoss
+from textcl.losses import ExtendedInfoNCE, InfoNCE
+from textcl.matryoshka import MatryoshkaLoss
+from textcl.momentum import GuideEncoder, MomentumContrast
 from textcl.objective import LossStep
 from textcl.train.config import TrainConfig
 
@@ -36,8 +39,6 @@ def build_objective(
     step_loss = _matryoshka(cfg, encoder, loss_fn)
     objective: LossStep = LossStep(step_loss)
     if cfg.grad_cache_chunk is not None:
-        from textcl.gradcache import CachedLoss
-
         objective = CachedLoss(step_loss, cfg.grad_cache_chunk)
     if uses_extended_loss(cfg):
         return _negatives(cfg, encoder, env, device)
@@ -49,8 +50,6 @@ def _negatives(
 ) -> tuple[Any, Any]:
     """Momentum queue and/or false-negative control (issue 17): an ExtendedInfoNCE run
     by a MomentumContrast objective (plain or gradient cache)."""
-    from textcl.losses import ExtendedInfoNCE
-    from textcl.momentum import GuideEncoder, MomentumContrast
 
     loss_fn = ExtendedInfoNCE(
         temperature=cfg.temperature,
@@ -81,7 +80,6 @@ def _matryoshka(cfg: TrainConfig, encoder: SentenceEncoder, loss: Any) -> Any:
     """``loss`` summed over the ``matryoshka_dims`` prefixes (as configured)."""
     if not cfg.matryoshka_dims:
         return loss
-    from textcl.matryoshka import MatryoshkaLoss
 
     width = encoder.full_embedding_dim
     if max(cfg.matryoshka_dims) > width:

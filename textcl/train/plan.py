@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from textcl.data.pairs import PairDataset
 from textcl.data.text import TextCorpus, plan_epoch, text_hash64
 from textcl.errors import InputError
 from textcl.train.batches import length_grouped_order
@@ -24,7 +25,6 @@ def load_training_data(config: TrainConfig) -> Any:
             split=config.split,
             streaming=config.stream,
         )
-    from textcl.data.pairs import PairDataset
 
     return PairDataset.from_source(
         config.train_file, columns=config.columns, skip_bad_rows=config.skip_bad_rows

@@ -55,15 +55,19 @@ from textcl.distributed import (
     DistEnv,
     all_reduce_mean,
     barrier,
+    broadcast_object,
     init_distributed,
     shard_batch,
     wrap_ddp,
 )
 from textcl.encoder import SentenceEncoder
 from textcl.errors import InputError
+from textcl.evaluation.data import resolve_sts_dir
 from textcl.io import FolderLock, remove_stale_tmp, write_json
+from textcl.momentum import MomentumContrast
 from textcl.objective import Embed, embed_batches
 from textcl.precision import autocast_context, resolve_precision
+from textcl.prompt import PromptTemplate
 from textcl.tokens import TokenBatch, as_token_batch, batch_tensors
 from textcl.train.batches import (
     BatchCollator,
@@ -226,7 +230,6 @@ class Trainer:
         hub; a missing one is reported by the evaluator's check)."""
         if self.config.eval_steps < 0:
             return None
-        from textcl.evaluation.data import resolve_sts_dir
 
         try:
             return resolve_sts_dir(self.config.data_dir)
@@ -278,6 +281,11 @@ class Trainer:
     def total_steps(self) -> int:
         return self.training_data.total_steps()
 
+    def epoch_progress(self) -> float:
+        """Epochs done, with the fraction of the one in progress (``0.54``): the ``epoch`` of
+        the log records (the run state keeps the integer epoch and the batch within it)."""
+        return round(self.epoch + self.batch_in_epoch / max(len(self.plan(self.epoch)), 1), 4)
+
     def local_rows(self, batch: Sequence[int]) -> list[int]:
         """This process's share of a global batch (every rank plans the same batches)."""
         return shard_batch(batch, self.env)
@@ -326,6 +334,7 @@ class Trainer:
         self.encoder = SentenceEncoder.from_pretrained(
             source, pooling=cfg.pooling, head_mode=cfg.head, **prompt
         ).to(self.device)
+        self.encoder.check_max_length(cfg.max_length, "config field 'max_length'")
         if cfg.dropout is not None:
             for module in self.encoder.model.modules():
                 if isinstance(module, torch.nn.Dropout):
@@ -364,7 +373,6 @@ class Trainer:
         """PromptBERT: the templates of view a and view b, for the encoder's tokenizer."""
         if self.config.pooling != "prompt":
             return None
-        from textcl.prompt import PromptTemplate
 
         return [
             PromptTemplate(t, self.encoder.tokenizer)
@@ -433,7 +441,6 @@ class Trainer:
         go into every checkpoint), or None."""
         if not uses_extended_loss(self.config):
             return None
-        from textcl.momentum import MomentumContrast
 
         return self.objective if isinstance(self.objective, MomentumContrast) else None
 
@@ -560,7 +567,7 @@ class Trainer:
             {
                 "event": "train",
                 "step": self.step,
-                "epoch": self.epoch,
+                "epoch": self.epoch_progress(),
                 "time": time.time(),
                 "loss": mean_loss,
                 "lr": self.scheduler.get_last_lr()[0],
@@ -593,8 +600,6 @@ class Trainer:
                     "'primary_metric' attribute (e.g. wrap it in MetricEvaluator)"
                 )
         if self.env.is_distributed:
-            from textcl.distributed import broadcast_object
-
             metrics = broadcast_object(metrics, self.env)
         self.state.last_metrics = metrics
         score = metrics.get(self.primary_metric)
@@ -610,7 +615,7 @@ class Trainer:
             {
                 "event": "eval",
                 "step": self.step,
-                "epoch": self.epoch,
+                "epoch": self.epoch_progress(),
                 "time": time.time(),
                 **metrics,
                 "primary_metric": self.primary_metric,
