@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
@@ -393,7 +393,7 @@ def make_result(
         "benchmark": name,
         "section": section or name,
         "title": title,
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
         "machine": machine_info(),
         "git_commit": git_commit(),
         "command": [shlex.join(["python", "-m", "benchmarks", name, *args])],

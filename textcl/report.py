@@ -555,7 +555,7 @@ def render_report_html(
     for name, res in results:
         check_sts_results(res, name)
     summary = run_summary(run)
-    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     title = title or f"textcl training report: {run.run_dir.name}"
     parts = [
         "<!DOCTYPE html>",
