@@ -157,6 +157,21 @@ def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def path_overlap(output: PathLike, other: PathLike) -> str | None:
+    """How an ``output`` path relates to an input ``other`` (both resolved, ``~`` expanded):
+    ``"is"`` (the same), ``"inside"`` (``output`` sits inside ``other``), ``"holds"``
+    (``other`` sits inside ``output``), or None (apart). An output must stay apart from what
+    it is made from: writing there would overwrite or mix with it."""
+    out, given = Path(output).expanduser().resolve(), Path(other).expanduser().resolve()
+    if out == given:
+        return "is"
+    if given in out.parents:
+        return "inside"
+    if out in given.parents:
+        return "holds"
+    return None
+
+
 def files_digest(folder: PathLike, files: Iterable[Path]) -> str:
     """Hex sha256 over ``files`` of ``folder``: each one's path relative to ``folder`` and its
     own sha256, in sorted order (a fingerprint of a model folder's content)."""

@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from textcl.errors import CorruptFileError, InputError
-from textcl.io import atomic_write_text, read_json
+from textcl.io import atomic_write_text, path_overlap, read_json
 
 MANIFEST_NAME = "manifest.json"
 SET_ASIDE_NAME = ".replaced"
@@ -63,17 +63,11 @@ def check_apart(
     ``flag``; ``noun``: what it is) equals, is inside or holds one of ``others`` (``(what,
     path)``: the model folder, the input): an output written there would mix with, or
     overwrite, what it is made from."""
-    out = folder.resolve()
     for what, path in others:
-        p = path.resolve()
-        if out == p:
-            relation = "is"
-        elif p in out.parents:
-            relation = "is inside"
-        elif out in p.parents:
-            relation = "holds"
-        else:
+        overlap = path_overlap(folder, path)
+        if overlap is None:
             continue
+        relation = {"is": "is", "inside": "is inside", "holds": "holds"}[overlap]
         raise InputError(
             f"{flag} {folder}: {noun} {relation} the {what} {path}; an output must be "
             f"written apart from its model and input: choose another {flag.split('/')[-1]}"

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from textcl.errors import CorruptFileError, FolderConflictError, InputError
+from textcl.io import path_overlap
 from textcl.train.checkpoints import CHECKPOINTS, find_latest_checkpoint
 from textcl.train.config import TrainConfig
 from textcl.train.state import STATE_JSON
@@ -91,14 +92,10 @@ def check_run_paths(config: TrainConfig, sts_dir: Path | None = None) -> None:
         if not value or not Path(value).expanduser().exists():
             continue  # a hub id, or not there (its own check names it)
         given = _resolved(value)
-        if out == given:
-            relation = "is"
-        elif given in out.parents:
-            relation = "sits inside"
-        elif out in given.parents:
-            relation = "contains"
-        else:
+        overlap = path_overlap(out, given)
+        if overlap is None:
             continue
+        relation = {"is": "is", "inside": "sits inside", "holds": "contains"}[overlap]
         raise InputError(
             f"config field 'output_dir': {out} {relation} {what} {given} (config field "
             f"{name!r}); a run writes config.json, checkpoints/ and final/ in its folder and "
