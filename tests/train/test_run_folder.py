@@ -198,7 +198,11 @@ def test_resume_refuses_changed_recipe_naming_fields(
         ({"view_b": "mask:0.2"}, ["view_b"]),
     ):
         with pytest.raises(FolderConflictError) as info:
-            train(quick(tiny_model_dir, corpus_file, out, **change), resume=True)
+            train(
+                quick(tiny_model_dir, corpus_file, out, **change),
+                evaluator=fake_evaluator,
+                resume=True,
+            )
         msg = str(info.value)
         for f in fields:
             assert f"{f}:" in msg
@@ -206,7 +210,7 @@ def test_resume_refuses_changed_recipe_naming_fields(
     # Other data with the same path: refused by its content.
     corpus_file.write_text("\n".join(TINY_SENTENCES) + "\n")
     with pytest.raises(FolderConflictError, match="data_sha256"):
-        train(quick(tiny_model_dir, corpus_file, out), resume=True)
+        train(quick(tiny_model_dir, corpus_file, out), evaluator=fake_evaluator, resume=True)
 
 
 def test_resume_may_extend_and_change_cadence(
@@ -427,7 +431,10 @@ def test_report_to_missing_tracker_is_a_clear_error(
 ) -> None:
     monkeypatch.setitem(sys.modules, "wandb", None)  # import fails
     with pytest.raises(InputError, match="wandb is not installed"):
-        train(quick(tiny_model_dir, corpus_file, tmp_path / "a", report_to="wandb"))
+        train(
+            quick(tiny_model_dir, corpus_file, tmp_path / "a", report_to="wandb"),
+            evaluator=fake_evaluator,
+        )
     with pytest.raises(ValueError, match="'report_to'"):
         quick(tiny_model_dir, corpus_file, tmp_path / "b", report_to="mlflow")
     # none: no tb/ folder even where tensorboard is installed.
@@ -469,7 +476,10 @@ def test_report_to_tensorboard_logs_hparams_and_scalars(
     # Explicit tensorboard without it installed: a clear error, not a silent no-op.
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
     with pytest.raises(InputError, match="tensorboard is not installed"):
-        train(quick(tiny_model_dir, corpus_file, tmp_path / "b", report_to="tensorboard"))
+        train(
+            quick(tiny_model_dir, corpus_file, tmp_path / "b", report_to="tensorboard"),
+            evaluator=fake_evaluator,
+        )
 
 
 def test_crafted_state_file_list_cannot_point_outside(
