@@ -184,6 +184,29 @@ def test_bf16_weights_match_a_hand_cast_copy(
     assert np.abs(after - out).max() > 1e-3
 
 
+@pytest.mark.parametrize("precision", ["bf16", "qint8"])
+def test_inference_copy_follows_a_fused_optimizer_step(
+    tiny_encoder: SentenceEncoder, sentences: list[str], one_thread: Any, precision: str
+) -> None:
+    """A fused AdamW step (textcl's trainer default) updates weights in place without bumping
+    their version counters: the cached bf16 / qint8 copy must still be rebuilt, or every
+    evaluation during training scores the first evaluation's weights."""
+    tiny_encoder.normalize = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EmulatedBF16Warning)
+        before = tiny_encoder.encode(sentences, precision=precision)
+        opt = torch.optim.AdamW(tiny_encoder.parameters(), lr=0.05, fused=True)
+        for p in tiny_encoder.parameters():
+            p.grad = torch.ones_like(p)
+        versions = [p._version for p in tiny_encoder.parameters()]
+        opt.step()
+        assert [p._version for p in tiny_encoder.parameters()] == versions  # why a hook is needed
+        after = tiny_encoder.encode(sentences, precision=precision)
+        fresh = copy.deepcopy(tiny_encoder).encode(sentences, precision=precision)
+    np.testing.assert_allclose(after, fresh, rtol=1e-5, atol=1e-5)
+    assert np.abs(after - before).max() > 1e-3
+
+
 def test_bf16_autocast_mode_and_default_precision(
     tiny_encoder: SentenceEncoder, sentences: list[str], cpu_bf16: Any, one_thread: Any
 ) -> None:

@@ -33,7 +33,12 @@ from textcl.pooling import (
     ProjectionHead,
     check_head_mode,
 )
-from textcl.precision import autocast_context, inference_copy, resolve_inference_precision
+from textcl.precision import (
+    autocast_context,
+    inference_copy,
+    optimizer_steps,
+    resolve_inference_precision,
+)
 from textcl.prompt import TEMPLATE_KEY, PromptTemplate, template_state
 from textcl.st_format import read_model_folder, write_model_folder
 from textcl.tokens import (
@@ -405,8 +410,10 @@ class SentenceEncoder(nn.Module):
         cached bf16 (``bf16_inference == "weights"``) / qint8 copy of it.
 
         The copy is rebuilt when any weight changed since (parameter identity, storage and
-        in-place version counters: an optimiser step or ``load_state_dict`` invalidates it),
-        or the device changed. The copy is not a submodule: not saved, not trained.
+        in-place version counters: ``load_state_dict`` or an in-place edit invalidates it; any
+        optimizer step in the process, fused ones included, which leave the version counters
+        alone: :func:`~textcl.precision.optimizer_steps`), or the device changed. The copy is
+        not a submodule: not saved, not trained.
         """
         if precision not in ("bf16", "qint8") or (
             precision == "bf16" and self.bf16_inference == "autocast"
@@ -416,6 +423,7 @@ class SentenceEncoder(nn.Module):
         key = (
             precision,
             str(self.device),
+            optimizer_steps(),
             tuple((id(q), q.data_ptr(), q._version) for q in params),
         )
         cached = self.__dict__.get("_inference_cache")

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "qint8")
 """Inference precisions of :meth:`SentenceEncoder.encode` (``float32`` is an alias of fp32)."""
@@ -158,6 +159,26 @@ def autocast_context(device: torch.device, precision: str) -> Any:
     check_precision_device(precision, device)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+_optimizer_steps = 0
+_step_hook: Any = None
+
+
+def _count_optimizer_step(*_: Any) -> None:
+    global _optimizer_steps
+    _optimizer_steps += 1
+
+
+def optimizer_steps() -> int:
+    """Optimizer steps taken in this process since the first call (a global post-step hook of
+    ``torch.optim``, registered on first use, not at import): part of an inference copy's cache
+    key, because fused optimizers (AdamW ``fused=True``, textcl's default on CPU and CUDA)
+    update weights in place without bumping their version counters."""
+    global _step_hook
+    if _step_hook is None:
+        _step_hook = register_optimizer_step_post_hook(_count_optimizer_step)
+    return _optimizer_steps
 
 
 def inference_copy(model: nn.Module, precision: str) -> nn.Module:
