@@ -18,6 +18,8 @@ from torch import nn
 from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
+from textcl.errors import InputError
+
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "qint8")
 """Inference precisions of :meth:`SentenceEncoder.encode` (``float32`` is an alias of fp32)."""
 AUTOCAST_PRECISIONS = ("fp32", "bf16", "fp16")
@@ -198,3 +200,41 @@ def inference_copy(model: nn.Module, precision: str) -> nn.Module:
                 )
     twin.eval()
     return twin
+
+
+DEVICE_TYPES: tuple[str, ...] = ("cpu", "cuda", "mps")
+"""Device kinds ``--device`` accepts (``cuda`` and ``mps`` only where present)."""
+
+
+def check_device(device: Any, what: str = "--device") -> Any:
+    """``device`` unchanged when this machine has it (``None``: the default device), else
+    :class:`~textcl.errors.InputError` naming ``what`` (the flag or config field): a name torch does not know
+    (``gpu0``), a kind textcl does not run on, CUDA or MPS absent, a CUDA index past the
+    visible GPUs."""
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise InputError(
+            f"{what} {device!r}: not a device name (expected cpu, cuda, cuda:N or mps)"
+        ) from None
+    if dev.type not in DEVICE_TYPES:
+        raise InputError(
+            f"{what} {device!r}: textcl runs on {', '.join(DEVICE_TYPES)}, not {dev.type!r}"
+        )
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(
+                f"{what} {device!r}: CUDA is not available on this machine (no GPU visible "
+                "or a CPU-only torch); use --device cpu"
+            )
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise InputError(
+                f"{what} {device!r}: no such GPU, {count} CUDA device(s) visible "
+                f"(cuda:0 .. cuda:{count - 1})"
+            )
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError(f"{what} {device!r}: MPS is not available on this machine")
+    return device

@@ -452,7 +452,7 @@ def test_unknown_device_is_one_line_naming_the_field(
         [*argv(tiny_model_dir, corpus, old_run, "--device", device), "--overwrite"], capsys
     )
     assert rc == EXIT_USAGE, err
-    assert f"config field 'device': {device!r}" in err and "Traceback" not in err
+    assert f"config field 'device' {device!r}:" in err and "Traceback" not in err
     assert tree_hash(old_run) == before
 
 

@@ -11,9 +11,8 @@ from textcl.encoder import SentenceEncoder
 from textcl.errors import InputError
 from textcl.evaluation import evaluate_sts, expand_tasks, format_sts_table
 from textcl.io import write_json
-from textcl.precision import resolve_inference_precision
+from textcl.precision import check_device, resolve_inference_precision
 from textcl.search.manifest import check_apart
-from textcl.search.model import check_device
 
 HELP = "evaluate an encoder on STS12-16, STS-B and SICK-R (Spearman of cosine similarity ×100)"
 

@@ -57,7 +57,7 @@ import numpy as np
 from textcl.encoder import SentenceEncoder
 from textcl.errors import FolderConflictError, InputError
 from textcl.io import FolderLock, append_text, atomic_write_bytes, remove_stale_tmp
-from textcl.precision import resolve_inference_precision
+from textcl.precision import check_device, resolve_inference_precision
 from textcl.search.manifest import (
     DTYPES,
     MANIFEST_NAME,
@@ -67,7 +67,6 @@ from textcl.search.manifest import (
     check_apart,
 )
 from textcl.search.model import (
-    check_device,
     load_encoder,
     model_folder,
     model_name,

@@ -32,6 +32,7 @@ import numpy as np
 
 from textcl.errors import CorruptFileError, FolderConflictError, InputError
 from textcl.io import FolderLock, sha256_file
+from textcl.precision import check_device
 from textcl.search.exact import DEFAULT_CHUNK_SIZE, exact_search
 from textcl.search.faiss_index import (
     build_faiss,
@@ -48,7 +49,7 @@ from textcl.search.manifest import (
     check_apart,
     inside,
 )
-from textcl.search.model import check_device, load_encoder, model_weights_hash
+from textcl.search.model import load_encoder, model_weights_hash
 
 PROBE_MIN_COSINE = 0.999
 """A query encoder whose probe embeddings have a lower cosine to the manifest's is refused."""

@@ -11,9 +11,6 @@ into the manifest, :mod:`textcl.search.index` checks it before searching):
 * :func:`model_weights_hash`: the fingerprint of a model folder's files or an in-memory
   encoder's tensors and config;
 * :func:`model_probe`: embeddings of a few fixed sentences, checked at search time;
-* :func:`check_device`: the ``--device`` check of ``encode``, ``search`` and ``eval`` (a
-  device this machine lacks is one :class:`~textcl.errors.InputError` line, before any
-  folder is touched or model loaded).
 """
 
 from __future__ import annotations
@@ -31,6 +28,7 @@ import torch
 from textcl.encoder import SentenceEncoder
 from textcl.errors import InputError
 from textcl.hub import MODEL_FILE_SUFFIXES, model_files_digest
+from textcl.precision import check_device
 from textcl.search.manifest import PROBE_SENTENCES
 
 
@@ -99,47 +97,9 @@ def model_folder(model: Any, encoder: Any | None = None) -> Path | None:
     return None
 
 
-DEVICE_TYPES: tuple[str, ...] = ("cpu", "cuda", "mps")
-"""Device kinds ``--device`` accepts (``cuda`` and ``mps`` only where present)."""
-
-
-def check_device(device: Any) -> Any:
-    """``device`` unchanged when this machine has it (``None``: the default device), else
-    :class:`~textcl.errors.InputError` naming ``--device``: a name torch does not know
-    (``gpu0``), a kind textcl does not run on, CUDA or MPS absent, a CUDA index past the
-    visible GPUs."""
-    if device is None:
-        return None
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise InputError(
-            f"--device {device!r}: not a device name (expected cpu, cuda, cuda:N or mps)"
-        ) from None
-    if dev.type not in DEVICE_TYPES:
-        raise InputError(
-            f"--device {device!r}: textcl runs on {', '.join(DEVICE_TYPES)}, not {dev.type!r}"
-        )
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise InputError(
-                f"--device {device!r}: CUDA is not available on this machine (no GPU visible "
-                "or a CPU-only torch); use --device cpu"
-            )
-        count = torch.cuda.device_count()
-        if dev.index is not None and dev.index >= count:
-            raise InputError(
-                f"--device {device!r}: no such GPU, {count} CUDA device(s) visible "
-                f"(cuda:0 .. cuda:{count - 1})"
-            )
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise InputError(f"--device {device!r}: MPS is not available on this machine")
-    return device
-
-
 def load_encoder(model: Any, device: Any = None) -> Any:
     """``model`` as a :class:`~textcl.SentenceEncoder` (loaded when a folder or hub id) on
-    ``device`` (checked by :func:`check_device`)."""
+    ``device`` (checked by :func:`textcl.precision.check_device`)."""
     check_device(device)
     if isinstance(model, SentenceEncoder):
         if device is not None:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from textcl.encoder import SentenceEncoder
-from textcl.errors import CorruptFileError, FolderConflictError
+from textcl.errors import CorruptFileError, FolderConflictError, InputError
 from textcl.hub import WEIGHT_SUFFIXES, model_files_digest
 from textcl.io import atomic_dir, read_json
 from textcl.train.config import TrainConfig
@@ -56,6 +56,20 @@ def checkpoint_step(path: Path) -> int | None:
         return int(path.name.split("-", 1)[1])
     except (IndexError, ValueError):
         return None
+
+
+def check_resume_length(checkpoint: Path, total: int, by_max_steps: bool) -> None:
+    """A resume trains up to ``total`` steps (``max_steps``, or ``epochs`` when
+    ``by_max_steps`` is false): a checkpoint already past that is an error naming the field,
+    not a run of 0 steps reported as the checkpoint's."""
+    step = checkpoint_step(checkpoint)
+    if step is not None and total < step:
+        name = "max_steps" if by_max_steps else "epochs"
+        raise InputError(
+            f"config field {name!r}: the run would end at step {total}, before the "
+            f"checkpoint's step {step} ({checkpoint}); give a larger --max-steps / "
+            "--epochs to train on, or use the run's final/ as it is"
+        )
 
 
 def find_latest_checkpoint(output_dir: str | os.PathLike[str]) -> Path | None:

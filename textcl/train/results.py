@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from textcl.train.config import TrainConfig
 from textcl.train.state import TrainerState
 
 
@@ -67,3 +68,32 @@ def train_result(
         start_metrics=_numbers(state.eval_record(0)),
         state=state,
     )
+
+
+def card_facts(
+    cfg: TrainConfig, steps: int, data: Any, best_stsb_dev: float | None, best_step: int | None
+) -> dict[str, Any]:
+    """The run facts the model card of ``best/`` and ``final/`` shows
+    (:mod:`textcl.model_card`): recipe, data, steps and the best STS-B dev score (None when
+    the run's primary metric is another)."""
+    try:
+        size: int | None = len(data)
+    except TypeError:  # a stream has no length
+        size = None
+    return {
+        "base_model": cfg.model,
+        "objective": cfg.objective,
+        "views": cfg.view_a if cfg.view_a == cfg.view_b else f"{cfg.view_a} / {cfg.view_b}",
+        "temperature": cfg.temperature,
+        "batch_size": cfg.batch_size,
+        "learning_rate": cfg.lr,
+        "steps": steps,
+        "data": cfg.train_file,
+        "data_size": size,
+        "best_stsb_dev": best_stsb_dev,
+        "best_step": best_step,
+        **(
+            {"prompt_templates": cfg.resolved_prompt_templates()} if cfg.pooling == "prompt" else {}
+        ),
+        **({"matryoshka_dims": cfg.matryoshka_dims} if cfg.matryoshka_dims else {}),
+    }

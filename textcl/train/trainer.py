@@ -66,7 +66,7 @@ from textcl.evaluation.data import resolve_sts_dir
 from textcl.io import FolderLock, remove_stale_tmp, write_json
 from textcl.momentum import MomentumContrast
 from textcl.objective import Embed, embed_batches
-from textcl.precision import autocast_context, resolve_precision
+from textcl.precision import autocast_context, check_device, resolve_precision
 from textcl.prompt import PromptTemplate
 from textcl.tokens import TokenBatch, as_token_batch, batch_tensors
 from textcl.train.batches import (
@@ -83,7 +83,7 @@ from textcl.train.callbacks import (
     reporting_callbacks,
 )
 from textcl.train.checkpoints import (
-    checkpoint_step,
+    check_resume_length,
     find_latest_checkpoint,
     load_checkpoint,
     os_errors,
@@ -107,7 +107,7 @@ from textcl.train.evaluators import (
 from textcl.train.objectives import build_objective, uses_extended_loss
 from textcl.train.optim import make_optimizer, make_scheduler
 from textcl.train.plan import TrainingData
-from textcl.train.results import TrainResult, run_summary, train_result
+from textcl.train.results import TrainResult, card_facts, run_summary, train_result
 from textcl.train.run_folder import (
     check_fingerprint,
     check_run_paths,
@@ -187,7 +187,7 @@ class Trainer:
             config.data_dir, config.eval_batch_size
         )
         check_run_paths(config, self._sts_dir() if evaluator is None else None)
-        _check_device(config.device)
+        check_device(config.device, "config field 'device'")
         self.primary_metric, self.greater_is_better = primary_metric(self.evaluator)
         self.user_callbacks = list(callbacks)
         self.step_callback = step_callback
@@ -459,33 +459,9 @@ class Trainer:
         }
 
     def model_card_data(self) -> dict[str, Any]:
-        """The run facts the model card of ``best/`` and ``final/`` shows
-        (:mod:`textcl.model_card`)."""
-        cfg = self.config
-        try:
-            size: int | None = len(self.data)
-        except TypeError:  # a stream has no length
-            size = None
-        return {
-            "base_model": cfg.model,
-            "objective": cfg.objective,
-            "views": cfg.view_a if cfg.view_a == cfg.view_b else f"{cfg.view_a} / {cfg.view_b}",
-            "temperature": cfg.temperature,
-            "batch_size": cfg.batch_size,
-            "learning_rate": cfg.lr,
-            "steps": self.step,
-            "data": cfg.train_file,
-            "data_size": size,
-            # The card's score line is STS-B dev; a custom primary metric is not it.
-            "best_stsb_dev": self.best_metric if self.primary_metric == BEST_METRIC else None,
-            "best_step": self.best_step,
-            **(
-                {"prompt_templates": cfg.resolved_prompt_templates()}
-                if cfg.pooling == "prompt"
-                else {}
-            ),
-            **({"matryoshka_dims": cfg.matryoshka_dims} if cfg.matryoshka_dims else {}),
-        }
+        """The run facts the model card of ``best/`` and ``final/`` shows."""
+        stsb = self.best_metric if self.primary_metric == BEST_METRIC else None
+        return card_facts(self.config, self.step, self.data, stsb, self.best_step)
 
     def save_checkpoint(self) -> Path | None:
         """Write ``checkpoints/step-XXXXXXXX`` atomically (rank 0); prune this run's old
@@ -661,7 +637,7 @@ class Trainer:
         checkpoint = resolve_resume(self.output_dir, resume)
         if checkpoint is not None:
             load_checkpoint_state(checkpoint)  # refuse a damaged/old one before the model loads
-            self._check_length(checkpoint)
+            check_resume_length(checkpoint, self.total_steps(), self.config.max_steps is not None)
         self._model_digest = weights_digest(cfg.model)
         if cfg.guide_model is not None:
             self._guide_digest = weights_digest(cfg.guide_model)
@@ -685,18 +661,6 @@ class Trainer:
         self._clock = time.perf_counter()
         if self.is_main:
             cfg.save(self.output_dir / "config.json")
-
-    def _check_length(self, checkpoint: Path) -> None:
-        """A resume trains up to ``max_steps`` (or ``epochs``): a checkpoint already past
-        that is an error, not a run of 0 steps reported as the checkpoint's."""
-        step, total = checkpoint_step(checkpoint), self.total_steps()
-        if step is not None and total < step:
-            name = "max_steps" if self.config.max_steps is not None else "epochs"
-            raise InputError(
-                f"config field {name!r}: the run would end at step {total}, before the "
-                f"checkpoint's step {step} ({checkpoint}); give a larger --max-steps / "
-                "--epochs to train on, or use the run's final/ as it is"
-            )
 
     def _train_locked(self, resume: str | os.PathLike[str] | bool | None) -> TrainResult:
         try:
@@ -816,26 +780,6 @@ class Trainer:
     def result(self, final_metrics: Mapping[str, float] | None = None) -> TrainResult:
         """The :class:`TrainResult` of the run state."""
         return train_result(self.output_dir, self.state, final_metrics)
-
-
-def _check_device(device: str | None) -> None:
-    """A device name torch knows, of a kind this machine has (CUDA's own count is checked
-    by :func:`textcl.distributed.init_distributed`): else an InputError naming the field."""
-    if device is None:
-        return
-    try:
-        kind = torch.device(device).type
-    except RuntimeError:
-        kind = ""
-    if kind in ("cpu", "cuda"):
-        return
-    backend = getattr(torch, kind, None) if kind else None
-    available = getattr(backend, "is_available", None)
-    if not (callable(available) and available()):
-        raise InputError(
-            f"config field 'device': {device!r} is not a device of this machine "
-            "(expected cpu, cuda or cuda:N)"
-        )
 
 
 def train(
