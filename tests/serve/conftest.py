@@ -13,13 +13,13 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 pytest.importorskip("prometheus_client")
 
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
 
-from tests.helpers import build_tiny_bert, build_tiny_tokenizer  # noqa: E402
-from tests.search.conftest import CORPUS  # noqa: E402
-from textcl import SentenceEncoder  # noqa: E402
-from textcl.search import encode_corpus  # noqa: E402
-from textcl.serve import ServeConfig, create_app  # noqa: E402
+from tests.helpers import build_tiny_bert, build_tiny_tokenizer
+from tests.search.conftest import CORPUS
+from textcl import SentenceEncoder
+from textcl.search import encode_corpus
+from textcl.serve import ServeConfig, create_app
 
 PROMPTS = {"query": "query: ", "passage": "passage: "}
 

@@ -19,7 +19,22 @@ from textcl import SentenceEncoder
 from textcl.serve import ServeConfig, create_app
 from textcl.serve.server import ServerThread
 
-WORDS = "dog cat park guitar sky blue man woman plays runs the a in on".split()
+WORDS = [
+    "dog",
+    "cat",
+    "park",
+    "guitar",
+    "sky",
+    "blue",
+    "man",
+    "woman",
+    "plays",
+    "runs",
+    "the",
+    "a",
+    "in",
+    "on",
+]
 
 
 def _texts(request: int, n: int) -> list[str]:
@@ -178,7 +193,7 @@ def test_openai_client(serve_model_dir: Path, encoder: SentenceEncoder) -> None:
             openai.OpenAI(
                 base_url=server.url + "/v1", api_key="wrong", max_retries=0
             ).embeddings.create(model="tiny", input="x")
-        with pytest.raises(openai.NotFoundError, match="model_not_found|does not exist"):
+        with pytest.raises(openai.NotFoundError, match=r"model_not_found|does not exist"):
             client.embeddings.create(model="text-embedding-3-small", input="x")
     finally:
         server.stop()
