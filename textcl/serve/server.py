@@ -16,6 +16,12 @@ from typing import Any
 
 import uvicorn
 
+KEEP_ALIVE_SECONDS = 75
+"""How long an idle keep-alive connection stays open (uvicorn's default is 5 s). A client
+pool holding many connections reuses one after a while; closing it from the server side
+then races with the client's next request on it (a read error, request never seen). 75 s
+is nginx's default."""
+
 
 def bind_socket(host: str, port: int) -> socket.socket:
     """A TCP socket bound to ``host:port`` (IPv6 when ``host`` contains ``:``), ready for
@@ -36,12 +42,14 @@ def uvicorn_config(
     app: Any, *, log_level: str = "warning", access_log: bool = False
 ) -> uvicorn.Config:
     """uvicorn's settings for ``app``: no graceful-shutdown timeout (every request in flight
-    is answered), no server header."""
+    is answered), idle keep-alive connections kept :data:`KEEP_ALIVE_SECONDS`, no server
+    header."""
     return uvicorn.Config(
         app,
         log_level=log_level,
         access_log=access_log,
         timeout_graceful_shutdown=None,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
         server_header=False,
         lifespan="on",
     )
