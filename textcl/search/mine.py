@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from textcl.data.pairs import DEFAULT_COLUMNS, PairDataset
 from textcl.errors import FolderConflictError, InputError
@@ -335,33 +336,21 @@ def mine_hard_negatives(
         raise InputError("--model: a model is needed to mine without --index")
     encoder = load_encoder(model, o.device)
     normalize = True
-    corpus_texts: list[str] = []
-    corpus: np.ndarray | None = None
     t_load = time.perf_counter()
     if idx is not None:
         idx.check_encoder(encoder)  # refuses a model other than the index's
         normalize = idx.manifest.normalized
-    else:
-        corpus_texts = list(dict.fromkeys(p for group in positives.values() for p in group))
     enc_kw: dict[str, Any] = {
         "batch_size": o.batch_size,
         "normalize": normalize,
         "precision": o.precision,
     }
-    if idx is None:
-        corpus = np.asarray(
-            encoder.encode(corpus_texts, show_progress=o.show_progress, **enc_kw), np.float32
-        )
-        pos_vectors = {t: corpus[i] for i, t in enumerate(corpus_texts)}
-    else:
-        distinct = list(dict.fromkeys(p for group in positives.values() for p in group))
-        emb = np.asarray(
-            encoder.encode(distinct, show_progress=o.show_progress, **enc_kw), np.float32
-        )
-        pos_vectors = dict(zip(distinct, emb, strict=True))
+    # The distinct positives: the corpus by default, and the positive scores either way.
+    distinct = list(dict.fromkeys(p for group in positives.values() for p in group))
+    emb = np.asarray(encoder.encode(distinct, show_progress=o.show_progress, **enc_kw), np.float32)
+    pos_vectors = dict(zip(distinct, emb, strict=True))
+    corpus_texts = distinct if idx is None else []
     t_corpus = time.perf_counter()
-
-    from tqdm.auto import tqdm
 
     rng = np.random.default_rng(o.seed)
     text_cache: dict[int, str] = {}
@@ -382,8 +371,7 @@ def mine_hard_negatives(
             block = anchors[start : start + SEARCH_CHUNK]
             q = np.asarray(encoder.encode(block, show_progress=False, **enc_kw), np.float32)
             if idx is None:
-                assert corpus is not None
-                scores, found = exact_search(q, corpus, top_k=min(k, corpus_size))
+                scores, found = exact_search(q, emb, top_k=min(k, corpus_size))
             else:
                 scores, found = idx.search_vectors(
                     q,
@@ -454,7 +442,7 @@ def mine_hard_negatives(
         "anchors_without_negative": len(reason),
         "pairs_without_negative_why": why,
         "skipped_candidates": skipped,
-        "positive_score": _stats([s for s, _ in triple_scores] or list(pos_score.values())),
+        "positive_score": _stats(list(pos_score.values())),
         "negative_score": _stats([s for _, s in triple_scores]),
         "seconds": {
             "load": round(t_load - t0, 3),
