@@ -93,17 +93,21 @@ def overlap(
     ours: dict[tuple[str, str], set[str]],
     theirs: dict[tuple[str, str], set[str]],
     pairs: list[tuple[str, str]],
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Mean per-pair Jaccard of the negative sets and the fraction of identical sets (pairs
-    where both found none count as identical, Jaccard 1)."""
+    where both found none count as identical, Jaccard 1); ``differ``: up to 5 pairs whose
+    sets differ, with both sets."""
     jac, same = [], 0
+    differ: list[dict[str, Any]] = []
     for pair in dict.fromkeys(pairs):
         a, b = ours.get(pair, set()), theirs.get(pair, set())
         union = a | b
         jac.append(len(a & b) / len(union) if union else 1.0)
         same += a == b
+        if a != b and len(differ) < 5:
+            differ.append({"pair": list(pair), "textcl": sorted(a), "st": sorted(b)})
     n = max(len(jac), 1)
-    return {"jaccard": sum(jac) / n, "identical": same / n, "pairs": len(jac)}
+    return {"jaccard": sum(jac) / n, "identical": same / n, "pairs": len(jac), "differ": differ}
 
 
 def main(argv: list[str] | None = None) -> int:
