@@ -353,6 +353,18 @@ def test_bad_input_gets_clear_errors(
     code, err = _run(capsys, "--pairs", str(pairs), "--output", str(tmp_path / "o2.csv"))
     assert code == 2 and "--model" in err
 
+    code, err = _run(
+        capsys,
+        "--pairs",
+        str(pairs),
+        "--output",
+        str(tmp_path / "o3.csv"),
+        *model,
+        "--faiss",
+        "hnsw",
+    )
+    assert code == 2 and "pass --index too" in err
+
 
 def test_index_of_another_model_is_refused(
     tiny_model_dir: Path,

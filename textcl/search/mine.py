@@ -327,6 +327,8 @@ def mine_hard_negatives(
     max_pos = max(len(p) for p in positives.values())
     lo, hi, k = o.window(max_pos)
 
+    if index is None and (o.faiss or o.nprobe is not None or o.ef_search is not None):
+        raise _bad("--faiss/--nprobe/--ef-search", "search an index folder: pass --index too")
     idx: EmbeddingIndex | None = None
     if index is not None:
         idx = open_index(index)
