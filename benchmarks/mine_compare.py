@@ -220,15 +220,14 @@ def main(argv: list[str] | None = None) -> int:
             "st_s",
             "textcl/st time",
         ]
-        tables = []
+        tables = [table([{h: r.get(h) for h in headers} for r in rows], headers, digits=4)]
         if train_rows:
             cols = ["variant", "rows", "stsb_dev_spearman", "alignment", "uniformity", "seconds"]
             tables.append(table(train_rows, cols, digits=4))
         write_result(
             "mine_compare",
-            [{h: r.get(h) for h in headers} for r in rows],
+            [],
             args.json,
-            headers=headers,
             tables=tables,
             title="Hard-negative mining vs sentence-transformers, and training with the negatives",
             data=data,
