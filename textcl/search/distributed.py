@@ -85,9 +85,9 @@ def encode_distributed(
     returns the final manifest, the others ``None``; every rank raises the run's error."""
     import torch.distributed as dist  # lazy: only multi-process runs need it
 
-    _cpu_threads(options.device, ranks_here or world)
     if world == 1:
         return _rank0(model, source, output, options, world, None)
+    _cpu_threads(options.device, ranks_here or world)
     dist.init_process_group(
         "gloo",
         init_method=init_method,
@@ -290,7 +290,8 @@ def encode_on_devices(
 
 
 def _first_error(work: Path, devices: list[str], e: Exception) -> BaseException:
-    """The error of the rank that failed first (rank 0's when it explains the others)."""
+    """The run's error: rank 0's (it gathers the others' and names the failing rank), else
+    that of the rank that wrote one."""
     found = sorted(work.glob("rank-*.json"), key=lambda p: int(p.stem.split("-")[1]))
     if not found:
         rank = getattr(e, "error_index", "?")
@@ -298,6 +299,7 @@ def _first_error(work: Path, devices: list[str], e: Exception) -> BaseException:
     path = found[0]
     rank = int(path.stem.split("-")[1])
     name, message = read_json(path, "rank error")
-    if rank == 0 and "encode rank " in message and len(found) > 1:
-        return rebuild_error(name, message, where=f"--devices {','.join(devices)}")
-    return rebuild_error(name, message, where=f"encode rank {rank} ({devices[rank]})")
+    where = f"--devices {','.join(devices)}"
+    if rank != 0:
+        where += f": encode rank {rank} ({devices[rank]})"
+    return rebuild_error(name, message, where=where)

@@ -26,6 +26,7 @@ check, are not encoded again.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 import logging
@@ -252,7 +253,7 @@ class Collector:
         if len(m.shards) < shards:
             self.recorded(shards)
         if len(m.shards) != shards:
-            missing = sorted(set(range(shards)) - set(range(len(m.shards))))[:5]
+            missing = [k for k in range(len(m.shards), shards) if k not in self.known][:5]
             raise RuntimeError(
                 f"{self.folder}: shard(s) {missing} were not written by any worker; rerun "
                 "the same command to resume"
@@ -344,23 +345,20 @@ def encode_assigned(
 
 
 def describe_error(e: BaseException) -> tuple[str, str]:
-    """``(class name, message)`` of an error, to raise again in another process."""
+    """``(class name, message)`` of an error, to raise again in another process: the name of
+    its nearest class among :mod:`textcl.errors` and the builtins (so the CLI's exit code
+    is the same)."""
+    for cls in type(e).__mro__:
+        name = cls.__name__
+        if getattr(errors, name, None) is cls or getattr(builtins, name, None) is cls:
+            return name, str(e)
     return type(e).__name__, str(e)
 
 
 def rebuild_error(name: str, message: str, where: str) -> BaseException:
-    """The error ``(name, message)`` of another process as the same textcl or builtin
-    class (so the CLI exit code is the same), its message prefixed with ``where``."""
-    cls = getattr(errors, name, None)
+    """The error ``(name, message)`` of another process (:func:`describe_error`) as the
+    same class, its message prefixed with ``where``."""
+    cls = getattr(errors, name, None) or getattr(builtins, name, None)
     if not (isinstance(cls, type) and issubclass(cls, Exception)):
-        cls = {
-            "FileNotFoundError": FileNotFoundError,
-            "ValueError": ValueError,
-            "PermissionError": PermissionError,
-            "IsADirectoryError": IsADirectoryError,
-            "MissingColumnError": InputError,
-            "SourceError": InputError,
-        }.get(name)
-    if cls is None:
         return RuntimeError(f"{where}: {name}: {message}")
     return cls(f"{where}: {message}")

@@ -60,22 +60,37 @@ def import_ray() -> Any:
 
 
 def check_address(address: str, timeout: float) -> None:
-    """Raise InputError unless ``host:port`` of ``address`` accepts a TCP connection within
-    ``timeout`` seconds (``auto`` / ``local`` are left to Ray)."""
+    """Raise InputError unless a gRPC (HTTP/2) server, a Ray GCS or Ray Client server,
+    answers at ``host:port`` of ``address`` within ``timeout`` seconds: a closed port fails
+    at once, a port that accepts but does not speak HTTP/2 after ``timeout`` (``ray.init``
+    itself would retry for minutes). ``auto`` / ``local`` are left to Ray."""
     if address in ("auto", "local"):
         return
     hostport = address.split("://", 1)[-1].rstrip("/")
     host, _, port = hostport.rpartition(":")
     if not host or not port.isdigit():
         raise InputError(f"--ray-address {address!r}: expected host:port or ray://host:port")
+    hint = "start one (ray start --head) or leave --ray-address out for local mode"
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
-            pass
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as conn:
+            conn.settimeout(timeout)
+            conn.sendall(_H2_PREFACE)
+            reply = conn.recv(9)
     except OSError as e:
         raise InputError(
             f"--ray-address {address}: no Ray cluster answers there within {timeout:g} s "
-            f"({e}); start one (ray start --head) or leave --ray-address out for local mode"
+            f"({e}); {hint}"
         ) from None
+    if len(reply) < 4 or reply[3] != 0x04:  # an HTTP/2 SETTINGS frame: a gRPC server
+        raise InputError(
+            f"--ray-address {address}: the port is open but no Ray (gRPC) server answers "
+            f"there; {hint}"
+        )
+
+
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+"""The HTTP/2 client preface and an empty SETTINGS frame: a gRPC server (Ray's GCS or
+client server) answers with its own SETTINGS frame."""
 
 
 class ShardEncoderActor:
