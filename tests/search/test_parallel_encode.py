@@ -72,12 +72,13 @@ def _same_index(a: Path, b: Path) -> None:
 
 
 def test_scanner_cuts_shards_like_one_process() -> None:
-    records = [("1", "a"), ("2", ""), ("3", "b"), ("4", "c"), ("5", None), ("6", "d"), ("7", " ")]
+    records = [("1", "a"), ("2", ""), ("3", "b"), ("4", None), ("5", "c"), ("6", "d"), ("7", " ")]
     scanner = ShardScanner(2, lambda k: True)
     blocks = list(scanner.blocks(iter(records)))
+    # A shard starts right after the last text of the one before (blank rows included).
     assert [(b.index, b.start, b.ids, b.skipped) for b in blocks] == [
         (0, 0, ["1", "3"], 1),
-        (1, 3, ["4", "6"], 1),
+        (1, 3, ["5", "6"], 1),
     ]
     assert (scanner.rows, scanner.shards) == (7, 2)
     odd = ShardScanner(2, lambda k: k == 1)
@@ -127,6 +128,22 @@ def test_two_ranks_in_turn_equal_one_process(
     assert manifest is not None and manifest.complete
     assert written == [0, 2, 4, 5]
     _same_index(reference, out)
+
+
+def test_trailing_blanks_after_a_full_last_shard(
+    tiny_model_dir: Path, tmp_path: Path, one_thread: None
+) -> None:
+    """8 texts in shards of 4, then blank lines: the last shard's skipped count takes them,
+    as with one process."""
+    corpus = tmp_path / "eight.txt"
+    corpus.write_text("\n".join(CORPUS[:4]) + "\n\n" + "\n".join(CORPUS[4:8]) + "\n\n \n")
+    encode_corpus(
+        tiny_model_dir, corpus, tmp_path / "one", shard_size=SHARD, batch_size=3,
+        precision="fp32", show_progress=False,
+    )  # fmt: skip
+    encode_distributed(tiny_model_dir, corpus, tmp_path / "par", OPTS, rank=0, world=1)
+    assert Manifest.load(tmp_path / "par").shards[-1].skipped == 3  # 1 inside, 2 after
+    _same_index(tmp_path / "one", tmp_path / "par")
 
 
 @pytest.mark.slow
