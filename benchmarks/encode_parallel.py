@@ -27,7 +27,7 @@ from typing import Any
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     add_common_args,
     data_root,
     median,

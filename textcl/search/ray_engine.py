@@ -36,7 +36,15 @@ from textcl.errors import InputError
 from textcl.search.encode import EncodeOptions, encode_corpus_with, write_shard
 from textcl.search.manifest import Manifest, ShardInfo
 from textcl.search.model import load_encoder
-from textcl.search.parallel import RunPlan, ShardBlock, ShardScanner, start_plan, write_done
+from textcl.search.parallel import (
+    RunPlan,
+    ShardBlock,
+    ShardScanner,
+    describe_error,
+    rebuild_error,
+    start_plan,
+    write_done,
+)
 from textcl.search.sources import CorpusSource
 
 logger = logging.getLogger(__name__)
@@ -119,25 +127,38 @@ class ShardEncoderActor:
         raise InputError(f"{self.corpus.path}: shard {index} is past the end of the input")
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Write the batch's shards; a shard's error is returned as data (class name and
+        message, :func:`~textcl.search.parallel.describe_error`), for the driver to raise
+        as the same error (Ray's own wrappers would lose it)."""
         folder = Path(self.plan.folder)
-        infos = []
+        infos, failures = [], []
         for k in batch["shard"]:
-            block = self._block(int(k))
-            self.corpus.check_unchanged()
-            info = write_shard(
-                self.encoder,
-                self.plan.manifest,
-                folder,
-                block.index,
-                block.start,
-                block.ids,
-                block.texts,
-                block.skipped,
-                options=self.plan.options,
-            )
-            write_done(folder, info, self.plan.identity)
-            infos.append(json.dumps(asdict(info)))
-        return {"shard": np.asarray(batch["shard"]), "info": np.asarray(infos, dtype=object)}
+            info, failure = "", ""
+            try:
+                block = self._block(int(k))
+                self.corpus.check_unchanged()
+                shard = write_shard(
+                    self.encoder,
+                    self.plan.manifest,
+                    folder,
+                    block.index,
+                    block.start,
+                    block.ids,
+                    block.texts,
+                    block.skipped,
+                    options=self.plan.options,
+                )
+                write_done(folder, shard, self.plan.identity)
+                info = json.dumps(asdict(shard))
+            except Exception as e:
+                failure = json.dumps(describe_error(e))
+            infos.append(info)
+            failures.append(failure)
+        return {
+            "shard": np.asarray(batch["shard"]),
+            "info": np.asarray(infos, dtype=object),
+            "error": np.asarray(failures, dtype=object),
+        }
 
 
 def _init_ray(
@@ -268,4 +289,7 @@ def _run_pool(
         num_gpus=gpus,
     )
     for row in ds.iter_rows():
+        if row["error"]:
+            name, message = json.loads(row["error"])
+            raise rebuild_error(name, message, where=f"--engine ray worker, shard {row['shard']}")
         collector.add(ShardInfo(**json.loads(row["info"])))
