@@ -23,7 +23,7 @@ from textcl.search.distributed import encode_distributed, encode_on_devices
 from textcl.search.encode import EncodeOptions
 from textcl.search.manifest import MANIFEST_NAME, Manifest
 from textcl.search.parallel import ShardScanner, done_path
-from textcl.search.ray_engine import check_address, encode_with_ray, import_ray
+from textcl.search.ray_engine import _init_ray, check_address, encode_with_ray, import_ray
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARD = 4
@@ -264,7 +264,17 @@ def test_ray_local_two_workers_equal_one_process(
     monkeypatch.setattr("textcl.search.distributed.start_plan", only_two)
     with pytest.raises(RuntimeError, match="not written"):
         encode_distributed(tiny_model_dir, corpus_txt, out, OPTS, rank=0, world=1)
-    manifest = encode_with_ray(tiny_model_dir, corpus_txt, out, OPTS, num_workers=2)
+    ray = import_ray()
+    assert _init_ray(ray, None, 2, 1, 0, 10)  # one local Ray for both runs below
+    try:
+        # A worker's error comes back as the same error, naming the shard.
+        bad = tmp_path / "bad"
+        (bad / "shard-00001.npy").mkdir(parents=True)
+        with pytest.raises(IsADirectoryError, match="ray worker, shard 1"):
+            encode_with_ray(tiny_model_dir, corpus_txt, bad, OPTS, num_workers=2)
+        manifest = encode_with_ray(tiny_model_dir, corpus_txt, out, OPTS, num_workers=2)
+    finally:
+        ray.shutdown()
     assert manifest.complete
     assert _manifest_cmp(out) == _manifest_cmp(reference)
     _same_index(reference, out)
