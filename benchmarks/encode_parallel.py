@@ -150,7 +150,14 @@ def main(argv: list[str] | None = None) -> int:
         "encode_parallel",
         rows,
         args.json,
-        headers=["engine", "wall s", "sentences/s", "time ratio", "same shard files", "same top-10"],
+        headers=[
+            "engine",
+            "wall s",
+            "sentences/s",
+            "time ratio",
+            "same shard files",
+            "same top-10",
+        ],
         notes=notes,
         data={"times": times},
     )

@@ -34,6 +34,13 @@ rewritten during encoding is an :class:`~textcl.errors.InputError` naming the fi
 the index is never marked complete. Shards written before a size/time change stay
 resumable; when only the re-hash differs, the manifest records the checksum of what was
 read, so only that same content resumes (any other needs ``--overwrite``).
+
+Many processes can write one index (:mod:`textcl.search.parallel`: ``--devices`` and
+torchrun ranks in :mod:`textcl.search.distributed`, Ray actors in
+:mod:`textcl.search.ray_engine`): everything above runs once in a driver, which passes its
+own ``runner`` to :func:`encode_corpus_with`; workers write shards with the same
+:func:`write_shard` and a completion record ``shard-NNNNN.done.json`` each, and the driver
+lists them in the manifest, so the folder is the one a single process writes.
 """
 
 from __future__ import annotations
