@@ -130,6 +130,53 @@ def test_two_ranks_in_turn_equal_one_process(
     _same_index(reference, out)
 
 
+KILL_AFTER_THIRD_SHARD = """
+import os, signal, sys
+import textcl.search.parallel as par
+from textcl.search.distributed import encode_distributed
+from textcl.search.encode import EncodeOptions
+real, done = par.write_done, []
+def write_done(*args, **kwargs):
+    real(*args, **kwargs)
+    done.append(1)
+    if len(done) == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+par.write_done = write_done
+opts = EncodeOptions(shard_size=4, batch_size=3, precision="fp32", show_progress=False)
+encode_distributed(sys.argv[1], sys.argv[2], sys.argv[3], opts, rank=0, world=1)
+"""
+
+
+@pytest.mark.slow
+def test_resume_after_kill_9_of_the_driver(
+    tiny_model_dir: Path,
+    corpus_txt: Path,
+    tmp_path: Path,
+    reference: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(
+        [sys.executable, "-c", KILL_AFTER_THIRD_SHARD, str(tiny_model_dir), str(corpus_txt),
+         str(out)],
+        env=env, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert run.returncode == -9, run.stderr[-2000:]
+    assert not Manifest.load(out).complete
+    written: list[int] = []
+    real = enc_mod.write_shard
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        written.append(args[3])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr("textcl.search.parallel.write_shard", counting)
+    encode_distributed(tiny_model_dir, corpus_txt, out, OPTS, rank=0, world=1)
+    assert written == [3, 4, 5]  # shards 0-2 were done before the kill
+    _same_index(reference, out)
+
+
 def test_trailing_blanks_after_a_full_last_shard(
     tiny_model_dir: Path, tmp_path: Path, one_thread: None
 ) -> None:
