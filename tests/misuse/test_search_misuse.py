@@ -251,16 +251,17 @@ def _rewrite_during_encode(monkeypatch: pytest.MonkeyPatch, corpus: Path, how: s
     it); ``same size and mtime``: the content changed between the scan and the encoding
     pass, size and modification time put back (only the re-hash finds it)."""
     if how == "truncated":
-        real = encode_mod._write_shard
+        real = encode_mod.write_shard
         calls = []
 
-        def write_shard(*args: Any, **kwargs: Any) -> None:
-            real(*args, **kwargs)
+        def write_shard(*args: Any, **kwargs: Any) -> Any:
+            info = real(*args, **kwargs)
             calls.append(1)
             if len(calls) == 1:
                 corpus.write_text("\n".join(CORPUS[:9]) + "\n", encoding="utf-8")
+            return info
 
-        monkeypatch.setattr(encode_mod, "_write_shard", write_shard)
+        monkeypatch.setattr(encode_mod, "write_shard", write_shard)
         return
     real_load = encode_mod.load_encoder
 

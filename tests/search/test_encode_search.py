@@ -112,13 +112,13 @@ def test_resume_after_crash_gives_identical_shards(
         EmbeddingIndex(crashed)
 
     encoded: list[int] = []
-    real_shard = enc_mod._write_shard
+    real_shard = enc_mod.write_shard
 
-    def counting_shard(*args: Any, **kwargs: Any) -> None:
-        encoded.append(len(args[1].shards))
-        real_shard(*args, **kwargs)
+    def counting_shard(*args: Any, **kwargs: Any) -> Any:
+        encoded.append(args[3])
+        return real_shard(*args, **kwargs)
 
-    monkeypatch.setattr(enc_mod, "_write_shard", counting_shard)
+    monkeypatch.setattr(enc_mod, "write_shard", counting_shard)
     encode_corpus(
         tiny_model_dir, corpus_txt, crashed, shard_size=4, batch_size=3, show_progress=False
     )

@@ -432,14 +432,14 @@ def test_other_corpus_refused(tiny_model_dir: Path, corpus_txt: Path, tmp_path: 
 def _crash_after_shards(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
     import textcl.search.encode as enc_mod
 
-    real = enc_mod._write_shard
+    real = enc_mod.write_shard
 
-    def crashing(*args: Any, **kwargs: Any) -> None:
-        if len(args[1].shards) == n:
+    def crashing(*args: Any, **kwargs: Any) -> Any:
+        if args[3] == n:
             raise KeyboardInterrupt("simulated crash")
-        real(*args, **kwargs)
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(enc_mod, "_write_shard", crashing)
+    monkeypatch.setattr(enc_mod, "write_shard", crashing)
 
 
 def test_changed_model_folder_refused_on_resume_and_when_complete(

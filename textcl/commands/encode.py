@@ -3,9 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
-from textcl.search import encode_corpus
+from textcl.errors import InputError
+from textcl.search.distributed import (
+    DEFAULT_TIMEOUT,
+    encode_distributed,
+    encode_on_devices,
+    parse_devices,
+    rank_device,
+    torchrun_world,
+)
+from textcl.search.encode import EncodeOptions, encode_corpus_with
+from textcl.search.manifest import Manifest
+from textcl.search.ray_engine import encode_with_ray
 
 HELP = (
     "encode a corpus (.txt/.jsonl/.csv/.parquet/datasets folder/hub dataset) into an index folder"
@@ -57,14 +69,48 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--overwrite", action="store_true", help="discard an existing index in OUTPUT")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group(
+        "parallel encoding",
+        "shards split across processes; the same index folder as one process "
+        "(see docs/distributed-encoding.md). Under torchrun each rank encodes every "
+        "WORLD_SIZE-th shard and rank 0 writes the manifest.",
+    )
+    g.add_argument(
+        "--devices",
+        default=None,
+        help="one process per listed device, e.g. cpu,cpu or cuda:0,cuda:1 (cpu*4: four)",
+    )
+    g.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        help="seconds a --devices/torchrun process waits for another (default: 6 h)",
+    )
+    g.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local (this process, --devices or torchrun) or ray (a Ray Data actor pool; "
+        "needs the textcl[ray] extra)",
+    )
+    g.add_argument(
+        "--ray-address",
+        default=None,
+        help="a running Ray cluster (host:port, ray://host:port or auto); default: start "
+        "Ray locally on this machine",
+    )
+    g.add_argument("--num-workers", type=int, default=2, help="Ray actors (default: 2)")
+    g.add_argument(
+        "--cpus-per-worker", type=float, default=1.0, help="CPUs (and torch threads) per Ray actor"
+    )
+    g.add_argument(
+        "--gpus-per-worker", type=float, default=0.0, help="GPUs per Ray actor (default: 0)"
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    manifest = encode_corpus(
-        args.model,
-        args.input,
-        args.output,
+    options = EncodeOptions(
         text_column=args.text_column,
         id_column=args.id_column,
         split=args.split,
@@ -78,6 +124,49 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         show_progress=not args.no_progress,
     )
+    ranks = torchrun_world()
+    if args.engine == "ray" and (ranks or args.devices):
+        raise InputError("--engine ray takes --num-workers, not --devices or torchrun")
+    if ranks is not None and args.devices:
+        raise InputError("under torchrun each rank is one process: leave --devices out")
+    if args.engine == "ray":
+        manifest: Manifest | None = encode_with_ray(
+            args.model,
+            args.input,
+            args.output,
+            options,
+            address=args.ray_address,
+            num_workers=args.num_workers,
+            cpus_per_worker=args.cpus_per_worker,
+            gpus_per_worker=args.gpus_per_worker,
+        )
+    elif ranks is not None:
+        rank, world, local_rank = ranks
+        device = rank_device(args.device, local_rank)
+        manifest = encode_distributed(
+            args.model,
+            args.input,
+            args.output,
+            EncodeOptions(**{**options.__dict__, "device": device, "show_progress": False}),
+            rank=rank,
+            world=world,
+            timeout=args.dist_timeout,
+            ranks_here=int(os.environ.get("LOCAL_WORLD_SIZE", world)),
+        )
+        if manifest is None:  # rank 0 reports
+            return 0
+    elif args.devices:
+        manifest = encode_on_devices(
+            args.model,
+            args.input,
+            args.output,
+            EncodeOptions(**{**options.__dict__, "show_progress": False}),
+            parse_devices(args.devices),
+            timeout=args.dist_timeout,
+        )
+    else:
+        manifest = encode_corpus_with(args.model, args.input, args.output, options)
+    assert manifest is not None
     print(
         f"{args.output}: {manifest.count} embeddings ({manifest.dimension}-d {manifest.dtype}) "
         f"in {len(manifest.shards)} shard(s); {manifest.skipped} blank row(s) skipped"

@@ -34,6 +34,13 @@ rewritten during encoding is an :class:`~textcl.errors.InputError` naming the fi
 the index is never marked complete. Shards written before a size/time change stay
 resumable; when only the re-hash differs, the manifest records the checksum of what was
 read, so only that same content resumes (any other needs ``--overwrite``).
+
+Many processes can write one index (:mod:`textcl.search.parallel`: ``--devices`` and
+torchrun ranks in :mod:`textcl.search.distributed`, Ray actors in
+:mod:`textcl.search.ray_engine`): everything above runs once in a driver, which passes its
+own ``runner`` to :func:`encode_corpus_with`; workers write shards with the same
+:func:`write_shard` and a completion record ``shard-NNNNN.done.json`` each, and the driver
+lists them in the manifest, so the folder is the one a single process writes.
 """
 
 from __future__ import annotations
@@ -47,7 +54,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -83,7 +90,14 @@ ENCODE_LOG_NAME = "encode_log.jsonl"
 DEFAULT_SHARD_SIZE = 50_000
 ENCODE_CHUNK = 4096
 """Sentences handed to ``SentenceEncoder.encode`` at a time inside a shard (progress grain)."""
-_INDEX_FILE = re.compile(r"^(shard-\d{5}(\.npy|\.jsonl|\.offsets\.npy)|faiss-\w+\.index)$")
+_INDEX_FILE = re.compile(
+    r"^(shard-\d{5}(\.npy|\.jsonl|\.offsets\.npy|\.done\.json)|faiss-\w+\.index)$"
+)
+DONE_SUFFIX = ".done.json"
+"""Per-shard completion record of a parallel run (:mod:`textcl.search.parallel`)."""
+ShardRunner = Callable[..., Manifest]
+"""``(encoder, corpus, manifest, folder, options, aside=...) -> Manifest``: writes the shards
+of a checked, locked index folder (:func:`_encode_shards`, or a parallel engine's)."""
 
 
 def shard_names(index: int) -> tuple[str, str, str]:
@@ -114,6 +128,13 @@ def texts_jsonl(ids: list[str], texts: list[str]) -> tuple[bytes, np.ndarray]:
 def _chunks(records: Iterator[tuple[str, str | None]], size: int) -> Iterator[list[Any]]:
     while block := list(itertools.islice(records, size)):
         yield block
+
+
+def clear_done_records(folder: Path) -> None:
+    """Delete the per-shard completion records (``shard-NNNNN.done.json``) of a parallel
+    run: once the manifest lists every shard they say nothing more."""
+    for p in folder.glob("shard-*" + DONE_SUFFIX):
+        p.unlink(missing_ok=True)
 
 
 def _clear_index_files(folder: Path) -> None:
@@ -159,6 +180,7 @@ def _settle_set_aside(folder: Path) -> None:
         shutil.rmtree(aside)
     else:
         logger.warning("%s: restoring the old index an interrupted --overwrite set aside", folder)
+        clear_done_records(folder)  # the new run's, never listed
         _restore(folder, aside, clear=False)
 
 
@@ -336,8 +358,15 @@ def encode_corpus_with(
     source: str | os.PathLike[str],
     output: str | os.PathLike[str],
     options: EncodeOptions,
+    *,
+    runner: ShardRunner | None = None,
+    on_ready: Callable[[], None] | None = None,
 ) -> Manifest:
-    """:func:`encode_corpus` with its settings in one :class:`EncodeOptions`."""
+    """:func:`encode_corpus` with its settings in one :class:`EncodeOptions`.
+
+    ``runner`` (default: this process, one shard after another) writes the shards once
+    everything is checked and the folder is locked; :mod:`textcl.search.parallel` passes
+    its own. ``on_ready`` is called once the run holds the folder's lock."""
     options.check()
     check_device(options.device)
     folder = Path(output).expanduser()
@@ -359,7 +388,9 @@ def encode_corpus_with(
         if removed:
             logger.info("%s: removed %d temp file(s) left by a killed run", folder, len(removed))
         _settle_set_aside(folder)
-        return _encode_locked(model, corpus, folder, options)
+        if on_ready is not None:
+            on_ready()
+        return _encode_locked(model, corpus, folder, options, runner or _encode_shards)
 
 
 def _same_complete(
@@ -385,7 +416,7 @@ def _same_complete(
 
 
 def _encode_locked(
-    model: Any, corpus: CorpusSource, folder: Path, options: EncodeOptions
+    model: Any, corpus: CorpusSource, folder: Path, options: EncodeOptions, runner: ShardRunner
 ) -> Manifest:
     """Holding the folder's lock: check the input, then start, resume or skip the index."""
     old: Manifest | None = None
@@ -444,11 +475,11 @@ def _encode_locked(
         manifest.shards, manifest.count, manifest.skipped = old.shards, old.count, old.skipped
         manifest.faiss = {}
     if not replace_old:
-        return _encode_shards(encoder, corpus, manifest, folder, options)
+        return runner(encoder, corpus, manifest, folder, options)
     # Everything is checked: only now is the old index moved aside (see the module doc).
     aside = _set_aside(folder)
     try:
-        return _encode_shards(encoder, corpus, manifest, folder, options, aside=aside)
+        return runner(encoder, corpus, manifest, folder, options, aside=aside)
     except BaseException:
         if aside.is_dir():
             _restore(folder, aside, clear=True)
@@ -495,17 +526,22 @@ def _encode_shards(
 
     def flush() -> None:
         corpus.check_unchanged()  # every row of this shard was read before this check
-        _write_shard(
+        info = write_shard(
             encoder,
             manifest,
             folder,
+            len(manifest.shards),
             pending_start,
             pending_ids,
             pending_texts,
             pending_skipped,
-            bar=bar,
             options=options,
+            progress=bar.update,
         )
+        manifest.shards.append(info)
+        manifest.count += info.rows
+        manifest.skipped += info.skipped
+        manifest.save(folder)
         if aside is not None and aside.is_dir():
             shutil.rmtree(aside)
 
@@ -548,22 +584,30 @@ def _encode_shards(
         raise
     manifest.complete = True
     manifest.save(folder)
+    clear_done_records(folder)
     return manifest
 
 
-def _write_shard(
+def write_shard(
     encoder: Any,
     manifest: Manifest,
     folder: Path,
+    index: int,
     start: int,
     ids: list[str],
     texts: list[str],
     skipped: int,
     *,
-    bar: Any,
     options: EncodeOptions,
-) -> None:
-    """Encode one shard's texts, write its three files atomically, then the manifest."""
+    progress: Callable[[int], Any] | None = None,
+) -> ShardInfo:
+    """Encode shard ``index`` (source rows from ``start``: ``texts`` and their ``ids``,
+    ``skipped`` blank rows among them) and write its three files atomically; return its
+    :class:`ShardInfo` for the caller to list (the manifest is not touched).
+
+    The one place a shard is written, by every engine (one process, ``--devices`` /
+    torchrun ranks, Ray actors): ``manifest`` and ``options`` are the run's, the same in
+    every worker. ``progress`` is called with the source rows done."""
     t0 = time.perf_counter()
     parts = []
     for lo in range(0, len(texts), ENCODE_CHUNK):
@@ -576,16 +620,16 @@ def _write_shard(
             show_progress=False,
         )
         parts.append(np.asarray(emb, dtype=np.float32))
-        bar.update(len(parts[-1]) + (skipped if lo == 0 else 0))
+        if progress is not None:
+            progress(len(parts[-1]) + (skipped if lo == 0 else 0))
     embeddings = np.concatenate(parts).astype(manifest.dtype)
     seconds = time.perf_counter() - t0
     if not np.isfinite(embeddings).all():
         raise ValueError(
-            f"shard {len(manifest.shards)} (source rows from {start}): the encoder produced "
+            f"shard {index} (source rows from {start}): the encoder produced "
             f"NaN or infinite values (dtype {manifest.dtype}; float16 overflows above 65504)"
         )
 
-    index = len(manifest.shards)
     emb_name, texts_name, offsets_name = shard_names(index)
     emb_bytes = npy_bytes(embeddings)
     lines, offsets = texts_jsonl(ids, texts)
@@ -593,26 +637,21 @@ def _write_shard(
     atomic_write_bytes(folder / emb_name, emb_bytes)
     atomic_write_bytes(folder / texts_name, lines)
     atomic_write_bytes(folder / offsets_name, offsets_bytes)
-    manifest.shards.append(
-        ShardInfo(
-            index=index,
-            start=start,
-            rows=len(ids),
-            embeddings=emb_name,
-            texts=texts_name,
-            offsets=offsets_name,
-            sha256=hashlib.sha256(emb_bytes).hexdigest(),
-            texts_sha256=hashlib.sha256(lines).hexdigest(),
-            skipped=skipped,
-            offsets_sha256=hashlib.sha256(offsets_bytes).hexdigest(),
-            bytes=len(emb_bytes),
-            texts_bytes=len(lines),
-            offsets_bytes=len(offsets_bytes),
-        )
+    info = ShardInfo(
+        index=index,
+        start=start,
+        rows=len(ids),
+        embeddings=emb_name,
+        texts=texts_name,
+        offsets=offsets_name,
+        sha256=hashlib.sha256(emb_bytes).hexdigest(),
+        texts_sha256=hashlib.sha256(lines).hexdigest(),
+        skipped=skipped,
+        offsets_sha256=hashlib.sha256(offsets_bytes).hexdigest(),
+        bytes=len(emb_bytes),
+        texts_bytes=len(lines),
+        offsets_bytes=len(offsets_bytes),
     )
-    manifest.count += len(ids)
-    manifest.skipped += skipped
-    manifest.save(folder)
     entry = {
         "shard": index,
         "rows": len(ids),
@@ -620,3 +659,4 @@ def _write_shard(
         "sentences_per_s": round(len(ids) / max(seconds, 1e-9), 1),
     }
     append_text(folder / ENCODE_LOG_NAME, json.dumps(entry) + "\n")
+    return info
