@@ -131,7 +131,7 @@ def categorize(name: str, shapes: list[Any], inner: int) -> str:
         return "layer norm"
     if "gelu" in name:
         return "GELU"
-    return "other ops (residual adds, masks, reshapes, pooling ops)"
+    return "other ops (bias copies, residual adds, masks, reshapes)"
 
 
 def profile_forward(encoder: Any, batches: list[Any], inner: int) -> dict[str, float]:

@@ -40,9 +40,9 @@ from textcl.tokens import (
 AUTO = "auto"
 """``max_tokens="auto"``: a token budget where it helps (:func:`resolve_max_tokens`)."""
 CPU_MAX_TOKENS = 2048
-"""The token budget ``max_tokens="auto"`` picks on CPU: all-MiniLM-L6-v2 over 3,000
-Wikipedia + STS-B sentences ran fastest with it among ``None`` / 1024 / 2048 / 4096 at batch
-size 64 (benchmarks/RESULTS.md, "Encoding: where the time goes"): long sentences come in
+"""The token budget ``max_tokens="auto"`` picks on CPU: all-MiniLM-L6-v2 over Wikipedia +
+STS-B sentences ran fastest with it at batch size 64 among ``None`` and budgets from 512 to
+8192 (benchmarks/RESULTS.md, "Encoding: where the time goes"; docs/inference.md): long sentences come in
 smaller batches, whose activations stay in cache, and attention (quadratic in length) does
 not grow with the batch."""
 
