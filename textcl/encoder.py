@@ -18,11 +18,17 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from textcl.encoder_config import EncoderConfig
 from textcl.errors import InputError
 from textcl.hub import load_transformer, model_folder, quiet_transformers
+from textcl.inference import (
+    AUTO,
+    check_prefetch,
+    encode_sorted,
+    length_sorted_batches,
+    resolve_max_tokens,
+)
 from textcl.io import atomic_dir, atomic_write_text
 from textcl.model_card import CardModel, DenseInfo, render_model_card
 from textcl.pooling import (
@@ -34,7 +40,6 @@ from textcl.pooling import (
     check_head_mode,
 )
 from textcl.precision import (
-    autocast_context,
     inference_copy,
     optimizer_steps,
     resolve_inference_precision,
@@ -44,16 +49,11 @@ from textcl.st_format import read_model_folder, write_model_folder
 from textcl.tokens import (
     MODEL_INPUT_KEYS,
     TokenBatch,
-    as_token_batch,
-    batch_bounds,
     batch_tensors,
     check_texts,
-    exclude_prompt_from_mask,
     max_positions,
-    pad_token_ids,
     padded_position_ids,
     padding_position_offset,
-    token_ids,
     tokenize_texts,
 )
 
@@ -389,21 +389,14 @@ class SentenceEncoder(nn.Module):
         most ``max_tokens`` padded tokens (``len(batch) * longest``; token-budget batching:
         many short sentences or few long ones per batch, a sentence longer than the budget
         alone). Returns the order (``order[k]`` is the input index of the k-th sorted
-        sentence) and a lazy iterator of CPU batches.
+        sentence) and a lazy iterator of CPU batches (see
+        :func:`textcl.inference.length_sorted_batches`).
         """
         self.check_max_length(max_length)
-        ids = token_ids(self.tokenizer, texts, max_length or self.effective_max_length)
-        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-        bounds = batch_bounds([len(ids[i]) for i in order], batch_size, max_tokens)
-
-        def gen() -> Iterator[TokenBatch]:
-            for start, stop in bounds:
-                if self._prompt is not None:  # ordered by sentence length; wrapped per batch
-                    yield self.tokenize_prompted([texts[i] for i in order[start:stop]], max_length)
-                else:
-                    yield pad_token_ids(self.tokenizer, [ids[i] for i in order[start:stop]])
-
-        return order, gen()
+        order, bounds, make = length_sorted_batches(
+            self, texts, batch_size, max_length or self.effective_max_length, max_tokens
+        )
+        return order, (make(start, stop) for start, stop in bounds)
 
     def _inference_model(self, precision: str) -> Any:
         """The transformer :meth:`encode` runs at ``precision``: the model itself, or a
@@ -500,7 +493,8 @@ class SentenceEncoder(nn.Module):
         output: Output = "numpy",
         precision: str | None = None,
         show_progress: bool | None = None,
-        max_tokens: int | None = None,
+        max_tokens: int | str | None = AUTO,
+        prefetch: bool = True,
         prompt_name: str | None = None,
         prompt: str | None = None,
         truncate_dim: int | None = None,
@@ -544,7 +538,11 @@ class SentenceEncoder(nn.Module):
                 for INFO and from :data:`SHOW_PROGRESS_MIN_BATCHES` batches on, so library
                 callers draw no bars unless asked (sentence-transformers' convention).
             max_tokens: token-budget batching: also cap each batch at this many padded
-                tokens (see :meth:`length_sorted_batches`); ``None``: ``batch_size`` only.
+                tokens (see :meth:`length_sorted_batches`); ``None``: ``batch_size`` only;
+                ``"auto"`` (default): :data:`~textcl.inference.CPU_MAX_TOKENS` on CPU,
+                ``None`` elsewhere (:func:`~textcl.inference.resolve_max_tokens`).
+            prefetch: build the next batch in a background thread while the current one
+                runs (same batches, identical embeddings); ``False``: one thread.
             prompt_name: prepend the prompt of this name (from :attr:`prompts`).
             prompt: prepend this text (wins over ``prompt_name``); default: the prompt named
                 ``default_prompt_name`` if set.
@@ -580,6 +578,8 @@ class SentenceEncoder(nn.Module):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.check_max_length(max_length)
+        resolve_max_tokens(max_tokens, torch.device("cpu"))  # validates before any work
+        check_prefetch(prefetch)
         if output not in ("numpy", "torch"):
             raise ValueError(f"output must be 'numpy' or 'torch', got {output!r}")
         dim = self.full_embedding_dim
@@ -601,36 +601,28 @@ class SentenceEncoder(nn.Module):
         self.last_precision = mode
         autocast = precision if model is self.model and precision != "qint8" else "fp32"
         norm = self.normalize if normalize is None else normalize
-        order, batches = self.length_sorted_batches(items, batch_size, max_length, max_tokens)
+        budget = resolve_max_tokens(max_tokens, dev)
+        lengths = max_length or self.effective_max_length
         n_batches = (len(items) + batch_size - 1) // batch_size
         show = default_show_progress(n_batches) if show_progress is None else bool(show_progress)
-
-        result = torch.empty((len(items), dim), dtype=torch.float32)
-        order_t = torch.tensor(order, dtype=torch.long)
         was_training = self.training
         self.eval()
         try:
-            with torch.inference_mode(), autocast_context(dev, autocast):
-                done = 0
-                with tqdm(total=len(items), disable=not show, desc="encode", unit="sent") as bar:
-                    for batch in batches:
-                        if prompt_length and self._prompt is None:
-                            batch["pooling_mask"] = exclude_prompt_from_mask(
-                                batch["attention_mask"], prompt_length
-                            )
-                        batch = as_token_batch(
-                            {
-                                k: v.to(dev, non_blocking=True)
-                                for k, v in batch_tensors(batch).items()
-                            }
-                        )
-                        emb = self._embed(batch, model).float()[:, :dim]
-                        if norm:
-                            emb = torch.nn.functional.normalize(emb, p=2, dim=-1)
-                        n = emb.shape[0]
-                        result[order_t[done : done + n]] = emb.cpu()
-                        done += n
-                        bar.update(n)
+            result = encode_sorted(
+                self,
+                model,
+                items,
+                dim=dim,
+                normalize=norm,
+                batch_size=batch_size,
+                max_length=lengths,
+                max_tokens=budget,
+                prompt_length=prompt_length,
+                device=dev,
+                autocast=autocast,
+                show_progress=show,
+                prefetch=prefetch,
+            )
         finally:
             self.train(was_training)
         out = result[0] if single else result

@@ -1,0 +1,175 @@
+"""The inference loop behind :meth:`SentenceEncoder.encode`: length-sorted token batches,
+the forward passes, pooling and normalisation, results back in input order.
+
+:class:`~textcl.encoder.SentenceEncoder` validates the arguments and resolves precision and
+prompts; :func:`encode_sorted` runs the loop. Two knobs decide the speed on CPU
+(``docs/inference.md``, "Where the time goes"; ``python -m benchmarks encode_stages``):
+
+- ``max_tokens`` (token-budget batching, :func:`textcl.tokens.batch_bounds`): ``"auto"``
+  (the default of ``encode``) caps batches at :data:`CPU_MAX_TOKENS` padded tokens on CPU
+  and leaves other devices at ``batch_size`` only (:func:`resolve_max_tokens`).
+- ``prefetch``: build the next batch (pad it; tokenize it, for ``prompt`` pooling) in a
+  background thread while the current one runs through the model. The batches are the same,
+  so the embeddings are identical to the serial loop.
+
+Everything here is plain inference: ``torch.inference_mode``, eval mode (restored after),
+one preallocated ``(N, D)`` float32 result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from textcl.precision import autocast_context
+from textcl.tokens import (
+    TokenBatch,
+    as_token_batch,
+    batch_bounds,
+    batch_tensors,
+    exclude_prompt_from_mask,
+    pad_token_ids,
+    token_ids,
+)
+
+AUTO = "auto"
+"""``max_tokens="auto"``: a token budget where it helps (:func:`resolve_max_tokens`)."""
+CPU_MAX_TOKENS = 2048
+"""The token budget ``max_tokens="auto"`` picks on CPU: all-MiniLM-L6-v2 over Wikipedia +
+STS-B sentences ran fastest with it at batch size 64 among ``None`` and budgets from 512 to
+8192 (benchmarks/RESULTS.md, "Encoding: where the time goes"; docs/inference.md): long sentences come in
+smaller batches, whose activations stay in cache, and attention (quadratic in length) does
+not grow with the batch."""
+
+
+class EncodesBatches(Protocol):
+    """What :func:`encode_sorted` needs of an encoder (a :class:`SentenceEncoder`)."""
+
+    tokenizer: Any
+    _prompt: Any
+
+    def _embed(self, batch: TokenBatch, model: Any) -> Tensor: ...
+
+    def tokenize_prompted(
+        self, texts: list[str], max_length: int | None = None, template: Any = None
+    ) -> TokenBatch: ...
+
+
+def resolve_max_tokens(max_tokens: object, device: torch.device) -> int | None:
+    """The token budget for ``max_tokens`` on ``device``: ``None`` (``batch_size`` only), a
+    positive integer, or ``"auto"``: :data:`CPU_MAX_TOKENS` on CPU, ``None`` elsewhere (on a
+    GPU larger batches are faster and attention memory is not the limit at these lengths).
+    Anything else: ``ValueError`` naming the value."""
+    if max_tokens == AUTO and isinstance(max_tokens, str):
+        return CPU_MAX_TOKENS if device.type == "cpu" else None
+    if max_tokens is None:
+        return None
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise ValueError(
+            f"max_tokens must be a positive integer, 'auto' or None, got {max_tokens!r}"
+        )
+    return max_tokens
+
+
+def check_prefetch(prefetch: object) -> bool:
+    """``prefetch`` when it is a bool, else ``TypeError`` (``"no"`` would read as true)."""
+    if not isinstance(prefetch, bool):
+        raise TypeError(f"prefetch must be True or False, got {prefetch!r}")
+    return prefetch
+
+
+def length_sorted_batches(
+    encoder: EncodesBatches,
+    texts: list[str],
+    batch_size: int,
+    max_length: int,
+    max_tokens: int | None = None,
+) -> tuple[list[int], list[tuple[int, int]], Callable[[int, int], TokenBatch]]:
+    """Tokenize ``texts`` once (truncated to ``max_length``), order them longest first and
+    cut the order into batches (:func:`textcl.tokens.batch_bounds`).
+
+    Returns the order (``order[k]`` is the input index of the k-th sorted sentence), the
+    ``[start, stop)`` bounds of each batch in that order and ``make(start, stop)``, which
+    builds one padded CPU batch (``prompt`` pooling: tokenizes the texts in the template).
+    """
+    ids = token_ids(encoder.tokenizer, texts, max_length)
+    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+    bounds = batch_bounds([len(ids[i]) for i in order], batch_size, max_tokens)
+
+    def make(start: int, stop: int) -> TokenBatch:
+        if encoder._prompt is not None:  # ordered by sentence length; wrapped per batch
+            return encoder.tokenize_prompted([texts[i] for i in order[start:stop]], max_length)
+        return pad_token_ids(encoder.tokenizer, [ids[i] for i in order[start:stop]])
+
+    return order, bounds, make
+
+
+def _batches(
+    make: Callable[[int, int], TokenBatch], bounds: list[tuple[int, int]], prefetch: bool
+) -> Iterator[TokenBatch]:
+    """The batches of ``bounds`` in order; with ``prefetch`` the next one is built in a
+    background thread while the caller works on the current one (the fast tokenizer and
+    torch release the GIL)."""
+    if not prefetch or len(bounds) < 2:
+        for start, stop in bounds:
+            yield make(start, stop)
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="textcl-prefetch") as pool:
+        pending: Future[TokenBatch] = pool.submit(make, *bounds[0])
+        for k in range(len(bounds)):
+            batch = pending.result()
+            if k + 1 < len(bounds):
+                pending = pool.submit(make, *bounds[k + 1])
+            yield batch
+
+
+def encode_sorted(
+    encoder: EncodesBatches,
+    model: Any,
+    items: list[str],
+    *,
+    dim: int,
+    normalize: bool,
+    batch_size: int,
+    max_length: int,
+    max_tokens: int | None,
+    prompt_length: int,
+    device: torch.device,
+    autocast: str,
+    show_progress: bool,
+    prefetch: bool,
+) -> Tensor:
+    """Embed ``items`` with ``model`` (the encoder's transformer or its bf16/qint8 copy):
+    ``(N, dim)`` float32 on CPU, in input order. The caller has validated every argument,
+    put the encoder in eval mode and resolved ``max_tokens`` (an integer or None)."""
+    order, bounds, make = length_sorted_batches(encoder, items, batch_size, max_length, max_tokens)
+    result = torch.empty((len(items), dim), dtype=torch.float32)
+    order_t = torch.tensor(order, dtype=torch.long)
+    with (
+        torch.inference_mode(),
+        autocast_context(device, autocast),
+        tqdm(total=len(items), disable=not show_progress, desc="encode", unit="sent") as bar,
+    ):
+        done = 0
+        for batch in _batches(make, bounds, prefetch):
+            if prompt_length and encoder._prompt is None:
+                batch["pooling_mask"] = exclude_prompt_from_mask(
+                    batch["attention_mask"], prompt_length
+                )
+            if device.type != "cpu":
+                batch = as_token_batch(
+                    {k: v.to(device, non_blocking=True) for k, v in batch_tensors(batch).items()}
+                )
+            emb = encoder._embed(batch, model).float()[:, :dim]
+            if normalize:
+                emb = torch.nn.functional.normalize(emb, p=2, dim=-1)
+            n = emb.shape[0]
+            result[order_t[done : done + n]] = emb.cpu()
+            done += n
+            bar.update(n)
+    return result
