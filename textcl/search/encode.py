@@ -73,6 +73,14 @@ from textcl.search.model import (
     model_probe,
     model_weights_hash,
 )
+from textcl.search.quantize import (
+    DEFAULT_CALIBRATION_SIZE,
+    QUANTIZED_DTYPES,
+    calibration_ranges,
+    check_dtype_options,
+    needs_ranges,
+    shard_arrays,
+)
 from textcl.search.sources import CorpusSource, open_source
 from textcl.tokens import batch_bounds
 from textcl.version import __version__
@@ -83,13 +91,20 @@ ENCODE_LOG_NAME = "encode_log.jsonl"
 DEFAULT_SHARD_SIZE = 50_000
 ENCODE_CHUNK = 4096
 """Sentences handed to ``SentenceEncoder.encode`` at a time inside a shard (progress grain)."""
-_INDEX_FILE = re.compile(r"^(shard-\d{5}(\.npy|\.jsonl|\.offsets\.npy)|faiss-\w+\.index)$")
+_INDEX_FILE = re.compile(
+    r"^(shard-\d{5}(\.npy|\.jsonl|\.offsets\.npy|\.rescore\.npy)|faiss-[\w-]+\.index)$"
+)
 
 
 def shard_names(index: int) -> tuple[str, str, str]:
     """File names of shard ``index``: embeddings, texts, offsets."""
     stem = f"shard-{index:05d}"
     return f"{stem}.npy", f"{stem}.jsonl", f"{stem}.offsets.npy"
+
+
+def rescore_name(index: int) -> str:
+    """File name of shard ``index``'s rescoring rows (a quantized index)."""
+    return f"shard-{index:05d}.rescore.npy"
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -243,11 +258,17 @@ class EncodeOptions:
     device: Any = None
     overwrite: bool = False
     show_progress: bool = True
+    calibration_size: int = DEFAULT_CALIBRATION_SIZE
+    rescore_dtype: str | None = None
 
     def check(self) -> None:
         """Raise :class:`~textcl.errors.InputError` for a bad dtype, size or token budget."""
         if self.dtype not in DTYPES:
             raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        check_dtype_options(self.dtype, self.rescore_dtype, None)
+        size = self.calibration_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise InputError(f"calibration_size must be a positive integer, got {size!r}")
         for name, value in (("shard_size", self.shard_size), ("batch_size", self.batch_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InputError(f"{name} must be a positive integer, got {value!r}")
@@ -271,6 +292,8 @@ def encode_corpus(
     device: Any = None,
     overwrite: bool = False,
     show_progress: bool = True,
+    calibration_size: int = DEFAULT_CALIBRATION_SIZE,
+    rescore_dtype: str | None = None,
 ) -> Manifest:
     """Encode a corpus into an index folder (see the module docstring for the layout).
 
@@ -286,7 +309,13 @@ def encode_corpus(
             the 0-based row index (tables).
         split: the split of a datasets folder or hub dataset.
         dtype: ``float32`` or ``float16`` shards (float16 halves the disk and RAM footprint;
-            search promotes chunks back to float32).
+            search promotes chunks back to float32), or quantized: ``int8`` / ``uint8``
+            (ranges calibrated on the first ``calibration_size`` non-blank texts before any
+            shard is written, stored in the manifest) / ``binary`` / ``ubinary`` (packed
+            sign bits); see :mod:`textcl.search.quantize`.
+        calibration_size: texts the int8 ranges are calibrated on (default 10,000).
+        rescore_dtype: rescoring shards of a quantized index: ``float32``, ``int8``
+            (binary indexes) or ``none``; default int8 for binary, float32 for int8.
         shard_size: texts per shard (and the resume grain).
         batch_size / max_tokens: sentences and padded tokens per forward pass.
         normalize: store L2-normalised embeddings (cosine search); recorded in the manifest.
@@ -327,6 +356,8 @@ def encode_corpus(
         device=device,
         overwrite=overwrite,
         show_progress=show_progress,
+        calibration_size=calibration_size,
+        rescore_dtype=rescore_dtype,
     )
     return encode_corpus_with(model, source, output, options)
 
@@ -381,7 +412,62 @@ def _same_complete(
         and old.shard_size == options.shard_size
         and old.normalized == bool(options.normalize)
         and (old.precision or "fp32") == options.precision
+        and _same_quantization(old, options)
     )
+
+
+def _same_quantization(old: Manifest, options: EncodeOptions) -> bool:
+    """Whether ``old``'s quantization settings are what ``options`` ask for."""
+    if old.dtype not in QUANTIZED_DTYPES:
+        return not old.quantization
+    q = old.quantization
+    want = check_dtype_options(options.dtype, options.rescore_dtype, None)
+    if q.get("rescore_dtype") != want:
+        return False
+    return not needs_ranges(old.dtype, want) or q.get("calibration_size") in (
+        None,
+        options.calibration_size,
+    )
+
+
+def calibrate(
+    encoder: Any, corpus: CorpusSource, options: EncodeOptions, dimension: int
+) -> dict[str, Any]:
+    """The manifest's ``quantization`` object of a new quantized index: int8 ranges (when
+    needed) calibrated on the embeddings of the first ``options.calibration_size`` non-blank
+    texts of ``corpus`` (a deterministic sample), before any shard is written."""
+    rescore = check_dtype_options(options.dtype, options.rescore_dtype, dimension)
+    out: dict[str, Any] = {
+        "ranges": None,
+        "calibration_rows": 0,
+        "calibration": "",
+        "rescore_dtype": rescore,
+    }
+    if not needs_ranges(options.dtype, rescore):
+        return out
+    texts: list[str] = []
+    for _, text in corpus.records():
+        if text is not None and text.strip():
+            texts.append(text)
+            if len(texts) == options.calibration_size:
+                break
+    emb = encoder.encode(
+        texts,
+        batch_size=options.batch_size,
+        max_tokens=options.max_tokens,
+        normalize=options.normalize,
+        precision=options.precision,
+        show_progress=False,
+    )
+    ranges = calibration_ranges(np.asarray(emb, dtype=np.float32))
+    out.update(
+        ranges=ranges.tolist(),
+        calibration_rows=len(texts),
+        calibration_size=options.calibration_size,
+        calibration=f"first {len(texts)} non-blank texts of the input "
+        f"(--calibration-size {options.calibration_size})",
+    )
+    return out
 
 
 def _encode_locked(
@@ -436,13 +522,26 @@ def _encode_locked(
         textcl_version=__version__,
         precision=options.precision,
     )
+    if options.dtype in QUANTIZED_DTYPES:
+        check_dtype_options(options.dtype, options.rescore_dtype, encoder.embedding_dim)
     if old is not None:
         if _same_complete(old, corpus, name, pre_hash, options):
             logger.info("%s: already complete (%d embeddings); nothing to do", folder, old.count)
             return old
         _check_resume(old, manifest, folder)
+        if not _same_quantization(old, options):
+            raise _conflict(
+                folder,
+                [
+                    f"quantization: index has {old.quantization.get('rescore_dtype')!r} rescoring "
+                    f"/ calibration, now {options.rescore_dtype!r} / {options.calibration_size}"
+                ],
+            )
         manifest.shards, manifest.count, manifest.skipped = old.shards, old.count, old.skipped
+        manifest.quantization = old.quantization
         manifest.faiss = {}
+    if options.dtype in QUANTIZED_DTYPES and not manifest.quantization:
+        manifest.quantization = calibrate(encoder, corpus, options, encoder.embedding_dim)
     if not replace_old:
         return _encode_shards(encoder, corpus, manifest, folder, options)
     # Everything is checked: only now is the old index moved aside (see the module doc).
@@ -577,9 +676,10 @@ def _write_shard(
         )
         parts.append(np.asarray(emb, dtype=np.float32))
         bar.update(len(parts[-1]) + (skipped if lo == 0 else 0))
-    embeddings = np.concatenate(parts).astype(manifest.dtype)
+    floats = np.concatenate(parts)
+    embeddings, rescore_rows = shard_arrays(floats, manifest.dtype, manifest.quantization)
     seconds = time.perf_counter() - t0
-    if not np.isfinite(embeddings).all():
+    if not np.isfinite(floats).all() or not np.isfinite(embeddings).all():
         raise ValueError(
             f"shard {len(manifest.shards)} (source rows from {start}): the encoder produced "
             f"NaN or infinite values (dtype {manifest.dtype}; float16 overflows above 65504)"
@@ -593,6 +693,15 @@ def _write_shard(
     atomic_write_bytes(folder / emb_name, emb_bytes)
     atomic_write_bytes(folder / texts_name, lines)
     atomic_write_bytes(folder / offsets_name, offsets_bytes)
+    rescore: dict[str, Any] = {}
+    if rescore_rows is not None:
+        rescore_bytes = npy_bytes(rescore_rows)
+        atomic_write_bytes(folder / rescore_name(index), rescore_bytes)
+        rescore = {
+            "rescore": rescore_name(index),
+            "rescore_sha256": hashlib.sha256(rescore_bytes).hexdigest(),
+            "rescore_bytes": len(rescore_bytes),
+        }
     manifest.shards.append(
         ShardInfo(
             index=index,
@@ -608,6 +717,7 @@ def _write_shard(
             bytes=len(emb_bytes),
             texts_bytes=len(lines),
             offsets_bytes=len(offsets_bytes),
+            **rescore,
         )
     )
     manifest.count += len(ids)
