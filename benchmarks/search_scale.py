@@ -38,9 +38,10 @@ vector = embedding shards + rescoring shards + FAISS file, texts excluded):
   rescore_multiplier=4)`` (ST keeps uint8 in a float ``IndexFlatIP``: 4 bytes a dimension);
   ``ST int8 usearch`` when usearch is installed (skipped otherwise).
 
-Peak RSS of a binary search over the largest index: a fresh process (``python -c``) opens
-the ``ubinary`` index, runs the queries exactly (numpy Hamming) and through binary-flat,
-then reports ``resource.getrusage(RUSAGE_SELF).ru_maxrss``.
+Peak RSS of a binary search over each size: a fresh process (``python -c``) imports
+textcl, opens the ``ubinary`` index, runs the queries (batches of 64) exactly (numpy
+Hamming) or through binary-flat, then reports its peak resident set (``VmHWM``; see
+:func:`peak_rss` for why not ``ru_maxrss``).
 
 Run::
 
@@ -197,7 +198,7 @@ def timings(fn: Callable[[np.ndarray], np.ndarray], q: np.ndarray, singles: int)
 def disk_bytes(folder: Path, kind: str | None = None) -> int:
     m = Manifest.load(folder)
     total = sum(s.bytes + max(s.rescore_bytes, 0) for s in m.shards)
-    return total + (int(m.faiss[kind]["bytes"]) if kind else 0)
+    return (total + (int(m.faiss[kind]["bytes"]) if kind else 0)) / m.count
 
 
 PEAK_RSS = """
@@ -207,12 +208,17 @@ q = np.load(sys.argv[2])
 idx = EmbeddingIndex(sys.argv[1])
 for lo in range(0, len(q), 64):
     idx.search_vectors(q[lo:lo + 64], 10, faiss_kind=sys.argv[3] or None)
-print(json.dumps({"ru_maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0].split()[1]
+print(json.dumps({"vmhwm_kib": int(hwm),
+                  "ru_maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
 """
 
 
 def peak_rss(folder: Path, queries: Path, kind: str) -> int:
-    """ru_maxrss (bytes) of a fresh process that opens ``folder`` and searches."""
+    """Peak resident memory (bytes) of a fresh process that opens ``folder`` and searches:
+    ``VmHWM`` of ``/proc/self/status`` (Linux carries a forking parent's high-water mark
+    into ``ru_maxrss`` across ``exec``, so ``ru_maxrss`` of a child of this big process
+    reads the parent's peak; ``VmHWM`` belongs to the new memory image)."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     out = subprocess.run(
         [sys.executable, "-c", PEAK_RSS, str(folder), str(queries), kind],
@@ -221,7 +227,7 @@ def peak_rss(folder: Path, queries: Path, kind: str) -> int:
         capture_output=True,
         text=True,
     ).stdout
-    return int(json.loads(out.strip().splitlines()[-1])["ru_maxrss_kib"]) * 1024
+    return int(json.loads(out.strip().splitlines()[-1])["vmhwm_kib"]) * 1024
 
 
 def run_size(n: int, args: Any, real: np.ndarray, q: np.ndarray) -> list[dict[str, Any]]:
@@ -260,8 +266,13 @@ def run_size(n: int, args: Any, real: np.ndarray, q: np.ndarray) -> list[dict[st
         fidx = EmbeddingIndex(base)
         e = fidx.manifest.faiss["hnsw"]
         res = timings(lambda x: fidx.search_vectors(x, K, faiss_kind="hnsw")[1], q, args.singles)
-        record("textcl hnsw (m16, efC40, efS128)", build or e["build_seconds"], e["bytes"] / n,
-               disk_bytes(base, "hnsw"), res)
+        record(
+            "textcl hnsw (m16, efC40, efS128)",
+            build or e["build_seconds"],
+            e["bytes"] / n,
+            disk_bytes(base, "hnsw"),
+            res,
+        )
     if "ivfpq" in FAISS_KINDS and "ivfpq" not in skip:
         t0 = time.perf_counter()
         if "ivfpq" not in fidx.manifest.faiss:
@@ -270,8 +281,13 @@ def run_size(n: int, args: Any, real: np.ndarray, q: np.ndarray) -> list[dict[st
         fidx = EmbeddingIndex(base)
         e = fidx.manifest.faiss["ivfpq"]
         res = timings(lambda x: fidx.search_vectors(x, K, faiss_kind="ivfpq")[1], q, args.singles)
-        record("textcl ivfpq (defaults)", build or e["build_seconds"], e["bytes"] / n,
-               disk_bytes(base, "ivfpq"), res)
+        record(
+            "textcl ivfpq (defaults)",
+            build or e["build_seconds"],
+            e["bytes"] / n,
+            disk_bytes(base, "ivfpq"),
+            res,
+        )
 
     quantized: dict[str, Path] = {}
     for dtype in ("int8", "ubinary"):
@@ -284,7 +300,9 @@ def run_size(n: int, args: Any, real: np.ndarray, q: np.ndarray) -> list[dict[st
         quantized[dtype] = folder
         idx = EmbeddingIndex(folder)
         width = dim if dtype == "int8" else dim // 8
-        label = "int8 + rescore (float32 rows)" if dtype == "int8" else "binary + rescore (int8 rows)"
+        label = (
+            "int8 + rescore (float32 rows)" if dtype == "int8" else "binary + rescore (int8 rows)"
+        )
         res = timings(lambda x, i=idx: i.search_vectors(x, K)[1], q, args.singles)
         record(f"textcl {label}, exact", build, width, disk_bytes(folder), res)
         if dtype != "ubinary":
@@ -303,8 +321,13 @@ def run_size(n: int, args: Any, real: np.ndarray, q: np.ndarray) -> list[dict[st
                 q,
                 args.singles,
             )
-            record(f"textcl {label}, {kind}", build + kbuild, e["bytes"] / n,
-                   disk_bytes(folder, kind), res)
+            record(
+                f"textcl {label}, {kind}",
+                build + kbuild,
+                e["bytes"] / n,
+                disk_bytes(folder, kind),
+                res,
+            )
 
     if "st" not in skip:
         rows += st_side(fidx, q, truth, n, args, record)
@@ -315,14 +338,25 @@ def run_size(n: int, args: Any, real: np.ndarray, q: np.ndarray) -> list[dict[st
             if kind and kind in skip:
                 continue
             rss = peak_rss(quantized["ubinary"], qfile, kind)
-            rows.append({"n": n, "config": f"peak RSS, binary {kind or 'exact'} search",
-                         "peak_rss_bytes": rss})
+            rows.append(
+                {
+                    "n": n,
+                    "config": f"peak RSS, binary {kind or 'exact'} search",
+                    "peak_rss_bytes": rss,
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
-def st_side(fidx: EmbeddingIndex, q: np.ndarray, truth: np.ndarray, n: int, args: Any,
-            record: Callable[..., None]) -> list[dict[str, Any]]:
+def st_side(
+    fidx: EmbeddingIndex,
+    q: np.ndarray,
+    truth: np.ndarray,
+    n: int,
+    args: Any,
+    record: Callable[..., None],
+) -> list[dict[str, Any]]:
     """sentence-transformers' quantize_embeddings + semantic_search_faiss in the same run."""
     import faiss  # lazy: optional dependency
     from sentence_transformers.quantization import quantize_embeddings, semantic_search_faiss
@@ -343,8 +377,15 @@ def st_side(fidx: EmbeddingIndex, q: np.ndarray, truth: np.ndarray, n: int, args
 
         def st_search(x: np.ndarray, p: str = precision, ix: Any = index) -> np.ndarray:
             hits, _ = semantic_search_faiss(
-                x, corpus_index=ix, corpus_precision=p, top_k=K, ranges=ranges,
-                calibration_embeddings=calib, rescore=True, rescore_multiplier=4, exact=True,
+                x,
+                corpus_index=ix,
+                corpus_precision=p,
+                top_k=K,
+                ranges=ranges,
+                calibration_embeddings=calib,
+                rescore=True,
+                rescore_multiplier=4,
+                exact=True,
             )
             return np.array([[h["corpus_id"] for h in row] for row in hits])
 
@@ -366,14 +407,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--singles", type=int, default=32, help="single-query timings (median)")
     p.add_argument("--cache", default="/work/bench-cache", help="cache folder (outside the repo)")
     p.add_argument("--calibration-size", type=int, default=10_000)
+    p.add_argument(
+        "--real-index",
+        default=None,
+        help="use the vectors of this index folder as the real rows (default: encode the "
+        "local text with --model into --cache)",
+    )
     p.add_argument("--hnsw-max", type=int, default=1_000_000, help="largest float HNSW build")
     p.add_argument("--st-uint8-max", type=int, default=1_000_000)
-    p.add_argument("--skip", default="", help="comma list: hnsw,ivfpq,int8,ubinary,binary-flat,"
-                   "binary-hnsw,st,rss")
+    p.add_argument(
+        "--skip",
+        default="",
+        help="comma list: hnsw,ivfpq,int8,ubinary,binary-flat,binary-hnsw,st,rss",
+    )
     args = p.parse_args(argv)
     data = data_root(args.data, contains="corpus")
     cache = Path(args.cache)
-    real_all = real_embeddings(data, cache, model_path(args.model))
+    if args.real_index:
+        real_all = EmbeddingIndex(args.real_index).vectors()
+    else:
+        real_all = real_embeddings(data, cache, model_path(args.model))
     held = np.arange(len(real_all)) % HOLD_OUT == 7
     q = np.ascontiguousarray(real_all[held][: args.queries])
     real = np.ascontiguousarray(real_all[~held])
@@ -390,8 +443,17 @@ def main(argv: list[str] | None = None) -> int:
         f"covariance; {len(q)} held-out real sentences as queries; recall@10 vs exact fp32",
         f"benchmark process ru_maxrss {maxrss / 2**20:.2f} GiB",
     ]
-    headers = ["n", "config", "recall@10", "qps_batch1", "qps_batch64",
-               "ram_bytes_per_vector", "disk_bytes_per_vector", "build_s", "peak_rss_bytes"]
+    headers = [
+        "n",
+        "config",
+        "recall@10",
+        "qps_batch1",
+        "qps_batch64",
+        "ram_bytes_per_vector",
+        "disk_bytes_per_vector",
+        "build_s",
+        "peak_rss_bytes",
+    ]
     write_result("search_scale", rows, args.json, headers=headers, notes=notes, data=rows)
     return 0
 

@@ -36,12 +36,13 @@ from textcl.search.faiss_index import (
 from textcl.search.manifest import Manifest, inside
 from textcl.search.quantize import (
     BINARY_DTYPES,
-    DequantShard,
+    CodesShard,
     as_ubinary,
     hamming_scores,
     hamming_topk,
     quantize,
     ranges_of,
+    steps_of,
 )
 from textcl.search.rescore import rescore
 
@@ -235,8 +236,13 @@ def quantized_search(
         ranges = ranges_of(m.quantization)
         if ranges is None:
             raise CorruptFileError(f"{idx.folder}: a {m.dtype} index without int8 ranges")
-        shards = [DequantShard(s, m.dtype, ranges) for s in idx.shards]
-        scores, cand = exact_search(q, shards, top_k=c, chunk_size=chunk_size)
+        # q . (lo + (code + off) * step) = (q * step) . code + q . (lo + off * step):
+        # one float conversion of the codes per chunk, the rest folded into the query.
+        starts, steps = steps_of(ranges)
+        off = 128.0 if m.dtype == "int8" else 0.0
+        shards = [CodesShard(s) for s in idx.shards]
+        scores, cand = exact_search(q * steps, shards, top_k=c, chunk_size=chunk_size)
+        scores = scores + (q @ (starts + off * steps))[:, None].astype(np.float32)
         if mult <= 1:
             return scores, cand
     return rescore(idx, q, cand, k)

@@ -97,7 +97,9 @@ def calibration_ranges(embeddings: np.ndarray) -> np.ndarray:
     return np.vstack((x.min(axis=0), x.max(axis=0))).astype(np.float32)
 
 
-def _steps(ranges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def steps_of(ranges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(starts, steps)`` float32 of int8 ranges: bucket ``b`` (0..255) of dimension ``d``
+    reads back as ``starts[d] + b * steps[d]``."""
     ranges = np.asarray(ranges).astype(np.float32, copy=False)
     starts = ranges[0, :]
     steps = (ranges[1, :] - starts) / 255
@@ -114,7 +116,7 @@ def quantize(embeddings: np.ndarray, dtype: str, ranges: np.ndarray | None = Non
     if dtype in ("int8", "uint8"):
         if ranges is None:
             raise ValueError(f"{dtype} quantization needs calibration ranges")
-        starts, steps = _steps(ranges)
+        starts, steps = steps_of(ranges)
         q = np.clip(np.floor((x - starts) / steps), 0, 255)
         return q.astype(np.uint8) if dtype == "uint8" else (q - 128).astype(np.int8)
     if dtype == "binary":
@@ -134,7 +136,7 @@ def dequantize(codes: np.ndarray, dtype: str, ranges: np.ndarray | None = None) 
     if dtype in ("int8", "uint8"):
         if ranges is None:
             raise ValueError(f"{dtype} rows need their calibration ranges to read back")
-        starts, steps = _steps(ranges)
+        starts, steps = steps_of(ranges)
         b = c.astype(np.float32) + (128 if dtype == "int8" else 0)
         return b * steps + starts
     if dtype in BINARY_DTYPES:
@@ -202,6 +204,22 @@ def hamming_scores(distances: np.ndarray, dimension: int) -> np.ndarray:
     """Hamming distances as a cosine estimate of the sign vectors: ``1 - 2 * d / dim``
     (the score a binary search reports when it does not rescore)."""
     return (1.0 - 2.0 * np.asarray(distances, dtype=np.float32) / dimension).astype(np.float32)
+
+
+class CodesShard:
+    """A read-only float32 view of the raw codes of an int8 / uint8 shard (rows converted on
+    slicing; a memory-mapped shard stays on disk)."""
+
+    def __init__(self, shard: Any) -> None:
+        self.shard = shard
+        self.ndim = 2
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(self.shard.shape[0]), int(self.shard.shape[1]))
+
+    def __getitem__(self, rows: Any) -> np.ndarray:
+        return np.asarray(self.shard[rows], dtype=np.float32)
 
 
 class DequantShard:
