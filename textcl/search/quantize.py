@@ -157,6 +157,11 @@ def storage(dtype: str, dimension: int) -> tuple[np.dtype[Any], int]:
     return np.dtype(dtype), dimension
 
 
+HAMMING_BUDGET = 1 << 21
+"""At most this many distances (16 MiB of int64) are held per chunk: with many queries the
+corpus chunk shrinks to ``HAMMING_BUDGET // Q`` rows (at least 1024)."""
+
+
 def hamming_topk(
     query_bits: np.ndarray, shards: list[Any], k: int, chunk: int = 262_144
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -168,6 +173,7 @@ def hamming_topk(
     if wide:
         q = q.view(np.uint64)
     nq = q.shape[0]
+    chunk = max(1024, min(chunk, HAMMING_BUDGET // max(nq, 1)))
     best_d = np.empty((nq, 0), dtype=np.int64)
     best_i = np.empty((nq, 0), dtype=np.int64)
     offset = 0
