@@ -26,8 +26,10 @@ vectors it scans (memory-mapped shards touched whole) or the FAISS index; disk b
 vector = embedding shards + rescoring shards + FAISS file, texts excluded):
 
 * ``textcl exact fp32``: exact search over the float32 shards (the ground truth);
-* ``textcl hnsw``: ``textcl index build --kind hnsw --m 16 --ef-construction 40`` (up to
-  ``--hnsw-max`` vectors: a float HNSW build of millions of vectors takes hours on 2 cores);
+* ``textcl hnsw``: ``textcl index build --kind hnsw --m 16 --ef-construction 40`` (as
+  sentence-transformers' non-exact faiss index), up to ``--hnsw-max`` vectors (an HNSW
+  build of millions of vectors takes hours on 2 shared cores; the same cap applies to
+  ``binary-hnsw``);
 * ``textcl ivfpq`` when :data:`textcl.search.faiss_index.FAISS_KINDS` has it;
 * ``textcl int8 + rescore``: ``textcl index quantize --dtype int8`` (ranges from the first
   10,000 rows, float32 rescoring shards), exact int8 candidates, multiplier 4;
@@ -308,7 +310,7 @@ def run_size(n: int, args: Any, real: np.ndarray, q: np.ndarray) -> list[dict[st
         if dtype != "ubinary":
             continue
         for kind in ("binary-flat", "binary-hnsw"):
-            if kind in skip:
+            if kind in skip or (kind == "binary-hnsw" and n > args.hnsw_max):
                 continue
             t0 = time.perf_counter()
             if kind not in idx.manifest.faiss:
@@ -408,12 +410,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", default="/work/bench-cache", help="cache folder (outside the repo)")
     p.add_argument("--calibration-size", type=int, default=10_000)
     p.add_argument(
+        "--faiss-threads",
+        type=int,
+        default=1,
+        help="FAISS OpenMP threads for textcl and sentence-transformers alike (default 1: on "
+        "a loaded 2-core box OpenMP's spinning threads make a 1-query FAISS search 100x "
+        "slower; 0: FAISS's default)",
+    )
+    p.add_argument(
         "--real-index",
         default=None,
         help="use the vectors of this index folder as the real rows (default: encode the "
         "local text with --model into --cache)",
     )
-    p.add_argument("--hnsw-max", type=int, default=1_000_000, help="largest float HNSW build")
+    p.add_argument(
+        "--hnsw-max",
+        type=int,
+        default=1_000_000,
+        help="largest corpus for the HNSW builds (float hnsw and binary-hnsw)",
+    )
     p.add_argument("--st-uint8-max", type=int, default=1_000_000)
     p.add_argument(
         "--skip",
@@ -421,6 +436,10 @@ def main(argv: list[str] | None = None) -> int:
         help="comma list: hnsw,ivfpq,int8,ubinary,binary-flat,binary-hnsw,st,rss",
     )
     args = p.parse_args(argv)
+    if args.faiss_threads > 0:
+        import faiss  # lazy: optional dependency
+
+        faiss.omp_set_num_threads(args.faiss_threads)
     data = data_root(args.data, contains="corpus")
     cache = Path(args.cache)
     if args.real_index:
@@ -441,7 +460,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{os.getloadavg()[0]:.1f} (2 cores shared with other jobs: loaded box)",
         f"{len(real)} real MiniLM corpus vectors + Gaussian draws matched to their mean and "
         f"covariance; {len(q)} held-out real sentences as queries; recall@10 vs exact fp32",
-        f"benchmark process ru_maxrss {maxrss / 2**20:.2f} GiB",
+        f"benchmark process ru_maxrss {maxrss / 2**20:.2f} GiB; FAISS OpenMP threads "
+        f"{args.faiss_threads or 'default'} (both libraries)",
     ]
     headers = [
         "n",
