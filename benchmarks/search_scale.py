@@ -452,17 +452,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(real)} real corpus vectors, {len(q)} held-out queries", flush=True)
     load = os.getloadavg()
     rows: list[dict[str, Any]] = []
-    for n in [int(s) for s in args.sizes.split(",")]:
-        rows += run_size(n, args, real, q)
-    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    notes = [
-        f"loadavg at start {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}, at end "
-        f"{os.getloadavg()[0]:.1f} (2 cores shared with other jobs: loaded box)",
-        f"{len(real)} real MiniLM corpus vectors + Gaussian draws matched to their mean and "
-        f"covariance; {len(q)} held-out real sentences as queries; recall@10 vs exact fp32",
-        f"benchmark process ru_maxrss {maxrss / 2**20:.2f} GiB; FAISS OpenMP threads "
-        f"{args.faiss_threads or 'default'} (both libraries)",
-    ]
     headers = [
         "n",
         "config",
@@ -474,7 +463,23 @@ def main(argv: list[str] | None = None) -> int:
         "build_s",
         "peak_rss_bytes",
     ]
-    write_result("search_scale", rows, args.json, headers=headers, notes=notes, data=rows)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    for i, n in enumerate(sizes):
+        rows += run_size(n, args, real, q)
+        maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        notes = [
+            f"loadavg at start {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}, now "
+            f"{os.getloadavg()[0]:.1f} (2 cores shared with other jobs: loaded box)",
+            f"{len(real)} real MiniLM corpus vectors + Gaussian draws matched to their mean "
+            f"and covariance; {len(q)} held-out real sentences as queries; recall@10 vs "
+            "exact fp32",
+            f"benchmark process ru_maxrss {maxrss / 2**20:.2f} GiB; FAISS OpenMP threads "
+            f"{args.faiss_threads or 'default'} (both libraries)",
+        ]
+        if i + 1 < len(sizes):
+            notes.append(f"partial record: sizes {sizes[: i + 1]} of {sizes} done")
+        # written after every size, so a run cut short keeps what it measured
+        write_result("search_scale", rows, args.json, headers=headers, notes=notes, data=rows)
     return 0
 
 
