@@ -76,7 +76,7 @@ from textcl.search.model import (
 from textcl.search.quantize import (
     DEFAULT_CALIBRATION_SIZE,
     QUANTIZED_DTYPES,
-    calibration_ranges,
+    calibrate,
     check_dtype_options,
     needs_ranges,
     shard_arrays,
@@ -430,46 +430,6 @@ def _same_quantization(old: Manifest, options: EncodeOptions) -> bool:
     )
 
 
-def calibrate(
-    encoder: Any, corpus: CorpusSource, options: EncodeOptions, dimension: int
-) -> dict[str, Any]:
-    """The manifest's ``quantization`` object of a new quantized index: int8 ranges (when
-    needed) calibrated on the embeddings of the first ``options.calibration_size`` non-blank
-    texts of ``corpus`` (a deterministic sample), before any shard is written."""
-    rescore = check_dtype_options(options.dtype, options.rescore_dtype, dimension)
-    out: dict[str, Any] = {
-        "ranges": None,
-        "calibration_rows": 0,
-        "calibration": "",
-        "rescore_dtype": rescore,
-    }
-    if not needs_ranges(options.dtype, rescore):
-        return out
-    texts: list[str] = []
-    for _, text in corpus.records():
-        if text is not None and text.strip():
-            texts.append(text)
-            if len(texts) == options.calibration_size:
-                break
-    emb = encoder.encode(
-        texts,
-        batch_size=options.batch_size,
-        max_tokens=options.max_tokens,
-        normalize=options.normalize,
-        precision=options.precision,
-        show_progress=False,
-    )
-    ranges = calibration_ranges(np.asarray(emb, dtype=np.float32))
-    out.update(
-        ranges=ranges.tolist(),
-        calibration_rows=len(texts),
-        calibration_size=options.calibration_size,
-        calibration=f"first {len(texts)} non-blank texts of the input "
-        f"(--calibration-size {options.calibration_size})",
-    )
-    return out
-
-
 def _encode_locked(
     model: Any, corpus: CorpusSource, folder: Path, options: EncodeOptions
 ) -> Manifest:
@@ -541,7 +501,21 @@ def _encode_locked(
         manifest.quantization = old.quantization
         manifest.faiss = {}
     if options.dtype in QUANTIZED_DTYPES and not manifest.quantization:
-        manifest.quantization = calibrate(encoder, corpus, options, encoder.embedding_dim)
+        manifest.quantization = calibrate(
+            lambda texts: encoder.encode(
+                texts,
+                batch_size=options.batch_size,
+                max_tokens=options.max_tokens,
+                normalize=options.normalize,
+                precision=options.precision,
+                show_progress=False,
+            ),
+            (text for _, text in corpus.records()),
+            options.dtype,
+            options.rescore_dtype,
+            options.calibration_size,
+            encoder.embedding_dim,
+        )
     if not replace_old:
         return _encode_shards(encoder, corpus, manifest, folder, options)
     # Everything is checked: only now is the old index moved aside (see the module doc).

@@ -27,6 +27,7 @@ read through ``np.load(mmap_mode="r")`` only at the candidate rows (:mod:`textcl
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -329,3 +330,39 @@ def shard_arrays(
     if rescore == "none":
         return stored, None
     return stored, quantize(x, rescore, ranges)
+
+
+def calibrate(
+    encode: Callable[[list[str]], Any],
+    texts: Iterable[str | None],
+    dtype: str,
+    rescore_dtype: str | None,
+    size: int,
+    dimension: int,
+) -> dict[str, Any]:
+    """The manifest's ``quantization`` object of a new ``dtype`` index: int8 ranges (when
+    needed) calibrated on ``encode`` of the first ``size`` non-blank ``texts`` (the input
+    read from its start: a deterministic sample), computed before any shard is written."""
+    rescore = check_dtype_options(dtype, rescore_dtype, dimension)
+    out: dict[str, Any] = {
+        "ranges": None,
+        "calibration_rows": 0,
+        "calibration": "",
+        "rescore_dtype": rescore,
+    }
+    if not needs_ranges(dtype, rescore):
+        return out
+    sample: list[str] = []
+    for text in texts:
+        if text is not None and text.strip():
+            sample.append(text)
+            if len(sample) == size:
+                break
+    ranges = calibration_ranges(np.asarray(encode(sample), dtype=np.float32))
+    out.update(
+        ranges=ranges.tolist(),
+        calibration_rows=len(sample),
+        calibration_size=size,
+        calibration=f"first {len(sample)} non-blank texts of the input (--calibration-size {size})",
+    )
+    return out
