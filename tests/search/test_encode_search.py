@@ -345,4 +345,4 @@ def test_csv_gz_source_and_options_object(tiny_model_dir: Path, tmp_path: Path) 
     with pytest.raises(MissingColumnError, match=r"c\.csv\.gz: column\(s\) 'text'.*'doc', 'body'"):
         encode_corpus(tiny_model_dir, src, tmp_path / "b", show_progress=False)
     with pytest.raises(ValueError, match="dtype"):
-        EncodeOptions(dtype="int8").check()
+        EncodeOptions(dtype="int4").check()

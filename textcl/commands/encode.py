@@ -41,7 +41,28 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--id-column", default=None, help="id field (default: line number / row)")
     p.add_argument("--split", default="train", help="split of a datasets folder or hub dataset")
-    p.add_argument("--dtype", choices=("float32", "float16"), default="float32")
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "float16", "int8", "uint8", "binary", "ubinary"),
+        default="float32",
+        help="stored vectors: float32, float16, or quantized: int8/uint8 (ranges calibrated on "
+        "the first --calibration-size texts), binary/ubinary (packed sign bits, dim/8 bytes); "
+        "quantized indexes are searched with rescoring (docs: search.md)",
+    )
+    p.add_argument(
+        "--calibration-size",
+        type=int,
+        default=10_000,
+        help="int8/uint8 (and int8 rescoring) ranges: calibrated on the embeddings of the first "
+        "N non-blank texts (default: 10000)",
+    )
+    p.add_argument(
+        "--rescore-dtype",
+        choices=("float32", "int8", "none"),
+        default=None,
+        help="rescoring shards of a quantized index, read (mmap) only at the candidates "
+        "(default: int8 for binary/ubinary, float32 for int8/uint8)",
+    )
     p.add_argument(
         "--shard-size", type=int, default=50_000, help="texts per shard (the resume grain)"
     )
@@ -123,6 +144,8 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         overwrite=args.overwrite,
         show_progress=not args.no_progress,
+        calibration_size=args.calibration_size,
+        rescore_dtype=args.rescore_dtype,
     )
     ranks = torchrun_world()
     if args.engine == "ray" and (ranks or args.devices):

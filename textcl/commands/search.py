@@ -31,10 +31,18 @@ def register(subparsers: Any) -> None:
         nargs="?",
         const=True,
         default=None,
-        choices=(True, "flat", "ivf", "hnsw"),
+        choices=(True, "flat", "ivf", "hnsw", "binary-flat", "binary-hnsw"),
         metavar="KIND",
         help="search through a FAISS index built with `textcl index build` "
-        "(optionally name its kind: flat, ivf, hnsw)",
+        "(optionally name its kind: flat, ivf, hnsw; binary-flat, binary-hnsw for a binary "
+        "index)",
+    )
+    p.add_argument(
+        "--rescore-multiplier",
+        type=int,
+        default=None,
+        help="quantized index: rescore the top k * N candidates with the float query "
+        "(default: 4; 0 or 1: no rescoring)",
     )
     p.add_argument(
         "--verify",
@@ -109,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
         nprobe=args.nprobe,
         ef_search=args.ef_search,
         truncate_dim=args.truncate_dim,
+        rescore_multiplier=args.rescore_multiplier,
     )
     if args.format == "jsonl":
         for hits in results:

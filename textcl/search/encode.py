@@ -80,6 +80,14 @@ from textcl.search.model import (
     model_probe,
     model_weights_hash,
 )
+from textcl.search.quantize import (
+    DEFAULT_CALIBRATION_SIZE,
+    QUANTIZED_DTYPES,
+    calibrate,
+    check_dtype_options,
+    needs_ranges,
+    shard_arrays,
+)
 from textcl.search.sources import CorpusSource, open_source
 from textcl.tokens import batch_bounds
 from textcl.version import __version__
@@ -91,7 +99,7 @@ DEFAULT_SHARD_SIZE = 50_000
 ENCODE_CHUNK = 4096
 """Sentences handed to ``SentenceEncoder.encode`` at a time inside a shard (progress grain)."""
 _INDEX_FILE = re.compile(
-    r"^(shard-\d{5}(\.npy|\.jsonl|\.offsets\.npy|\.done\.json)|faiss-\w+\.index)$"
+    r"^(shard-\d{5}(\.npy|\.jsonl|\.offsets\.npy|\.rescore\.npy|\.done\.json)|faiss-[\w-]+\.index)$"
 )
 DONE_SUFFIX = ".done.json"
 """Per-shard completion record of a parallel run (:mod:`textcl.search.parallel`)."""
@@ -104,6 +112,11 @@ def shard_names(index: int) -> tuple[str, str, str]:
     """File names of shard ``index``: embeddings, texts, offsets."""
     stem = f"shard-{index:05d}"
     return f"{stem}.npy", f"{stem}.jsonl", f"{stem}.offsets.npy"
+
+
+def rescore_name(index: int) -> str:
+    """File name of shard ``index``'s rescoring rows (a quantized index)."""
+    return f"shard-{index:05d}.rescore.npy"
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -265,11 +278,17 @@ class EncodeOptions:
     device: Any = None
     overwrite: bool = False
     show_progress: bool = True
+    calibration_size: int = DEFAULT_CALIBRATION_SIZE
+    rescore_dtype: str | None = None
 
     def check(self) -> None:
         """Raise :class:`~textcl.errors.InputError` for a bad dtype, size or token budget."""
         if self.dtype not in DTYPES:
             raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        check_dtype_options(self.dtype, self.rescore_dtype, None)
+        size = self.calibration_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise InputError(f"calibration_size must be a positive integer, got {size!r}")
         for name, value in (("shard_size", self.shard_size), ("batch_size", self.batch_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InputError(f"{name} must be a positive integer, got {value!r}")
@@ -293,6 +312,8 @@ def encode_corpus(
     device: Any = None,
     overwrite: bool = False,
     show_progress: bool = True,
+    calibration_size: int = DEFAULT_CALIBRATION_SIZE,
+    rescore_dtype: str | None = None,
 ) -> Manifest:
     """Encode a corpus into an index folder (see the module docstring for the layout).
 
@@ -308,7 +329,13 @@ def encode_corpus(
             the 0-based row index (tables).
         split: the split of a datasets folder or hub dataset.
         dtype: ``float32`` or ``float16`` shards (float16 halves the disk and RAM footprint;
-            search promotes chunks back to float32).
+            search promotes chunks back to float32), or quantized: ``int8`` / ``uint8``
+            (ranges calibrated on the first ``calibration_size`` non-blank texts before any
+            shard is written, stored in the manifest) / ``binary`` / ``ubinary`` (packed
+            sign bits); see :mod:`textcl.search.quantize`.
+        calibration_size: texts the int8 ranges are calibrated on (default 10,000).
+        rescore_dtype: rescoring shards of a quantized index: ``float32``, ``int8``
+            (binary indexes) or ``none``; default int8 for binary, float32 for int8.
         shard_size: texts per shard (and the resume grain).
         batch_size / max_tokens: sentences and padded tokens per forward pass.
         normalize: store L2-normalised embeddings (cosine search); recorded in the manifest.
@@ -349,6 +376,8 @@ def encode_corpus(
         device=device,
         overwrite=overwrite,
         show_progress=show_progress,
+        calibration_size=calibration_size,
+        rescore_dtype=rescore_dtype,
     )
     return encode_corpus_with(model, source, output, options)
 
@@ -412,6 +441,21 @@ def _same_complete(
         and old.shard_size == options.shard_size
         and old.normalized == bool(options.normalize)
         and (old.precision or "fp32") == options.precision
+        and _same_quantization(old, options)
+    )
+
+
+def _same_quantization(old: Manifest, options: EncodeOptions) -> bool:
+    """Whether ``old``'s quantization settings are what ``options`` ask for."""
+    if old.dtype not in QUANTIZED_DTYPES:
+        return not old.quantization
+    q = old.quantization
+    want = check_dtype_options(options.dtype, options.rescore_dtype, None)
+    if q.get("rescore_dtype") != want:
+        return False
+    return not needs_ranges(old.dtype, want) or q.get("calibration_size") in (
+        None,
+        options.calibration_size,
     )
 
 
@@ -467,13 +511,40 @@ def _encode_locked(
         textcl_version=__version__,
         precision=options.precision,
     )
+    if options.dtype in QUANTIZED_DTYPES:
+        check_dtype_options(options.dtype, options.rescore_dtype, encoder.embedding_dim)
     if old is not None:
         if _same_complete(old, corpus, name, pre_hash, options):
             logger.info("%s: already complete (%d embeddings); nothing to do", folder, old.count)
             return old
         _check_resume(old, manifest, folder)
+        if not _same_quantization(old, options):
+            raise _conflict(
+                folder,
+                [
+                    f"quantization: index has {old.quantization.get('rescore_dtype')!r} rescoring "
+                    f"/ calibration, now {options.rescore_dtype!r} / {options.calibration_size}"
+                ],
+            )
         manifest.shards, manifest.count, manifest.skipped = old.shards, old.count, old.skipped
+        manifest.quantization = old.quantization
         manifest.faiss = {}
+    if options.dtype in QUANTIZED_DTYPES and not manifest.quantization:
+        manifest.quantization = calibrate(
+            lambda texts: encoder.encode(
+                texts,
+                batch_size=options.batch_size,
+                max_tokens=options.max_tokens,
+                normalize=options.normalize,
+                precision=options.precision,
+                show_progress=False,
+            ),
+            (text for _, text in corpus.records()),
+            options.dtype,
+            options.rescore_dtype,
+            options.calibration_size,
+            encoder.embedding_dim,
+        )
     if not replace_old:
         return runner(encoder, corpus, manifest, folder, options)
     # Everything is checked: only now is the old index moved aside (see the module doc).
@@ -622,9 +693,10 @@ def write_shard(
         parts.append(np.asarray(emb, dtype=np.float32))
         if progress is not None:
             progress(len(parts[-1]) + (skipped if lo == 0 else 0))
-    embeddings = np.concatenate(parts).astype(manifest.dtype)
+    floats = np.concatenate(parts)
+    embeddings, rescore_rows = shard_arrays(floats, manifest.dtype, manifest.quantization)
     seconds = time.perf_counter() - t0
-    if not np.isfinite(embeddings).all():
+    if not np.isfinite(floats).all() or not np.isfinite(embeddings).all():
         raise ValueError(
             f"shard {index} (source rows from {start}): the encoder produced "
             f"NaN or infinite values (dtype {manifest.dtype}; float16 overflows above 65504)"
@@ -637,6 +709,15 @@ def write_shard(
     atomic_write_bytes(folder / emb_name, emb_bytes)
     atomic_write_bytes(folder / texts_name, lines)
     atomic_write_bytes(folder / offsets_name, offsets_bytes)
+    rescore: dict[str, Any] = {}
+    if rescore_rows is not None:
+        rescore_bytes = npy_bytes(rescore_rows)
+        atomic_write_bytes(folder / rescore_name(index), rescore_bytes)
+        rescore = {
+            "rescore": rescore_name(index),
+            "rescore_sha256": hashlib.sha256(rescore_bytes).hexdigest(),
+            "rescore_bytes": len(rescore_bytes),
+        }
     info = ShardInfo(
         index=index,
         start=start,
@@ -651,6 +732,7 @@ def write_shard(
         bytes=len(emb_bytes),
         texts_bytes=len(lines),
         offsets_bytes=len(offsets_bytes),
+        **rescore,
     )
     entry = {
         "shard": index,

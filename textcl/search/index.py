@@ -33,6 +33,14 @@ import numpy as np
 from textcl.errors import CorruptFileError, FolderConflictError, InputError
 from textcl.io import FolderLock, sha256_file
 from textcl.precision import check_device
+from textcl.search.binary_index import (
+    BINARY_KINDS,
+    build_binary_faiss,
+    check_kind_for,
+    check_multiplier,
+    load_binary_faiss,
+    quantized_search,
+)
 from textcl.search.exact import DEFAULT_CHUNK_SIZE, exact_search
 from textcl.search.faiss_index import (
     build_faiss,
@@ -50,6 +58,8 @@ from textcl.search.manifest import (
     inside,
 )
 from textcl.search.model import load_encoder, model_weights_hash
+from textcl.search.quantize import QUANTIZED_DTYPES, dequantize, ranges_of, storage
+from textcl.search.rescore import rescore_dtype
 
 PROBE_MIN_COSINE = 0.999
 """A query encoder whose probe embeddings have a lower cosine to the manifest's is refused."""
@@ -130,6 +140,9 @@ class EmbeddingIndex:
         if m.count == 0:
             raise CorruptFileError(f"{where}: the index is empty (0 embeddings)")
         self._shards: list[np.ndarray] = []
+        self._rescore: list[np.ndarray] = []
+        self._rescore_checked = [False] * len(m.shards)
+        stored_dtype, width = storage(m.dtype, m.dimension)
         self._offsets: list[np.ndarray | None] = [None] * len(m.shards)
         self._emb_checked = [False] * len(m.shards)
         starts = [0]
@@ -147,17 +160,56 @@ class EmbeddingIndex:
                 raise CorruptFileError(
                     f"{path}: corrupt shard, not a readable .npy ({e})"
                 ) from None
-            if arr.shape != (shard.rows, m.dimension) or arr.dtype != np.dtype(m.dtype):
+            if arr.shape != (shard.rows, width) or arr.dtype != stored_dtype:
                 raise CorruptFileError(
                     f"{path}: shard holds {arr.dtype}{list(arr.shape)}, the manifest lists "
-                    f"{m.dtype}[{shard.rows}, {m.dimension}]"
+                    f"{m.dtype} ({stored_dtype}[{shard.rows}, {width}])"
                 )
+            if shard.rescore:
+                self._rescore.append(self._open_rescore(i, paths["rescore"]))
+                self._rescore_checked[i] = verify
             if verify:
                 self._emb_checked[i] = True
                 self._load_offsets(i)
             self._shards.append(arr)
             starts.append(starts[-1] + shard.rows)
         self._starts = np.asarray(starts, dtype=np.int64)
+
+    def _open_rescore(self, i: int, path: Path) -> np.ndarray:
+        """Memory-map shard ``i``'s rescoring rows, checking the ``.npy`` header."""
+        m = self.manifest
+        try:
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise CorruptFileError(
+                f"{path}: corrupt rescoring shard, not a readable .npy ({e})"
+            ) from None
+        dtype = rescore_dtype(m)
+        if arr.shape != (m.shards[i].rows, m.dimension) or arr.dtype != np.dtype(dtype):
+            raise CorruptFileError(
+                f"{path}: rescoring shard holds {arr.dtype}{list(arr.shape)}, the manifest "
+                f"lists {dtype}[{m.shards[i].rows}, {m.dimension}]"
+            )
+        return arr
+
+    def rescore_shards(self) -> list[np.ndarray]:
+        """The memory-mapped arrays rescoring reads (:mod:`textcl.search.rescore`): the
+        rescoring shards of a quantized index, else the embedding shards (each checked
+        against its sha256 on first use)."""
+        if not self._rescore:
+            return self.shards
+        for i, shard in enumerate(self.manifest.shards):
+            if not self._rescore_checked[i]:
+                path = inside(self.folder, shard.rescore, str(self.folder / MANIFEST_NAME))
+                check_file(
+                    path,
+                    shard.rescore_bytes,
+                    shard.rescore_sha256,
+                    f"shard {i} rescore",
+                    hash_it=True,
+                )
+                self._rescore_checked[i] = True
+        return list(self._rescore)
 
     def _check_embeddings(self, indices: Sequence[int] | range) -> None:
         """sha256 of embedding shards ``indices`` on their first use (see the module doc)."""
@@ -221,9 +273,13 @@ class EmbeddingIndex:
     def verify(self) -> None:
         """Check every file of the index against the manifest (sha256 included)."""
         self._check_embeddings(range(len(self._shards)))
+        self.rescore_shards()
         for s in range(len(self._shards)):
             self._load_offsets(s)
         for kind in self.manifest.faiss:
+            if kind in BINARY_KINDS:
+                load_binary_faiss(self, kind)
+                continue
             try:
                 import_faiss()
             except ImportError:
@@ -261,15 +317,19 @@ class EmbeddingIndex:
         return out
 
     def vectors(self, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """float32 copy of global rows ``start:stop`` (for building FAISS indexes in chunks)."""
+        """float32 copy of global rows ``start:stop`` (for building FAISS indexes in chunks;
+        a quantized index gives its rescoring vectors, see :mod:`textcl.search.rescore`)."""
         stop = len(self) if stop is None else min(stop, len(self))
         parts = []
-        for s, arr in enumerate(self._shards):
+        quantized = self.manifest.dtype in QUANTIZED_DTYPES
+        arrays = self.rescore_shards() if quantized else self._shards
+        dtype, ranges = rescore_dtype(self.manifest), ranges_of(self.manifest.quantization)
+        for s, arr in enumerate(arrays):
             lo, hi = int(self._starts[s]), int(self._starts[s + 1])
             a, b = max(start, lo), min(stop, hi)
             if a < b:
                 self._check_embeddings([s])
-                parts.append(np.asarray(arr[a - lo : b - lo], dtype=np.float32))
+                parts.append(dequantize(arr[a - lo : b - lo], dtype, ranges))
         if not parts:
             return np.empty((0, self.dimension), dtype=np.float32)
         return np.concatenate(parts)
@@ -315,9 +375,15 @@ class EmbeddingIndex:
         nprobe: int | None = None,
         ef_search: int | None = None,
         truncate_dim: int | None = None,
+        rescore_multiplier: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k ``(scores, indices)`` ``(Q, k)`` of query vectors ``(Q, D)``: exact over the
         memory-mapped shards, or through the FAISS index ``faiss_kind`` built for this folder.
+
+        A quantized index (int8 / uint8 / binary / ubinary) finds ``top_k *
+        rescore_multiplier`` (default 4; 0 or 1: no rescoring) candidates by its quantized
+        rows (exact, or a ``binary-flat`` / ``binary-hnsw`` FAISS index) and re-ranks them
+        with the float queries (:mod:`textcl.search.binary_index`).
 
         ``truncate_dim`` (Matryoshka): exact search over the first ``truncate_dim`` dimensions
         of the stored vectors, re-normalised when the index is normalised; the queries are
@@ -328,8 +394,19 @@ class EmbeddingIndex:
         if q.ndim == 1:
             q = q[None, :]
         dim = self.dimension
+        quantized = self.manifest.dtype in QUANTIZED_DTYPES
+        if rescore_multiplier is not None and not quantized:
+            check_multiplier(rescore_multiplier)
+            raise InputError(
+                f"--rescore-multiplier applies to a quantized index; {self.folder} is "
+                f"{self.manifest.dtype}: drop it"
+            )
         if truncate_dim is not None:
             check_truncate_dim(truncate_dim, dim)
+            if quantized:
+                raise InputError(
+                    f"truncate_dim needs float vectors; {self.folder} is {self.manifest.dtype}"
+                )
             if faiss_kind is not None:
                 raise ValueError(
                     f"truncate_dim needs exact search: the FAISS index {faiss_kind!r} of "
@@ -345,6 +422,18 @@ class EmbeddingIndex:
             norm = self.manifest.normalized
             shards = [PrefixShard(s, truncate_dim, norm) for s in self.shards]
             return exact_search(q, shards, top_k=top_k, chunk_size=chunk_size)
+        if quantized:
+            return quantized_search(
+                self,
+                q,
+                top_k,
+                faiss_kind=faiss_kind,
+                rescore_multiplier=rescore_multiplier,
+                nprobe=nprobe,
+                ef_search=ef_search,
+                chunk_size=chunk_size,
+            )
+        check_kind_for(self.manifest.dtype, faiss_kind, self.folder)
         if faiss_kind is None:
             return exact_search(q, self.shards, top_k=top_k, chunk_size=chunk_size)
         return faiss_search(self, q, top_k, faiss_kind, nprobe=nprobe, ef_search=ef_search)
@@ -431,6 +520,9 @@ def build_faiss_index(
         idx = open_index(index)
         if Path(idx.manifest.model).is_dir():  # never write into (or around) a model folder
             check_apart(folder, "--index", [("model folder", Path(idx.manifest.model))])
+        check_kind_for(idx.manifest.dtype, kind, idx.folder)
+        if kind in BINARY_KINDS:
+            return build_binary_faiss(idx, kind, m=m, ef_construction=ef_construction)
         return build_faiss(
             idx,
             kind,
@@ -456,6 +548,7 @@ def search(
     ef_search: int | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     truncate_dim: int | None = None,
+    rescore_multiplier: int | None = None,
 ) -> list[list[Hit]]:
     """Encode ``queries`` and return the ``top_k`` hits of each, best first.
 
@@ -475,6 +568,8 @@ def search(
         truncate_dim: Matryoshka: search on the first ``truncate_dim`` dimensions of the
             stored vectors and of the queries (re-normalised when the index is normalised);
             exact search only.
+        rescore_multiplier: a quantized index: rescore the top ``top_k *
+            rescore_multiplier`` candidates with the float queries (default 4; 0 or 1: none).
 
     Returns:
         One list of :class:`Hit` per query.
@@ -492,7 +587,7 @@ def search(
     if faiss is None or faiss is False:
         kind = None
     elif faiss is True:
-        built = [k for k in ("hnsw", "ivf", "flat") if k in m.faiss]
+        built = [k for k in ("hnsw", "ivf", "flat", *BINARY_KINDS[::-1]) if k in m.faiss]
         if not built:
             raise ValueError(
                 f"{idx.folder}: no FAISS index built; run `textcl index build --index "
@@ -501,7 +596,9 @@ def search(
         kind = built[0]
     else:
         kind = str(faiss)
-    check_search_params(kind, nprobe=nprobe, ef_search=ef_search)
+    check_search_params(
+        "hnsw" if kind == "binary-hnsw" else kind, nprobe=nprobe, ef_search=ef_search
+    )
     if (
         model is None
         and m.model_hash.startswith("files:")
@@ -532,6 +629,7 @@ def search(
         nprobe=nprobe,
         ef_search=ef_search,
         truncate_dim=truncate_dim,
+        rescore_multiplier=rescore_multiplier,
     )
     results: list[list[Hit]] = []
     for qi, query in enumerate(items):

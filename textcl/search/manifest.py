@@ -3,9 +3,12 @@
 An index folder written by :func:`textcl.search.encode_corpus` holds::
 
     manifest.json                 this manifest (written atomically after every shard)
-    shard-00000.npy               (rows, dim) embeddings, float32 or float16
+    shard-00000.npy               (rows, dim) embeddings: float32, float16, int8, uint8, or
+                                  (rows, dim / 8) packed bits for binary / ubinary
     shard-00000.jsonl             one {"id": ..., "text": ...} line per embedding row
     shard-00000.offsets.npy       int64 byte offset of each line of the .jsonl (random access)
+    shard-00000.rescore.npy       rescoring rows of a quantized index (float32 or int8;
+                                  :mod:`textcl.search.quantize`)
     encode_log.jsonl              one JSON line per written shard (rows, seconds, sentences/s)
     faiss-<kind>.index            optional FAISS indexes (``textcl index build``)
 """
@@ -20,13 +23,14 @@ from typing import Any
 
 from textcl.errors import CorruptFileError, InputError
 from textcl.io import atomic_write_text, path_overlap, read_json
+from textcl.search.quantize import QUANTIZED_DTYPES, check_quantization
 
 MANIFEST_NAME = "manifest.json"
 SET_ASIDE_NAME = ".replaced"
 """Subfolder of an index folder holding the old index while ``textcl encode --overwrite``
 replaces it (see :mod:`textcl.search.encode`)."""
 FORMAT_VERSION = 1
-DTYPES: tuple[str, ...] = ("float32", "float16")
+DTYPES: tuple[str, ...] = ("float32", "float16", *QUANTIZED_DTYPES)
 PROBE_SENTENCES: tuple[str, ...] = (
     "A man is playing a guitar.",
     "The stock market fell sharply on Monday.",
@@ -93,14 +97,22 @@ class ShardInfo:
     texts_bytes: int = -1
     offsets_bytes: int = -1
     """File sizes, checked on every open (``-1``: not recorded by an older textcl)."""
+    rescore: str = ""
+    rescore_sha256: str = ""
+    rescore_bytes: int = -1
+    """The rescoring rows of a quantized index (``""``: none)."""
 
     def files(self) -> tuple[tuple[str, str, int, str], ...]:
-        """``(role, name, size, sha256)`` of the shard's three files."""
-        return (
+        """``(role, name, size, sha256)`` of the shard's three files (four with rescoring
+        rows)."""
+        files: tuple[tuple[str, str, int, str], ...] = (
             ("embeddings", self.embeddings, self.bytes, self.sha256),
             ("texts", self.texts, self.texts_bytes, self.texts_sha256),
             ("offsets", self.offsets, self.offsets_bytes, self.offsets_sha256),
         )
+        if self.rescore:
+            files += (("rescore", self.rescore, self.rescore_bytes, self.rescore_sha256),)
+        return files
 
     @classmethod
     def from_dict(cls, data: Any, where: str) -> ShardInfo:
@@ -110,13 +122,22 @@ class ShardInfo:
             shard = cls(**data)
         except TypeError as e:
             raise CorruptFileError(f"{where}: bad shard entry ({e})") from None
-        for key in ("index", "start", "rows", "skipped", "bytes", "texts_bytes", "offsets_bytes"):
+        for key in (
+            "index",
+            "start",
+            "rows",
+            "skipped",
+            "bytes",
+            "texts_bytes",
+            "offsets_bytes",
+            "rescore_bytes",
+        ):
             value = getattr(shard, key)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise CorruptFileError(f"{where}: {key} must be an integer, got {value!r:.40}")
         if shard.rows < 1 or shard.start < 0 or shard.skipped < 0:
             raise CorruptFileError(f"{where}: bad rows/start/skipped {shard.rows}/{shard.start}")
-        for key in ("sha256", "texts_sha256", "offsets_sha256"):
+        for key in ("sha256", "texts_sha256", "offsets_sha256", "rescore", "rescore_sha256"):
             if not isinstance(getattr(shard, key), str):
                 raise CorruptFileError(f"{where}: {key} must be a string")
         return shard
@@ -148,6 +169,9 @@ class Manifest:
     precision: str = ""
     """The inference precision the embeddings were computed at (fp32, bf16, fp16, qint8; ""
     in indexes written before it was recorded: fp32)."""
+    quantization: dict[str, Any] = field(default_factory=dict)
+    """int8 ranges, calibration and rescoring dtype of a quantized index ({} for float
+    indexes): see :mod:`textcl.search.quantize`."""
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -236,9 +260,16 @@ class Manifest:
         if not isinstance(manifest.source, dict) or not isinstance(manifest.encoder, dict):
             raise CorruptFileError(f"{path}: corrupt manifest, source/encoder must be objects")
         folder_path = Path(folder)
+        check_quantization(manifest.quantization, manifest.dtype, manifest.dimension, str(path))
+        rescored = manifest.quantization.get("rescore_dtype", "none") != "none"
         for i, shard in enumerate(shards):
             if shard.index != i:
                 raise CorruptFileError(f"{path}: shards[{i}] has index {shard.index}")
+            if bool(shard.rescore) != rescored:
+                raise CorruptFileError(
+                    f"{path}: shards[{i}] {'lacks' if rescored else 'has'} a rescoring file "
+                    f"(quantization rescore_dtype {manifest.quantization.get('rescore_dtype')!r})"
+                )
             for _, name, _, _ in shard.files():
                 inside(folder_path, name, f"{path} shards[{i}]")
         if not isinstance(manifest.faiss, dict):
