@@ -45,6 +45,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "textcl.commands.eval",
     "textcl.commands.encode",
     "textcl.commands.search",
+    "textcl.commands.export",
     "textcl.commands.index",
     "textcl.commands.report",
     "textcl.commands.push",
