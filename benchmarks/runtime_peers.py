@@ -1,8 +1,8 @@
 """ONNX Runtime and OpenVINO peers for ``encode_throughput.py --peers`` (the ``bench`` extra).
 
 sentence-transformers' own ``backend="onnx"`` / ``backend="openvino"`` go through optimum /
-optimum-intel, which pin ``transformers<4.58`` (optimum-onnx 0.1) or pull a CUDA build of
-torch (optimum-intel 2.2): neither installs beside textcl's transformers 5 and the CPU torch.
+optimum-intel: optimum-onnx 0.1 pins ``transformers<4.58`` and optimum-intel 2.x needs
+optimum-onnx; neither installs beside textcl's transformers 5 (docs/export.md).
 These peers run the same runtimes on the same graph without optimum, as those backends do:
 
 * the Hugging Face encoder exported once to ONNX (textcl's ``textcl.export.onnx.export_onnx``:

@@ -113,7 +113,7 @@ def read_sentences(path: Path, text_column: str, limit: int) -> list[str]:
     for row in read_file(path, [text_column]):
         if isinstance(row, BadRow):
             raise row
-        text = str(row.values[0] or "").strip()
+        text = str(row.values[0] or "").strip() if row.values else ""
         if text:
             seen.setdefault(text, None)
             if len(seen) >= limit:

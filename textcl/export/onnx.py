@@ -49,7 +49,7 @@ class _LastHidden(nn.Module):
 
     def forward(self, *args: Tensor) -> Tensor:
         out = self.model(**dict(zip(self.inputs, args, strict=True)), return_dict=True)
-        return out.last_hidden_state  # type: ignore[no-any-return]
+        return out.last_hidden_state
 
 
 def graph_inputs(model: nn.Module, tokenizer: Any) -> list[str]:
@@ -151,7 +151,8 @@ def weight_matmuls(path: Path) -> tuple[list[str], list[str]]:
     graph = onnx.load(str(path), load_external_data=False).graph
     constants = {init.name for init in graph.initializer}
     constants |= {n.output[0] for n in graph.node if n.op_type == "Constant"}
-    weights, others = [], []
+    weights: list[str] = []
+    others: list[str] = []
     for node in graph.node:
         if node.op_type == "MatMul":
             (weights if any(i in constants for i in node.input) else others).append(node.name)
@@ -219,6 +220,8 @@ class SmoothedLinear(nn.Module):
     SmoothQuant's migration of activation outliers into the weights (Xiao et al. 2023,
     https://arxiv.org/abs/2211.10438), as an explicit ``Mul`` before the ``MatMul`` so that
     it applies to any linear layer, after a LayerNorm or a GELU alike."""
+
+    inv_scale: Tensor
 
     def __init__(self, linear: nn.Linear, scale: Tensor) -> None:
         super().__init__()

@@ -149,10 +149,12 @@ class ExportInfo:
         pad = raw.get("padding_idx")
         if pad is not None and (isinstance(pad, bool) or not isinstance(pad, int)):
             raise CorruptFileError(f"{where}: field 'padding_idx' must be an integer or null")
-        extra = {k: raw.get(k) or {} for k in ("quality", "source", "versions") if k in raw}
-        for key, value in extra.items():
+        extra: dict[str, dict[str, Any]] = {}
+        for key in ("quality", "source", "versions"):
+            value = raw.get(key) or {}
             if not isinstance(value, dict):
                 raise CorruptFileError(f"{where}: field {key!r} must be an object")
+            extra[key] = value
         return cls(
             format=fmt,
             file=file,
@@ -160,7 +162,9 @@ class ExportInfo:
             inputs=list(inputs),
             quantization=quant,
             padding_idx=pad,
-            **extra,
+            quality=extra["quality"],
+            source=extra["source"],
+            versions=extra["versions"],
         )
 
 
