@@ -107,6 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--only", default="", help="comma-separated words: keep matching contenders")
+    p.add_argument(
+        "--reuse",
+        default=None,
+        help="folder of exports (and calibration.txt) from an earlier run: exports found there "
+        "are loaded, not made again",
+    )
     args = p.parse_args(argv)
 
     import torch
@@ -133,9 +139,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{torch.get_num_threads()} threads, load average {load0}",
         flush=True,
     )
-    work = Path(tempfile.mkdtemp(prefix="textcl-export-peers-"))
+    work = Path(args.reuse) if args.reuse else Path(tempfile.mkdtemp(prefix="textcl-export-"))
     cal_file = work / "calibration.txt"
-    cal_file.write_text("\n".join(calibration) + "\n", encoding="utf-8")
+    if not cal_file.is_file():
+        cal_file.write_text("\n".join(calibration) + "\n", encoding="utf-8")
+    calibration = cal_file.read_text(encoding="utf-8").splitlines()
 
     ours = SentenceEncoder.from_pretrained(model_dir, device="cpu")
     ours.eval()
@@ -159,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         for quant in (None, "int8"):
             name = f"textcl {fmt} {'int8 static' if quant else 'fp32'}"
             t0 = time.perf_counter()
+            if (work / f"{fmt}-{quant}" / "textcl_export.json").is_file():
+                contenders.append((name, textcl_run(SentenceEncoder.load(work / f"{fmt}-{quant}"))))
+                continue
             try:
                 export_model(
                     model_dir,

@@ -306,3 +306,30 @@ def test_sentence_transformers_backends(minilm_exports: tuple[dict[Any, Path], l
         st = SentenceTransformer(str(paths[(fmt, None)]), backend=fmt, device="cpu")
         ours = SentenceEncoder.load(paths[(fmt, None)]).encode(held_out[:50])
         np.testing.assert_allclose(st.encode(held_out[:50]), ours, atol=1e-4)
+
+
+def test_hub_snapshot_of_an_export_keeps_its_graph(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hub download skips other frameworks' onnx/ and openvino/ folders, except for an
+    exported model (whose graph is the model)."""
+    import huggingface_hub
+
+    from textcl import hub
+
+    calls: list[Any] = []
+
+    def fake(name: str, ignore_patterns: Any = None) -> str:
+        calls.append(ignore_patterns)
+        folder = tmp_path / name.replace("/", "--")
+        folder.mkdir(exist_ok=True)
+        if name.endswith("exported"):
+            (folder / EXPORT_CONFIG_NAME).write_text("{}")
+        return str(folder)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
+    hub._hub_snapshot("org/plain")
+    assert len(calls) == 1 and "onnx/*" in calls[0]
+    calls.clear()
+    hub._hub_snapshot("org/exported")
+    assert len(calls) == 2 and calls[1] is None

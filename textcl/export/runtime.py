@@ -25,13 +25,14 @@ import torch
 from torch import Tensor, nn
 
 from textcl.errors import CorruptFileError, InputError
-from textcl.hub import check_tokenizer_files, load_transformer
+from textcl.hub import EXPORTED_MARKER, check_tokenizer_files, load_transformer
 from textcl.io import read_json, sha256_file
 
 logger = logging.getLogger(__name__)
 
-EXPORT_CONFIG_NAME = "textcl_export.json"
-"""The marker of an exported folder: format, file, quantization, source fingerprint."""
+EXPORT_CONFIG_NAME = EXPORTED_MARKER
+"""The marker of an exported folder (``textcl_export.json``): format, file, quantization,
+source fingerprint."""
 EXPORT_FORMAT_VERSION = 1
 FORMATS: tuple[str, ...] = ("onnx", "openvino")
 """Export formats (``textcl export --format``)."""
