@@ -13,7 +13,7 @@ stand-ins of ``benchmarks/runtime_peers.py`` (same runtimes, same settings, no o
 labelled ``stand-in``.
 
 Columns: sentences/s (median of ``--repeats`` alternating runs), min and mean cosine to
-textcl fp32, STS-B dev Spearman x 100, and % of roof: the work (2 x the transformer's
+textcl fp32, STS-B dev Spearman (x 100), and % of roof: the work (2 x the transformer's
 non-embedding parameters per real token, plus attention: 4 x length x hidden per token and
 layer) per second over the roof of the contender's arithmetic: fp32: ``torch.mm`` at the
 feed-forward shape; int8: torch's dynamic int8 linear (fbgemm) at the same shape.
@@ -107,6 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--only", default="", help="comma-separated words: keep matching contenders")
+    p.add_argument(
+        "--reverse",
+        action="store_true",
+        help="score (cosine, STS-B dev) the contenders in reverse order (a second process "
+        "can then score the far end of the list on a busy machine)",
+    )
     p.add_argument(
         "--reuse",
         default=None,
@@ -234,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     load1 = os.getloadavg()
     ref = emb["textcl fp32"]
     rows = []
-    for name, fn in contenders:
+    for name, fn in contenders[::-1] if args.reverse else contenders:
         a = emb[name]
         cos = (a * ref).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(ref, axis=1))
         res = evaluate_sts(_Encode(fn), ["stsb"], split="dev", data_dir=sts)
@@ -248,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{med / statistics.median(rates['textcl fp32']):.2f}",
                 f"{cos.min():.5f}",
                 f"{cos.mean():.6f}",
-                f"{100 * float(res['tasks']['stsb']['spearman']):.2f}",
+                f"{float(res['tasks']['stsb']['spearman']):.2f}",
                 f"{achieved:.1f}",
                 f"{100 * achieved / roof[kind]:.0f}% ({kind})",
             ]
