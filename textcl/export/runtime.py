@@ -12,6 +12,7 @@ are optional (the ``textcl[onnx]`` / ``textcl[openvino]`` extras) and imported o
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import logging
 from collections.abc import Mapping
@@ -181,8 +182,6 @@ def graph_files(folder: Path, info_file: str) -> list[Path]:
 
 def graph_digest(files: list[Path]) -> str:
     """One sha256 over the graph files' names and digests."""
-    import hashlib
-
     h = hashlib.sha256()
     for p in files:
         h.update(f"{p.name}\0{sha256_file(p)}\n".encode())
