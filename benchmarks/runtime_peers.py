@@ -1,12 +1,13 @@
 """ONNX Runtime and OpenVINO peers for ``encode_throughput.py --peers`` (the ``bench`` extra).
 
 sentence-transformers' own ``backend="onnx"`` / ``backend="openvino"`` go through optimum /
-optimum-intel, which pin ``transformers<4.58`` (optimum-onnx 0.1) or pull a CUDA build of
-torch (optimum-intel 2.2): neither installs beside textcl's transformers 5 and the CPU torch.
+optimum-intel: optimum-onnx 0.1 pins ``transformers<4.58`` and optimum-intel 2.x needs
+optimum-onnx; neither installs beside textcl's transformers 5 (docs/export.md).
 These peers run the same runtimes on the same graph without optimum, as those backends do:
 
-* the Hugging Face encoder exported once to ONNX (``torch.onnx.export``, TorchScript
-  exporter, opset 17, dynamic batch and length; output ``last_hidden_state``);
+* the Hugging Face encoder exported once to ONNX (textcl's ``textcl.export.onnx.export_onnx``:
+  ``torch.onnx.export``, TorchScript exporter, opset 17, dynamic batch and length; output
+  ``last_hidden_state``);
 * ``ort fp32``: an ONNX Runtime CPU session of that file (all graph optimisations);
 * ``ort int8``: ``onnxruntime.quantization.quantize_dynamic`` (int8 weights, per tensor, the
   setting of sentence-transformers' ``export_dynamic_quantized_onnx_model(..., "avx512_vnni")``);
@@ -35,47 +36,16 @@ import torch
 EncodeFn = Callable[[list[str]], np.ndarray]
 
 
-class _LastHidden(torch.nn.Module):
-    """The encoder with a plain tensor output (what the exporters trace)."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
-    ) -> torch.Tensor:
-        out = self.model(
-            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-        )
-        return out.last_hidden_state
-
-
 def export_onnx(model_dir: Path, path: Path, max_length: int) -> None:
-    """Export the Hugging Face encoder under ``model_dir`` to ``path`` (fp32, opset 17)."""
+    """Export the Hugging Face encoder under ``model_dir`` to ``path`` (fp32, opset 17)
+    with textcl's exporter (:func:`textcl.export.onnx.export_onnx`)."""
     from transformers import AutoModel, AutoTokenizer
+
+    from textcl.export.onnx import export_onnx as export_graph
 
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     model = AutoModel.from_pretrained(str(model_dir), attn_implementation="eager").eval()
-    sample = tok(["an example sentence", "a second one"], padding=True, return_tensors="pt")
-    args = (sample["input_ids"], sample["attention_mask"], sample["token_type_ids"])
-    axes = {0: "batch", 1: "sequence"}
-    with torch.no_grad():
-        torch.onnx.export(
-            _LastHidden(model),
-            args,
-            str(path),
-            input_names=["input_ids", "attention_mask", "token_type_ids"],
-            output_names=["last_hidden_state"],
-            dynamic_axes={
-                "input_ids": axes,
-                "attention_mask": axes,
-                "token_type_ids": axes,
-                "last_hidden_state": axes,
-            },
-            opset_version=17,
-            dynamo=False,
-        )
+    export_graph(model, tok, path)
 
 
 def _batches(

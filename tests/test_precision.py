@@ -18,6 +18,7 @@ from textcl import SentenceEncoder
 from textcl.errors import FolderConflictError
 from textcl.precision import (
     EmulatedBF16Warning,
+    QInt8DeprecationWarning,
     native_bf16,
     resolve_inference_precision,
     resolve_precision,
@@ -104,10 +105,11 @@ def test_explicit_bf16_on_an_emulating_cpu_warns(cpu_bf16: Any) -> None:
         assert resolve_inference_precision("auto", "cpu") == "fp32"
         assert resolve_precision("auto", cpu) == "fp32"
         assert resolve_precision("fp32", cpu) == "fp32"
-        assert resolve_inference_precision("qint8", "cpu") == "qint8"
         cpu_bf16(False, {"amx_bf16"})
         assert resolve_inference_precision("bf16", "cpu") == "bf16"
         assert resolve_precision("bf16", cpu) == "bf16"
+    with pytest.warns(QInt8DeprecationWarning):  # deprecated (textcl export), not emulated
+        assert resolve_inference_precision("qint8", "cpu") == "qint8"
 
 
 def test_torch_cpu_probe_is_read_defensively(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -46,6 +46,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "textcl.commands.encode",
     "textcl.commands.search",
     "textcl.commands.mine",
+    "textcl.commands.export",
     "textcl.commands.index",
     "textcl.commands.serve",
     "textcl.commands.report",

@@ -21,7 +21,8 @@ from torch import Tensor, nn
 
 from textcl.encoder_config import EncoderConfig
 from textcl.errors import InputError
-from textcl.hub import load_transformer, model_folder, quiet_transformers
+from textcl.export.runtime import ExportedTransformer, load_model
+from textcl.hub import model_folder, quiet_transformers
 from textcl.inference import (
     AUTO,
     check_prefetch,
@@ -408,6 +409,8 @@ class SentenceEncoder(nn.Module):
         alone: :func:`~textcl.precision.optimizer_steps`), or the device changed. The copy is
         not a submodule: not saved, not trained.
         """
+        if isinstance(self.model, ExportedTransformer):  # its precision is the export's
+            return self.model
         if precision not in ("bf16", "qint8") or (
             precision == "bf16" and self.bf16_inference == "autocast"
         ):
@@ -756,7 +759,7 @@ class SentenceEncoder(nn.Module):
         if settings.get("pooling", "mean") != "prompt" and prompt_template is None:
             settings.pop("prompt_template", None)  # a saved template, pooling overridden
         config = EncoderConfig(**settings)
-        model, tokenizer = load_transformer(folder.model_dir, model_kwargs)
+        model, tokenizer = load_model(folder.model_dir, model_kwargs)  # exported or not
         check_max_length(
             model,
             config.max_length,

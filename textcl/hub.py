@@ -103,11 +103,20 @@ def check_tokenizer_files(model_dir: Path) -> None:
         )
 
 
+EXPORTED_MARKER = "textcl_export.json"
+"""The file of a ``textcl export`` folder (:mod:`textcl.export.runtime`): its snapshot keeps
+the exported graphs."""
+
+
 def _hub_snapshot(name: str) -> Path:
-    """Download (or find in the cache) the snapshot of hub model ``name``."""
+    """Download (or find in the cache) the snapshot of hub model ``name``; a ``textcl
+    export`` folder is downloaded with its ``onnx/`` / ``openvino/`` graphs."""
     from huggingface_hub import snapshot_download  # lazy: start-up time
 
-    return Path(snapshot_download(name, ignore_patterns=list(SNAPSHOT_IGNORE_PATTERNS)))
+    path = Path(snapshot_download(name, ignore_patterns=list(SNAPSHOT_IGNORE_PATTERNS)))
+    if (path / EXPORTED_MARKER).is_file():
+        path = Path(snapshot_download(name))
+    return path
 
 
 def model_folder(name_or_path: str | os.PathLike[str]) -> Path:

@@ -81,6 +81,20 @@ def native_bf16(device: str | torch.device = "cpu") -> bool:
     return _torch_cpu_bf16() or bool(_cpuinfo_flags() & set(BF16_CPU_FLAGS))
 
 
+class QInt8DeprecationWarning(FutureWarning):
+    """``qint8`` (dynamic int8 of the torch linear layers) is retired in favour of
+    ``textcl export --quantize int8``."""
+
+
+QINT8_DEPRECATION = (
+    "precision qint8 (dynamic int8 quantization of the torch linear layers) is deprecated: "
+    "it does not reach the int8 quality bar (min cosine to fp32 about 0.91-0.93 on "
+    "all-MiniLM-L6-v2 sentences, STS-B dev -0.3; benchmarks/RESULTS.md); use a static int8 "
+    "export instead: textcl export --model M --output DIR --format onnx --quantize int8 "
+    "--calibration FILE, then --model DIR (docs/export.md)"
+)
+
+
 class EmulatedBF16Warning(UserWarning):
     """bf16 was asked for on a CPU where torch emulates it (slower than fp32)."""
 
@@ -116,7 +130,8 @@ def resolve_inference_precision(precision: str | None, device: str | torch.devic
 
     ``auto`` (or None): bf16 where :func:`native_bf16` (CPUs with AMX/AVX512-BF16, CUDA GPUs
     with bf16), fp32 elsewhere. ``fp16`` needs CUDA; ``qint8`` (dynamic int8 quantization of
-    the linear layers; the embeddings are still float32) runs on CPU only.
+    the linear layers; the embeddings are still float32) runs on CPU only and is deprecated
+    (:class:`QInt8DeprecationWarning`: ``textcl export --quantize int8`` instead).
     sentence-transformers' ``int8``/``uint8``/``binary``/``ubinary`` (quantised *embeddings*)
     are refused.
     """
@@ -133,6 +148,8 @@ def resolve_inference_precision(precision: str | None, device: str | torch.devic
     check_precision_device(p, dev)
     if p == "qint8" and dev.type != "cpu":
         raise ValueError("precision qint8 (dynamic int8 quantization) runs on CPU only")
+    if p == "qint8":
+        warnings.warn(QINT8_DEPRECATION, QInt8DeprecationWarning, stacklevel=2)
     warn_if_emulated_bf16(p, dev)
     return p
 

@@ -1,0 +1,335 @@
+"""``textcl export``: ONNX / OpenVINO folders, fp32 and static int8, loaded by
+``SentenceEncoder.load``; the oracle is the fp32 PyTorch source encoder.
+
+Fast tests use the tiny random BERT (one export per format and precision, module-scoped);
+the ``slow`` ones export the real all-MiniLM-L6-v2 and hold int8 to the quality bar on
+held-out STS sentences."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from tests.helpers import TINY_SENTENCES, build_tiny_bert, build_tiny_tokenizer
+from textcl import SentenceEncoder
+from textcl.cli import main
+from textcl.errors import CorruptFileError, FolderConflictError, InputError
+from textcl.export.exporter import export_model
+from textcl.export.runtime import (
+    EXPORT_CONFIG_NAME,
+    ExportedTransformer,
+    MissingExtraError,
+    read_export_info,
+)
+from textcl.precision import QInt8DeprecationWarning, resolve_inference_precision
+from textcl.search.model import model_weights_hash
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("openvino")
+
+PROMPTS = {"query": "query: ", "doc": "passage: "}
+CASES = [("onnx", None), ("onnx", "int8"), ("openvino", None), ("openvino", "int8")]
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A tiny textcl model folder (normalising, with prompts and a default prompt, an
+    inference-time head) and a calibration file."""
+    root = tmp_path_factory.mktemp("export-src")
+    tok = build_tiny_tokenizer()
+    encoder = SentenceEncoder(
+        build_tiny_bert(len(tok), seed=0),
+        tok,
+        pooling="mean",
+        head_mode="always",
+        normalize=True,
+        prompts=PROMPTS,
+        default_prompt_name="doc",
+    )
+    encoder.save(root / "model", card={"model_name": "tiny export source"})
+    cal = root / "calibration.txt"
+    cal.write_text("\n".join(f"{s} {i}" for i in range(4) for s in TINY_SENTENCES) + "\n")
+    return root / "model", cal
+
+
+@pytest.fixture(scope="module")
+def exports(
+    source: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
+) -> dict[tuple[str, str | None], Path]:
+    model, cal = source
+    root = tmp_path_factory.mktemp("exports")
+    torch.set_num_threads(1)
+    out = {}
+    for fmt, quant in CASES:
+        path = root / f"{fmt}-{quant}"
+        export_model(model, path, fmt, quantize=quant, calibration=cal, calibration_size=16)
+        out[(fmt, quant)] = path
+    return out
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+@pytest.mark.parametrize(("fmt", "quant"), CASES)
+def test_round_trip_matches_the_source(
+    exports: dict[Any, Path], source: tuple[Path, Path], fmt: str, quant: str | None
+) -> None:
+    ref = SentenceEncoder.load(source[0])
+    enc = SentenceEncoder.load(exports[(fmt, quant)])
+    assert isinstance(enc.model, ExportedTransformer)
+    assert enc.model.precision == f"{fmt} {'int8' if quant else 'fp32'}"
+    texts = list(TINY_SENTENCES)
+    a, b = ref.encode(texts, precision="fp32"), enc.encode(texts)
+    cos = cosines(a, b)
+    assert cos.min() >= (0.9999 if quant is None else 0.99)
+    if quant is None:
+        np.testing.assert_allclose(b, a, atol=2e-5)
+    else:  # negative control: int8 is not the fp32 graph
+        assert not np.allclose(b, a, atol=1e-7)
+    # prompts and normalisation are the source's (applied by textcl around the graph)
+    for name in PROMPTS:
+        np.testing.assert_allclose(
+            enc.encode(texts, prompt_name=name),
+            ref.encode(texts, prompt_name=name),
+            atol=2e-5 if quant is None else 0.1,
+        )
+    assert np.allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-5)
+
+
+def test_metadata_and_layout(exports: dict[Any, Path], source: tuple[Path, Path]) -> None:
+    ref = SentenceEncoder.load(source[0])
+    for (fmt, quant), path in exports.items():
+        enc = SentenceEncoder.load(path)
+        assert enc.config == ref.config
+        assert enc.embedding_dim == ref.embedding_dim
+        assert enc.head is not None and enc.head_mode == "always"
+        torch.testing.assert_close(enc.head.state_dict(), ref.head.state_dict())
+        graph = path / ("onnx/model.onnx" if fmt == "onnx" else "openvino/openvino_model.xml")
+        assert graph.is_file()
+        assert not list(path.glob("*.safetensors"))[1:]  # the head only, no transformer
+        modules = json.loads((path / "modules.json").read_text())
+        assert [m["type"].rsplit(".", 1)[1] for m in modules] == [
+            "Transformer",
+            "Pooling",
+            "Dense",
+            "Normalize",
+        ]
+        st_cfg = json.loads((path / "config_sentence_transformers.json").read_text())
+        assert st_cfg["prompts"] == PROMPTS and st_cfg["default_prompt_name"] == "doc"
+        card = (path / "README.md").read_text()
+        assert "tiny export source" in card and "## Exported model" in card
+        info = read_export_info(path)
+        assert info.format == fmt and (info.quantization is None) == (quant is None)
+        assert info.source["path"] == str(source[0])
+        assert info.quality["min_cosine"] >= (0.9999 if quant is None else 0.99)
+    onnx_int8 = read_export_info(exports[("onnx", "int8")]).quantization
+    assert onnx_int8 is not None and onnx_int8["format"] == "QDQ"
+    # one fingerprint per graph (search indexes tell the exports apart)
+    hashes = {model_weights_hash(str(p)) for p in exports.values()}
+    assert len(hashes) == len(exports)
+    loaded = {model_weights_hash(SentenceEncoder.load(p)) for p in exports.values()}
+    assert len(loaded) == len(exports)
+
+
+def test_damaged_or_crafted_folders_are_refused(exports: dict[Any, Path], tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(exports[("onnx", None)], copy)
+    SentenceEncoder.load(copy)  # intact copy loads
+    graph = copy / "onnx" / "model.onnx"
+    graph.write_bytes(graph.read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(CorruptFileError, match="does not match the sha256"):
+        SentenceEncoder.load(copy)
+    marker = copy / EXPORT_CONFIG_NAME
+    raw = json.loads(marker.read_text())
+    for field, value in (("format", "tensorrt"), ("file", "../../etc/x.onnx"), ("inputs", [])):
+        marker.write_text(json.dumps({**raw, field: value}))
+        with pytest.raises(CorruptFileError, match=field):
+            SentenceEncoder.load(copy)
+
+
+def test_training_an_exported_model_is_refused(exports: dict[Any, Path]) -> None:
+    enc = SentenceEncoder.load(exports[("onnx", None)])
+    batch = enc.tokenize(["a sentence"])
+    enc.train()
+    with pytest.raises(InputError, match="cannot be trained"):
+        enc(batch)
+    with pytest.raises(InputError, match="export"):
+        enc.save(exports[("onnx", None)].parent / "resaved")
+    enc.eval()
+    with torch.no_grad():
+        assert enc(batch).shape == (1, enc.embedding_dim)
+
+
+@pytest.mark.parametrize(("fmt", "module"), [("onnx", "onnxruntime"), ("openvino", "openvino")])
+def test_missing_extra_names_it(
+    exports: dict[Any, Path], monkeypatch: pytest.MonkeyPatch, fmt: str, module: str
+) -> None:
+    monkeypatch.setitem(sys.modules, module, None)  # import fails as if not installed
+    with pytest.raises(MissingExtraError, match=rf"textcl\[{fmt}\]"):
+        SentenceEncoder.load(exports[(fmt, None)])
+
+
+def test_missing_extra_on_export(
+    source: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "nncf", None)
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    with pytest.raises(MissingExtraError, match=r"textcl\[onnx\]"):
+        export_model(source[0], tmp_path / "o", "onnx")
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_refusals(
+    source: tuple[Path, Path], exports: dict[Any, Path], tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    model = source[0]
+    with pytest.raises(InputError, match="--calibration"):
+        export_model(model, tmp_path / "a", "onnx", quantize="int8")
+    with pytest.raises(InputError, match="--format"):
+        export_model(model, tmp_path / "a", "tflite")
+    with pytest.raises(InputError, match="already an exported model"):
+        export_model(exports[("onnx", None)], tmp_path / "a", "onnx")
+    layered = tmp_path / "layered"
+    SentenceEncoder.from_pretrained(tiny_model_dir, pooling="first_last_avg").save(layered)
+    with pytest.raises(InputError, match="first_last_avg"):
+        export_model(layered, tmp_path / "b", "onnx")
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    with pytest.raises(FolderConflictError, match="not empty"):
+        export_model(model, busy, "onnx")
+    with pytest.raises(FolderConflictError, match="something other"):
+        export_model(model, busy, "onnx", overwrite=True)
+    assert (busy / "notes.txt").read_text() == "mine"
+    with pytest.raises(InputError, match="output"):
+        export_model(model, model / "inside", "onnx")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_cli_export_overwrite_and_encode(source: tuple[Path, Path], tmp_path: Path) -> None:
+    model = source[0]
+    out = tmp_path / "exp"
+    assert main(["export", "--model", str(model), "--output", str(out)]) == 0
+    assert main(["export", "--model", str(model), "--output", str(out)]) == 4  # not empty
+    assert (
+        main(
+            [
+                "export",
+                "--model",
+                str(model),
+                "--output",
+                str(out),
+                "--overwrite",
+                "--min-cosine",
+                "1.01",
+            ]
+        )
+        == 2
+    )
+    assert read_export_info(out).format == "onnx"  # the refused export left the old one
+    assert main(["export", "--model", str(model), "--output", str(out), "--overwrite"]) == 0
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(TINY_SENTENCES) + "\n")
+    index = tmp_path / "index"
+    assert main(["encode", "--model", str(out), "--input", str(corpus), "--output", str(index),
+                 "--no-progress"]) == 0  # fmt: skip
+    vectors = np.load(index / "shard-00000.npy")
+    ref = SentenceEncoder.load(model).encode(list(TINY_SENTENCES), precision="fp32")
+    np.testing.assert_allclose(vectors[: len(ref)], ref, atol=2e-5)
+
+
+def test_qint8_is_deprecated() -> None:
+    with pytest.warns(QInt8DeprecationWarning, match="textcl export"):
+        assert resolve_inference_precision("qint8", "cpu") == "qint8"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        resolve_inference_precision("fp32", "cpu")
+
+
+# ---------------------------------------------------------------------- real MiniLM
+
+
+@pytest.fixture(scope="module")
+def minilm_exports(
+    minilm_dir: Path, sts_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[dict[Any, Path], list[str]]:
+    from benchmarks.encode_throughput import sts_sentences
+
+    pool = sts_sentences(sts_dir, "stsb")
+    pick = np.random.default_rng(1).permutation(len(pool))
+    cal_sents = [pool[i] for i in pick[:300]]
+    held_out = [pool[i] for i in pick[1000:1400]]
+    root = tmp_path_factory.mktemp("minilm-exports")
+    cal = root / "calibration.txt"
+    cal.write_text("\n".join(cal_sents) + "\n")
+    torch.set_num_threads(2)
+    out = {}
+    for fmt, quant in CASES:
+        out[(fmt, quant)] = root / f"{fmt}-{quant}"
+        export_model(minilm_dir, out[(fmt, quant)], fmt, quantize=quant, calibration=cal)
+    return out, held_out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("fmt", "quant"), CASES)
+def test_minilm_quality_bar(
+    minilm_exports: tuple[dict[Any, Path], list[str]],
+    minilm_dir: Path,
+    fmt: str,
+    quant: str | None,
+) -> None:
+    paths, held_out = minilm_exports
+    ref = SentenceEncoder.load(minilm_dir).encode(held_out, precision="fp32")
+    got = SentenceEncoder.load(paths[(fmt, quant)]).encode(held_out)
+    cos = cosines(ref, got)
+    assert cos.min() >= (0.9999 if quant is None else 0.99), (cos.min(), cos.mean())
+
+
+@pytest.mark.slow
+def test_sentence_transformers_backends(minilm_exports: tuple[dict[Any, Path], list[str]]) -> None:
+    """sentence-transformers loads the folders with backend="onnx"/"openvino" where optimum
+    is installed (it is not installable beside transformers 5: docs/export.md)."""
+    pytest.importorskip("optimum.onnxruntime", reason="optimum-onnx needs transformers < 4.58")
+    from sentence_transformers import SentenceTransformer
+
+    paths, held_out = minilm_exports
+    for fmt in ("onnx", "openvino"):
+        st = SentenceTransformer(str(paths[(fmt, None)]), backend=fmt, device="cpu")
+        ours = SentenceEncoder.load(paths[(fmt, None)]).encode(held_out[:50])
+        np.testing.assert_allclose(st.encode(held_out[:50]), ours, atol=1e-4)
+
+
+def test_hub_snapshot_of_an_export_keeps_its_graph(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hub download skips other frameworks' onnx/ and openvino/ folders, except for an
+    exported model (whose graph is the model)."""
+    import huggingface_hub
+
+    from textcl import hub
+
+    calls: list[Any] = []
+
+    def fake(name: str, ignore_patterns: Any = None) -> str:
+        calls.append(ignore_patterns)
+        folder = tmp_path / name.replace("/", "--")
+        folder.mkdir(exist_ok=True)
+        if name.endswith("exported"):
+            (folder / EXPORT_CONFIG_NAME).write_text("{}")
+        return str(folder)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
+    hub._hub_snapshot("org/plain")
+    assert len(calls) == 1 and "onnx/*" in calls[0]
+    calls.clear()
+    hub._hub_snapshot("org/exported")
+    assert len(calls) == 2 and calls[1] is None
