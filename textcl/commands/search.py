@@ -11,6 +11,7 @@ from typing import Any
 
 from textcl.data.readers import read_lines
 from textcl.search import search
+from textcl.search.faiss_index import FAISS_KINDS
 
 HELP = "search an index folder written by `textcl encode` (exact, or through FAISS)"
 
@@ -31,10 +32,10 @@ def register(subparsers: Any) -> None:
         nargs="?",
         const=True,
         default=None,
-        choices=(True, "flat", "ivf", "hnsw"),
+        choices=(True, *FAISS_KINDS),
         metavar="KIND",
         help="search through a FAISS index built with `textcl index build` "
-        "(optionally name its kind: flat, ivf, hnsw)",
+        f"(optionally name its kind: {', '.join(FAISS_KINDS)})",
     )
     p.add_argument(
         "--verify",
@@ -42,7 +43,17 @@ def register(subparsers: Any) -> None:
         help="check every file's sha256 against the manifest before searching (otherwise "
         "sizes always, and each file's sha256 on its first use)",
     )
-    p.add_argument("--nprobe", type=int, default=None, help="FAISS IVF cells searched")
+    p.add_argument(
+        "--nprobe", type=int, default=None, help="FAISS IVF cells searched (default: 16)"
+    )
+    p.add_argument(
+        "--rescore-multiplier",
+        type=int,
+        default=None,
+        metavar="N",
+        help="FAISS search: re-rank top-k * N candidates exactly from the stored vectors "
+        "(default: 4 for ivfpq / opq-ivfpq / factory, off for the others; 0 or 1: off)",
+    )
     p.add_argument("--ef-search", type=int, default=None, help="FAISS HNSW candidate list")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default=None)
@@ -109,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
         nprobe=args.nprobe,
         ef_search=args.ef_search,
         truncate_dim=args.truncate_dim,
+        rescore_multiplier=args.rescore_multiplier,
     )
     if args.format == "jsonl":
         for hits in results:

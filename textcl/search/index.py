@@ -41,6 +41,7 @@ from textcl.search.faiss_index import (
     import_faiss,
     load_faiss_index,
 )
+from textcl.search.faiss_pq import check_rescore_multiplier
 from textcl.search.manifest import (
     MANIFEST_NAME,
     PROBE_SENTENCES,
@@ -50,6 +51,9 @@ from textcl.search.manifest import (
     inside,
 )
 from textcl.search.model import load_encoder, model_weights_hash
+
+FAISS_PREFERENCE: tuple[str, ...] = ("hnsw", "ivf", "flat", "opq-ivfpq", "ivfpq", "factory")
+"""The kind ``search(faiss=True)`` picks: the first of these built."""
 
 PROBE_MIN_COSINE = 0.999
 """A query encoder whose probe embeddings have a lower cosine to the manifest's is refused."""
@@ -315,15 +319,18 @@ class EmbeddingIndex:
         nprobe: int | None = None,
         ef_search: int | None = None,
         truncate_dim: int | None = None,
+        rescore_multiplier: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k ``(scores, indices)`` ``(Q, k)`` of query vectors ``(Q, D)``: exact over the
-        memory-mapped shards, or through the FAISS index ``faiss_kind`` built for this folder.
+        memory-mapped shards, or through the FAISS index ``faiss_kind`` built for this folder
+        (``rescore_multiplier``: see :func:`~textcl.search.faiss_index.faiss_search`).
 
         ``truncate_dim`` (Matryoshka): exact search over the first ``truncate_dim`` dimensions
         of the stored vectors, re-normalised when the index is normalised; the queries are
         then ``(Q, truncate_dim)`` (e.g. ``encode(truncate_dim=...)``). Same hits as an index
         encoded with ``truncate_dim``.
         """
+        check_rescore_multiplier(faiss_kind, rescore_multiplier)
         q = np.asarray(queries, dtype=np.float32)
         if q.ndim == 1:
             q = q[None, :]
@@ -347,7 +354,15 @@ class EmbeddingIndex:
             return exact_search(q, shards, top_k=top_k, chunk_size=chunk_size)
         if faiss_kind is None:
             return exact_search(q, self.shards, top_k=top_k, chunk_size=chunk_size)
-        return faiss_search(self, q, top_k, faiss_kind, nprobe=nprobe, ef_search=ef_search)
+        return faiss_search(
+            self,
+            q,
+            top_k,
+            faiss_kind,
+            nprobe=nprobe,
+            ef_search=ef_search,
+            rescore_multiplier=rescore_multiplier,
+        )
 
 
 def check_truncate_dim(truncate_dim: object, dimension: int) -> int:
@@ -409,16 +424,23 @@ def build_faiss_index(
     ef_construction: int = 200,
     train_size: int | None = None,
     seed: int = 0,
+    pq_m: int | None = None,
+    pq_bits: int = 8,
+    factory: str | None = None,
 ) -> dict[str, Any]:
     """Build a FAISS index of ``kind`` over an index folder and record it in the manifest.
 
     Args:
         index: an index folder or an open :class:`EmbeddingIndex`.
-        kind: ``flat``, ``ivf`` or ``hnsw``.
+        kind: ``flat``, ``ivf``, ``hnsw``, ``ivfpq``, ``opq-ivfpq`` or ``factory``.
         nlist: IVF cells (default :func:`~textcl.search.faiss_index.default_nlist`).
         m / ef_construction: HNSW links per node and build-time candidate list.
-        train_size: IVF k-means training sample (default ``min(n, 256 * nlist)``), drawn
-            with ``seed``.
+        train_size: training sample of the kinds that need training (default ``min(n, 256 *
+            nlist)``, at least ``256 * 2**pq_bits`` for PQ, at most 1,000,000), drawn with
+            ``seed``.
+        pq_m / pq_bits: IVF-PQ sub-quantizers (must divide the dimension; default the
+            largest divisor up to dim / 8) and bits per code.
+        factory: a FAISS ``index_factory`` string (``kind="factory"`` only).
 
     Returns:
         The manifest's entry for this index (file, parameters, count, size, sha256, build
@@ -439,6 +461,9 @@ def build_faiss_index(
             ef_construction=ef_construction,
             train_size=train_size,
             seed=seed,
+            pq_m=pq_m,
+            pq_bits=pq_bits,
+            factory=factory,
         )
 
 
@@ -456,6 +481,7 @@ def search(
     ef_search: int | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     truncate_dim: int | None = None,
+    rescore_multiplier: int | None = None,
 ) -> list[list[Hit]]:
     """Encode ``queries`` and return the ``top_k`` hits of each, best first.
 
@@ -468,10 +494,13 @@ def search(
             the manifest (dimension and probe fingerprint) and refused when it differs.
         top_k: hits per query (``min(top_k, len(index))`` come back).
         faiss: ``None``/``False``: exact search; ``True``: the only FAISS index built (or
-            ``hnsw``, ``ivf``, ``flat`` in that order); or a kind name.
+            the first built of :data:`FAISS_PREFERENCE`); or a kind name.
         verify: check every file's sha256 at open (otherwise each file is checked on its
             first use in this process; sizes always).
         nprobe / ef_search: FAISS IVF / HNSW search-time parameters.
+        rescore_multiplier: FAISS search: re-rank ``top_k * rescore_multiplier`` candidates
+            exactly from the shards (default 4 for ``ivfpq`` / ``opq-ivfpq`` / ``factory``,
+            off for the others; 0 or 1: off).
         truncate_dim: Matryoshka: search on the first ``truncate_dim`` dimensions of the
             stored vectors and of the queries (re-normalised when the index is normalised);
             exact search only.
@@ -492,7 +521,7 @@ def search(
     if faiss is None or faiss is False:
         kind = None
     elif faiss is True:
-        built = [k for k in ("hnsw", "ivf", "flat") if k in m.faiss]
+        built = [k for k in FAISS_PREFERENCE if k in m.faiss]
         if not built:
             raise ValueError(
                 f"{idx.folder}: no FAISS index built; run `textcl index build --index "
@@ -502,6 +531,7 @@ def search(
     else:
         kind = str(faiss)
     check_search_params(kind, nprobe=nprobe, ef_search=ef_search)
+    check_rescore_multiplier(kind, rescore_multiplier)
     if (
         model is None
         and m.model_hash.startswith("files:")
@@ -532,6 +562,7 @@ def search(
         nprobe=nprobe,
         ef_search=ef_search,
         truncate_dim=truncate_dim,
+        rescore_multiplier=rescore_multiplier,
     )
     results: list[list[Hit]] = []
     for qi, query in enumerate(items):
