@@ -292,23 +292,27 @@ def test_stale_and_corrupt_refused(data: tuple[Path, np.ndarray, np.ndarray]) ->
 
 RSS_SCRIPT = textwrap.dedent(
     """
-    import resource, sys
+    import sys
     import numpy as np
     import faiss
     from textcl.search import EmbeddingIndex
-    from textcl.search import faiss_index
+
+    def peak():  # this process's peak RSS in bytes (getrusage's ru_maxrss keeps, across
+        # exec, the high-water mark of the forked parent: VmHWM is this program's own)
+        with open("/proc/self/status") as f:
+            return 1024 * int(next(x for x in f if x.startswith("VmHWM:")).split()[1])
+
     folder, mode = sys.argv[1], sys.argv[2]
     idx = EmbeddingIndex(folder)
     q = np.load(sys.argv[3])
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = peak()
     if mode == "read-whole":  # the negative control: the index read into memory
         fi = faiss.read_index(folder + "/faiss-ivf.index")
         fi.nprobe = 4
         fi.search(q, 10)
     else:
         idx.search_vectors(q, 10, faiss_kind="ivf", nprobe=4)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print((peak - base) * 1024)
+    print(peak() - base)
     """
 )
 
@@ -317,14 +321,16 @@ RSS_SCRIPT = textwrap.dedent(
 def test_mmap_search_rss_bounded(tmp_path: Path) -> None:
     """A search of a ~200 MB IVF index grows the process by a fraction of it: the inverted
     lists stay memory-mapped and only the ``nprobe`` probed ones are touched."""
+    if not Path("/proc/self/status").is_file():
+        pytest.skip("peak RSS is read from /proc/self/status (Linux)")
     n, dim = 130_000, 384
     x = clustered(n, dim, 64, seed=4)
     folder = write_index(tmp_path / "big", x, 50_000, dtype="float16")
     del x
-    entry = build_faiss_index(folder, "ivf", nlist=64, train_size=8_000)
+    entry = build_faiss_index(folder, "ivf", nlist=256, train_size=8_000)
     size = entry["bytes"]
     assert size > 190e6
-    np.save(tmp_path / "q.npy", clustered(8, dim, 64, seed=5))
+    np.save(tmp_path / "q.npy", clustered(2, dim, 64, seed=5))  # 2 x 4 of 256 lists
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
 
     def grown(mode: str) -> int:
@@ -338,4 +344,4 @@ def test_mmap_search_rss_bounded(tmp_path: Path) -> None:
         return int(out.stdout.split()[-1])
 
     assert grown("read-whole") > 0.9 * size  # the measurement sees a whole read
-    assert grown("mmap") < 0.25 * size
+    assert grown("mmap") < 0.1 * size
