@@ -20,7 +20,7 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, ClassVar
 
@@ -81,13 +81,19 @@ def append_text(path: PathLike, text: str) -> None:
 def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename);
     an ``OSError`` (disk full, read-only filesystem) names ``path``."""
+    return atomic_write_stream(path, lambda fh: fh.write(data))
+
+
+def atomic_write_stream(path: PathLike, write: Callable[[IO[bytes]], object]) -> Path:
+    """:func:`atomic_write_bytes` for a writer that streams into the open temp file
+    (``write(fh)``): a large file is never held in memory whole."""
     target = Path(path)
     with naming_path(target):
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(target), dir=target.parent)
         try:
             with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
+                write(fh)
                 fh.flush()
                 os.fsync(fh.fileno())
             _follow_umask(Path(tmp), directory=False)

@@ -324,10 +324,10 @@ def test_search_params_on_exact_search(index: Path, capsys: pytest.CaptureFixtur
     [
         ("hnsw", ["--ef-search", "-5"], "--ef-search"),
         ("hnsw", ["--ef-search", "0"], "--ef-search"),
-        ("hnsw", ["--nprobe", "4"], "'ivf'"),
+        ("hnsw", ["--nprobe", "4"], "--faiss ivf"),
         ("ivf", ["--nprobe", "-1"], "--nprobe"),
         ("ivf", ["--nprobe", "0"], "--nprobe"),
-        ("ivf", ["--ef-search", "64"], "'hnsw'"),
+        ("ivf", ["--ef-search", "64"], "--faiss hnsw"),
         ("flat", ["--nprobe", "4"], "'flat'"),
     ],
 )

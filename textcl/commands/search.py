@@ -11,6 +11,8 @@ from typing import Any
 
 from textcl.data.readers import read_lines
 from textcl.search import search
+from textcl.search.binary_index import BINARY_KINDS
+from textcl.search.faiss_index import FAISS_KINDS
 
 HELP = "search an index folder written by `textcl encode` (exact, or through FAISS)"
 
@@ -31,18 +33,11 @@ def register(subparsers: Any) -> None:
         nargs="?",
         const=True,
         default=None,
-        choices=(True, "flat", "ivf", "hnsw", "binary-flat", "binary-hnsw"),
+        choices=(True, *FAISS_KINDS, *BINARY_KINDS),
         metavar="KIND",
         help="search through a FAISS index built with `textcl index build` "
-        "(optionally name its kind: flat, ivf, hnsw; binary-flat, binary-hnsw for a binary "
-        "index)",
-    )
-    p.add_argument(
-        "--rescore-multiplier",
-        type=int,
-        default=None,
-        help="quantized index: rescore the top k * N candidates with the float query "
-        "(default: 4; 0 or 1: no rescoring)",
+        f"(optionally name its kind: {', '.join(FAISS_KINDS)}; "
+        f"{', '.join(BINARY_KINDS)} for a binary index)",
     )
     p.add_argument(
         "--verify",
@@ -50,7 +45,18 @@ def register(subparsers: Any) -> None:
         help="check every file's sha256 against the manifest before searching (otherwise "
         "sizes always, and each file's sha256 on its first use)",
     )
-    p.add_argument("--nprobe", type=int, default=None, help="FAISS IVF cells searched")
+    p.add_argument(
+        "--nprobe", type=int, default=None, help="FAISS IVF cells searched (default: 16)"
+    )
+    p.add_argument(
+        "--rescore-multiplier",
+        type=int,
+        default=None,
+        metavar="N",
+        help="re-rank top-k * N candidates exactly with the float query: a quantized index "
+        "(default: 4) or a FAISS search (default: 4 for ivfpq / opq-ivfpq / factory, off for "
+        "the others); 0 or 1: off",
+    )
     p.add_argument("--ef-search", type=int, default=None, help="FAISS HNSW candidate list")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default=None)

@@ -37,7 +37,6 @@ from textcl.search.binary_index import (
     BINARY_KINDS,
     build_binary_faiss,
     check_kind_for,
-    check_multiplier,
     load_binary_faiss,
     quantized_search,
 )
@@ -49,6 +48,7 @@ from textcl.search.faiss_index import (
     import_faiss,
     load_faiss_index,
 )
+from textcl.search.faiss_pq import check_rescore_multiplier
 from textcl.search.manifest import (
     MANIFEST_NAME,
     PROBE_SENTENCES,
@@ -60,6 +60,18 @@ from textcl.search.manifest import (
 from textcl.search.model import load_encoder, model_weights_hash
 from textcl.search.quantize import QUANTIZED_DTYPES, dequantize, ranges_of, storage
 from textcl.search.rescore import rescore_dtype
+
+FAISS_PREFERENCE: tuple[str, ...] = (
+    "hnsw",
+    "ivf",
+    "flat",
+    "opq-ivfpq",
+    "ivfpq",
+    "factory",
+    "binary-hnsw",
+    "binary-flat",
+)
+"""The kind ``search(faiss=True)`` picks: the first of these built."""
 
 PROBE_MIN_COSINE = 0.999
 """A query encoder whose probe embeddings have a lower cosine to the manifest's is refused."""
@@ -378,7 +390,8 @@ class EmbeddingIndex:
         rescore_multiplier: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k ``(scores, indices)`` ``(Q, k)`` of query vectors ``(Q, D)``: exact over the
-        memory-mapped shards, or through the FAISS index ``faiss_kind`` built for this folder.
+        memory-mapped shards, or through the FAISS index ``faiss_kind`` built for this folder
+        (``rescore_multiplier``: see :func:`~textcl.search.faiss_index.faiss_search`).
 
         A quantized index (int8 / uint8 / binary / ubinary) finds ``top_k *
         rescore_multiplier`` (default 4; 0 or 1: no rescoring) candidates by its quantized
@@ -390,17 +403,12 @@ class EmbeddingIndex:
         then ``(Q, truncate_dim)`` (e.g. ``encode(truncate_dim=...)``). Same hits as an index
         encoded with ``truncate_dim``.
         """
+        quantized = self.manifest.dtype in QUANTIZED_DTYPES
+        check_rescore_multiplier(faiss_kind, rescore_multiplier, exact_ok=quantized)
         q = np.asarray(queries, dtype=np.float32)
         if q.ndim == 1:
             q = q[None, :]
         dim = self.dimension
-        quantized = self.manifest.dtype in QUANTIZED_DTYPES
-        if rescore_multiplier is not None and not quantized:
-            check_multiplier(rescore_multiplier)
-            raise InputError(
-                f"--rescore-multiplier applies to a quantized index; {self.folder} is "
-                f"{self.manifest.dtype}: drop it"
-            )
         if truncate_dim is not None:
             check_truncate_dim(truncate_dim, dim)
             if quantized:
@@ -436,7 +444,15 @@ class EmbeddingIndex:
         check_kind_for(self.manifest.dtype, faiss_kind, self.folder)
         if faiss_kind is None:
             return exact_search(q, self.shards, top_k=top_k, chunk_size=chunk_size)
-        return faiss_search(self, q, top_k, faiss_kind, nprobe=nprobe, ef_search=ef_search)
+        return faiss_search(
+            self,
+            q,
+            top_k,
+            faiss_kind,
+            nprobe=nprobe,
+            ef_search=ef_search,
+            rescore_multiplier=rescore_multiplier,
+        )
 
 
 def check_truncate_dim(truncate_dim: object, dimension: int) -> int:
@@ -498,16 +514,23 @@ def build_faiss_index(
     ef_construction: int = 200,
     train_size: int | None = None,
     seed: int = 0,
+    pq_m: int | None = None,
+    pq_bits: int = 8,
+    factory: str | None = None,
 ) -> dict[str, Any]:
     """Build a FAISS index of ``kind`` over an index folder and record it in the manifest.
 
     Args:
         index: an index folder or an open :class:`EmbeddingIndex`.
-        kind: ``flat``, ``ivf`` or ``hnsw``.
+        kind: ``flat``, ``ivf``, ``hnsw``, ``ivfpq``, ``opq-ivfpq`` or ``factory``.
         nlist: IVF cells (default :func:`~textcl.search.faiss_index.default_nlist`).
         m / ef_construction: HNSW links per node and build-time candidate list.
-        train_size: IVF k-means training sample (default ``min(n, 256 * nlist)``), drawn
-            with ``seed``.
+        train_size: training sample of the kinds that need training (default ``min(n, 256 *
+            nlist)``, at least ``256 * 2**pq_bits`` for PQ, at most 1,000,000), drawn with
+            ``seed``.
+        pq_m / pq_bits: IVF-PQ sub-quantizers (must divide the dimension; default the
+            largest divisor up to dim / 8) and bits per code.
+        factory: a FAISS ``index_factory`` string (``kind="factory"`` only).
 
     Returns:
         The manifest's entry for this index (file, parameters, count, size, sha256, build
@@ -531,6 +554,9 @@ def build_faiss_index(
             ef_construction=ef_construction,
             train_size=train_size,
             seed=seed,
+            pq_m=pq_m,
+            pq_bits=pq_bits,
+            factory=factory,
         )
 
 
@@ -561,10 +587,13 @@ def search(
             the manifest (dimension and probe fingerprint) and refused when it differs.
         top_k: hits per query (``min(top_k, len(index))`` come back).
         faiss: ``None``/``False``: exact search; ``True``: the only FAISS index built (or
-            ``hnsw``, ``ivf``, ``flat`` in that order); or a kind name.
+            the first built of :data:`FAISS_PREFERENCE`); or a kind name.
         verify: check every file's sha256 at open (otherwise each file is checked on its
             first use in this process; sizes always).
         nprobe / ef_search: FAISS IVF / HNSW search-time parameters.
+        rescore_multiplier: FAISS search: re-rank ``top_k * rescore_multiplier`` candidates
+            exactly from the shards (default 4 for ``ivfpq`` / ``opq-ivfpq`` / ``factory``,
+            off for the others; 0 or 1: off).
         truncate_dim: Matryoshka: search on the first ``truncate_dim`` dimensions of the
             stored vectors and of the queries (re-normalised when the index is normalised);
             exact search only.
@@ -587,7 +616,7 @@ def search(
     if faiss is None or faiss is False:
         kind = None
     elif faiss is True:
-        built = [k for k in ("hnsw", "ivf", "flat", *BINARY_KINDS[::-1]) if k in m.faiss]
+        built = [k for k in FAISS_PREFERENCE if k in m.faiss]
         if not built:
             raise ValueError(
                 f"{idx.folder}: no FAISS index built; run `textcl index build --index "
@@ -599,6 +628,7 @@ def search(
     check_search_params(
         "hnsw" if kind == "binary-hnsw" else kind, nprobe=nprobe, ef_search=ef_search
     )
+    check_rescore_multiplier(kind, rescore_multiplier, exact_ok=m.dtype in QUANTIZED_DTYPES)
     if (
         model is None
         and m.model_hash.startswith("files:")
