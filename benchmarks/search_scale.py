@@ -330,6 +330,23 @@ def run_size(n: int, args: Any, real: np.ndarray, q: np.ndarray) -> list[dict[st
                 disk_bytes(folder, kind),
                 res,
             )
+            for mult in args.multipliers:
+                if kind != "binary-flat" or mult == 4:
+                    continue
+                res = timings(
+                    lambda x, i=idx, kd=kind, r=mult: i.search_vectors(
+                        x, K, faiss_kind=kd, rescore_multiplier=r
+                    )[1],
+                    q,
+                    args.singles,
+                )
+                record(
+                    f"textcl {label}, {kind}, multiplier {mult}",
+                    build + kbuild,
+                    e["bytes"] / n,
+                    disk_bytes(folder, kind),
+                    res,
+                )
 
     if "st" not in skip:
         rows += st_side(fidx, q, truth, n, args, record)
@@ -377,23 +394,29 @@ def st_side(
             index.add(quantize_embeddings(x, precision=precision, ranges=ranges))
         build = time.perf_counter() - t0
 
-        def st_search(x: np.ndarray, p: str = precision, ix: Any = index) -> np.ndarray:
-            hits, _ = semantic_search_faiss(
-                x,
-                corpus_index=ix,
-                corpus_precision=p,
-                top_k=K,
-                ranges=ranges,
-                calibration_embeddings=calib,
-                rescore=True,
-                rescore_multiplier=4,
-                exact=True,
-            )
-            return np.array([[h["corpus_id"] for h in row] for row in hits])
-
-        res = timings(st_search, q, args.singles)
         ram = dim / 8 if precision == "ubinary" else 4 * dim
-        record(f"ST {precision} faiss flat + rescore", build, ram, ram, res)
+        mults = [4, *(m for m in args.multipliers if m != 4)] if precision == "ubinary" else [4]
+        for mult in mults:
+
+            def st_search(
+                x: np.ndarray, p: str = precision, ix: Any = index, r: int = mult
+            ) -> np.ndarray:
+                hits, _ = semantic_search_faiss(
+                    x,
+                    corpus_index=ix,
+                    corpus_precision=p,
+                    top_k=K,
+                    ranges=ranges,
+                    calibration_embeddings=calib,
+                    rescore=True,
+                    rescore_multiplier=r,
+                    exact=True,
+                )
+                return np.array([[h["corpus_id"] for h in row] for row in hits])
+
+            res = timings(st_search, q, args.singles)
+            suffix = "" if mult == 4 else f", multiplier {mult}"
+            record(f"ST {precision} faiss flat + rescore{suffix}", build, ram, ram, res)
     try:
         import usearch  # noqa: F401  # lazy: optional peer
     except ImportError:
@@ -430,6 +453,13 @@ def main(argv: list[str] | None = None) -> int:
         help="largest corpus for the HNSW builds (float hnsw and binary-hnsw)",
     )
     p.add_argument("--st-uint8-max", type=int, default=1_000_000)
+    p.add_argument(
+        "--multipliers",
+        type=lambda v: [int(x) for x in v.split(",") if x.strip()],
+        default=[4],
+        help="rescore multipliers of the binary-flat search, textcl and ST alike (comma "
+        "separated; default 4)",
+    )
     p.add_argument(
         "--skip",
         default="",
