@@ -31,9 +31,10 @@ from textcl.search.faiss_index import (
     DEFAULT_EF_SEARCH,
     check_search_params,
     faiss_file,
+    faiss_file_checked,
     import_faiss,
 )
-from textcl.search.manifest import Manifest, inside
+from textcl.search.manifest import Manifest
 from textcl.search.quantize import (
     BINARY_DTYPES,
     CodesShard,
@@ -133,29 +134,7 @@ def load_binary_faiss(idx: QuantizedIndex, kind: str) -> Any:
     """The FAISS binary index ``kind`` of ``idx``, checked against its manifest entry (size
     always; sha256 and FAISS's reading on first load; cached per file)."""
     faiss = import_faiss()
-    entry = idx.manifest.faiss.get(kind)
-    if entry is None:
-        built = ", ".join(idx.manifest.faiss) or "none"
-        raise InputError(
-            f"{idx.folder}: no {kind!r} FAISS index (built: {built}); run "
-            f"`textcl index build --index {idx.folder} --kind {kind}`"
-        )
-    path = inside(idx.folder, entry.get("file"), f"{idx.folder} manifest faiss[{kind!r}]")
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: FAISS index file listed in the manifest is missing")
-    if int(entry.get("count", -1)) != len(idx):
-        raise InputError(
-            f"{path}: stale FAISS index ({entry.get('count')} vectors, the index has "
-            f"{len(idx)}); rebuild it with `textcl index build`"
-        )
-    stat = path.stat()
-    size = entry.get("bytes")
-    if isinstance(size, int) and size >= 0 and stat.st_size != size:
-        raise CorruptFileError(
-            f"{path}: FAISS index file has {stat.st_size} bytes, the manifest lists {size} "
-            "(truncated or replaced); rebuild it with `textcl index build`"
-        )
-    digest = str(entry.get("sha256") or "")
+    path, stat, digest = faiss_file_checked(idx.folder, idx.manifest, len(idx), kind)
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, digest)
     if key not in _LOADED:
         _LOADED.clear()

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Protocol
@@ -288,28 +289,26 @@ def _gather(idx: VectorIndex, rows: np.ndarray) -> np.ndarray:
     return out
 
 
-_LOADED: dict[tuple[str, int, int, str], Any] = {}
-
-
-def load_faiss_index(idx: VectorIndex, kind: str) -> Any:
-    """The FAISS index ``kind`` of ``idx``, checked against its manifest entry (size on
-    every call, sha256 and FAISS's own reading on the first load; cached per file, size,
-    modification time and recorded sha256)."""
-    faiss = import_faiss()
-    entry = idx.manifest.faiss.get(kind)
+def faiss_file_checked(
+    folder: Path, manifest: Manifest, count: int, kind: str
+) -> tuple[Path, os.stat_result, str]:
+    """The file of FAISS index ``kind`` in the manifest of ``folder`` (``count`` vectors),
+    checked before any load: listed, inside the folder, present, not stale (count), its size
+    as recorded. Returns the path, its stat and the recorded sha256 ("" if none)."""
+    entry = manifest.faiss.get(kind)
     if entry is None:
-        built = ", ".join(idx.manifest.faiss) or "none"
+        built = ", ".join(manifest.faiss) or "none"
         raise InputError(
-            f"{idx.folder}: no {kind!r} FAISS index (built: {built}); run "
-            f"`textcl index build --index {idx.folder} --kind {kind}`"
+            f"{folder}: no {kind!r} FAISS index (built: {built}); run "
+            f"`textcl index build --index {folder} --kind {kind}`"
         )
-    path = inside(idx.folder, entry.get("file"), f"{idx.folder} manifest faiss[{kind!r}]")
+    path = inside(folder, entry.get("file"), f"{folder} manifest faiss[{kind!r}]")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: FAISS index file listed in the manifest is missing")
-    if int(entry.get("count", -1)) != len(idx):
+    if int(entry.get("count", -1)) != count:
         raise InputError(
             f"{path}: stale FAISS index ({entry.get('count')} vectors, the index has "
-            f"{len(idx)}); rebuild it with `textcl index build`"
+            f"{count}); rebuild it with `textcl index build`"
         )
     stat = path.stat()
     size = entry.get("bytes")
@@ -318,7 +317,18 @@ def load_faiss_index(idx: VectorIndex, kind: str) -> Any:
             f"{path}: FAISS index file has {stat.st_size} bytes, the manifest lists {size} "
             "(truncated or replaced); rebuild it with `textcl index build`"
         )
-    digest = str(entry.get("sha256") or "")
+    return path, stat, str(entry.get("sha256") or "")
+
+
+_LOADED: dict[tuple[str, int, int, str], Any] = {}
+
+
+def load_faiss_index(idx: VectorIndex, kind: str) -> Any:
+    """The FAISS index ``kind`` of ``idx``, checked against its manifest entry (size on
+    every call, sha256 and FAISS's own reading on the first load; cached per file, size,
+    modification time and recorded sha256)."""
+    faiss = import_faiss()
+    path, stat, digest = faiss_file_checked(idx.folder, idx.manifest, len(idx), kind)
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, digest)
     if key not in _LOADED:
         if digest and sha256_file(path) != digest:
