@@ -154,6 +154,18 @@ def read_json(path: PathLike, what: str = "JSON file") -> Any:
         ) from e
 
 
+def read_json_object(path: PathLike, what: str = "JSON file") -> dict[str, Any]:
+    """:func:`read_json` for files that must hold one JSON object (configs, manifests,
+    markers); anything else raises :class:`CorruptFileError` naming the path and what it
+    found, before a caller's ``.get`` could fail deep inside."""
+    data = read_json(path, what)
+    if not isinstance(data, dict):
+        raise CorruptFileError(
+            f"{Path(path)}: {what} must be a JSON object, got {type(data).__name__}"
+        )
+    return data
+
+
 def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file, read in ``chunk``-byte pieces (memory bounded)."""
     h = hashlib.sha256()

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from textcl.errors import CorruptFileError
-from textcl.io import PathLike, atomic_write_text, is_number, read_json
+from textcl.io import PathLike, atomic_write_text, is_number, read_json, read_json_object
 from textcl.plots import (
     available_curves,
     figure_to_png_bytes,
@@ -122,9 +122,7 @@ def load_run(run_dir: PathLike) -> RunData:
         raise FileNotFoundError(f"{run_dir} has no metrics.jsonl: not a textcl training run")
     config = None
     if (run_dir / "config.json").is_file():
-        config = read_json(run_dir / "config.json", "run config")
-        if not isinstance(config, dict):
-            raise CorruptFileError(f"{run_dir / 'config.json'}: expected a JSON object")
+        config = read_json_object(run_dir / "config.json", "run config")
     try:
         records = read_metrics(metrics)
     except UnicodeDecodeError as e:

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from textcl.encoder_config import HEAD_WEIGHTS_NAME, TEXTCL_CONFIG_NAME, EncoderConfig
 from textcl.errors import InputError
-from textcl.io import atomic_write_text, dumps_json, read_json
+from textcl.io import atomic_write_text, dumps_json, read_json, read_json_object
 from textcl.pooling import (
     ST_POOLING_MODES,
     DenseLayer,
@@ -82,9 +82,7 @@ def _read_transformer(folder: Path, settings: dict[str, Any]) -> None:
     cfg_file = folder / ST_TRANSFORMER_CONFIG_NAME
     if not cfg_file.is_file():
         return
-    st_cfg = read_json(cfg_file)
-    if not isinstance(st_cfg, dict):
-        raise ValueError(f"{cfg_file}: expected a JSON object")
+    st_cfg = read_json_object(cfg_file, "sentence-transformers Transformer config")
     lower = st_cfg.get("do_lower_case")
     if lower is not None and not isinstance(lower, bool):
         raise ValueError(f"{cfg_file}: field 'do_lower_case' must be true or false, got {lower!r}")
@@ -113,7 +111,7 @@ def _write_pooling(folder: Path, pooling: str, hidden_size: int, include_prompt:
 
 def _read_pooling(folder: Path, settings: dict[str, Any]) -> None:
     pool_file = folder / "config.json"
-    pool_cfg = read_json(pool_file)
+    pool_cfg = read_json_object(pool_file, "Pooling config")
     settings["pooling"] = _st_pooling_name(pool_cfg, pool_file)
     if pool_cfg.get("include_prompt") is False:
         settings["include_prompt"] = False
@@ -164,7 +162,7 @@ def _write_dense(folder: Path, layer: DenseLayer | ProjectionHead) -> None:
 
 def _read_dense(folder: Path, label: str) -> DenseLayer:
     """A sentence-transformers ``Dense`` module folder (``config.json`` + safetensors)."""
-    cfg = read_json(folder / "config.json")
+    cfg = read_json_object(folder / "config.json", "Dense config")
     unsupported = {
         k: cfg[k]
         for k, default in (
@@ -230,9 +228,7 @@ def _read_st_config(folder: Path, settings: dict[str, Any]) -> None:
     st_config_file = folder / ST_CONFIG_NAME
     if not st_config_file.is_file():
         return
-    st_config = read_json(st_config_file)
-    if not isinstance(st_config, dict):
-        raise ValueError(f"{st_config_file}: expected a JSON object")
+    st_config = read_json_object(st_config_file, "sentence-transformers config")
     prompts = st_config.get("prompts") or {}
     if not isinstance(prompts, dict):
         raise ValueError(f"{st_config_file}: prompts must be an object of name: text")

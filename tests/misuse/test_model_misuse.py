@@ -249,6 +249,33 @@ def test_sentence_bert_config_is_strictly_typed(
     )
 
 
+@pytest.mark.parametrize(
+    ("rel", "what"),
+    [
+        ("1_Pooling/config.json", "Pooling config"),
+        ("sentence_bert_config.json", "sentence-transformers Transformer config"),
+        ("config_sentence_transformers.json", "sentence-transformers config"),
+    ],
+)
+def test_sentence_transformers_files_must_be_objects(
+    saved_model: Path, capsys: pytest.CaptureFixture[str], rel: str, what: str
+) -> None:
+    """A crafted sentence-transformers folder whose module config is a JSON list: before,
+    the Pooling config reached ``.get`` and died with an AttributeError trace; now exit 3
+    naming the file and what it found."""
+    (saved_model / "textcl_config.json").unlink()
+    cfg_file = saved_model / rel
+    assert cfg_file.is_file(), sorted(p.name for p in saved_model.iterdir())
+    cfg_file.write_text("[1, 2]", encoding="utf-8")
+    assert_fails(
+        ["eval", "--model", str(saved_model), "--tasks", "stsb"],
+        capsys,
+        EXIT_CORRUPT,
+        [str(cfg_file), f"{what} must be a JSON object, got list"],
+        saved_model,
+    )
+
+
 # ------------------------------------------------------------------ 4. STS data
 @pytest.mark.parametrize(
     ("rel", "lineno", "col", "value", "fragment"),

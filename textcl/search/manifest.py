@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from textcl.errors import CorruptFileError, InputError
-from textcl.io import atomic_write_text, path_overlap, read_json
+from textcl.io import atomic_write_text, path_overlap, read_json_object
 from textcl.search.quantize import QUANTIZED_DTYPES, check_quantization
 
 MANIFEST_NAME = "manifest.json"
@@ -206,9 +206,7 @@ class Manifest:
                 f"{path}: missing; is {folder} an index folder written by `textcl encode`?"
             )
         inside(Path(folder), MANIFEST_NAME, str(path))  # a link leading out is refused
-        data = read_json(path, "index manifest")
-        if not isinstance(data, dict):
-            raise CorruptFileError(f"{path}: corrupt manifest, expected a JSON object")
+        data = read_json_object(path, "index manifest")
         fmt = data.get("format")
         if fmt != FORMAT_VERSION:
             raise CorruptFileError(
