@@ -139,25 +139,11 @@ def build_binary_faiss(
 
 
 def load_binary_faiss(idx: QuantizedIndex, kind: str) -> Any:
-    """The FAISS binary index ``kind`` of ``idx``, checked against its manifest entry (size
-    always; sha256 and FAISS's reading on first load; one cache with the float kinds:
-    :func:`~textcl.search.faiss_index.cached`). Read from the file directly (no copy of its
-    bytes in memory next to the index)."""
+    """The FAISS binary index ``kind`` of ``idx``, checked and cached like the float kinds
+    (:func:`~textcl.search.faiss_index.load_checked`, one cache); read from the file
+    directly (no copy of its bytes in memory next to the index)."""
     faiss = import_faiss()
-    fi = load_checked(
-        idx.folder,
-        idx.manifest,
-        len(idx),
-        kind,
-        faiss.read_index_binary,
-        what="FAISS binary index",
-    )
-    if int(fi.ntotal) != len(idx) or int(fi.d) != idx.manifest.dimension:
-        raise CorruptFileError(
-            f"{idx.folder}: FAISS {kind} index holds {fi.ntotal} vectors of {fi.d} bits, the "
-            f"index folder {len(idx)} of dimension {idx.manifest.dimension}; rebuild it"
-        )
-    return fi
+    return load_checked(idx, kind, faiss.read_index_binary, "FAISS binary index")
 
 
 def sq8_index(idx: QuantizedIndex, ranges: np.ndarray) -> Any:

@@ -56,6 +56,15 @@ from textcl.search.manifest import Manifest, inside
 from textcl.search.rescore import rescore
 
 
+class IndexFolder(Protocol):
+    """What loading a FAISS file needs of an open index folder."""
+
+    folder: Path
+    manifest: Manifest
+
+    def __len__(self) -> int: ...
+
+
 class VectorIndex(Protocol):
     """What FAISS building and search need of an open index folder."""
 
@@ -341,18 +350,12 @@ def cached(key: tuple[str, ...], load: Callable[[], Any]) -> Any:
     return _LOADED[key]
 
 
-def load_checked(
-    folder: Path,
-    manifest: Manifest,
-    count: int,
-    kind: str,
-    read: Callable[[str], Any],
-    what: str = "FAISS index",
-) -> Any:
-    """The FAISS file of ``kind`` (checked by :func:`faiss_file_checked` on every call; its
-    sha256, streamed from disk, and ``read(path)`` on the first load), cached per file, size,
-    modification time and recorded sha256 (:func:`cached`)."""
-    path, stat, digest = faiss_file_checked(folder, manifest, count, kind)
+def load_checked(idx: IndexFolder, kind: str, read: Callable[[str], Any], what: str) -> Any:
+    """The FAISS file of ``kind`` of ``idx`` (checked by :func:`faiss_file_checked` on every
+    call; its sha256, streamed from disk, and ``read(path)`` on the first load), cached per
+    file, size, modification time and recorded sha256 (:func:`cached`); it must hold the
+    folder's count of vectors of its dimension."""
+    path, stat, digest = faiss_file_checked(idx.folder, idx.manifest, len(idx), kind)
 
     def load() -> Any:
         if digest and sha256_file(path) != digest:
@@ -373,27 +376,23 @@ def load_checked(
             raise CorruptFileError(f"{path}: FAISS index file changed while it was loaded")
         return fi
 
-    return cached((str(path.resolve()), str(stat.st_size), str(stat.st_mtime_ns), digest), load)
+    key = (str(path.resolve()), str(stat.st_size), str(stat.st_mtime_ns), digest)
+    fi = cached(key, load)
+    dim = idx.manifest.dimension
+    if int(fi.ntotal) != len(idx) or int(fi.d) != dim:
+        raise CorruptFileError(
+            f"{path}: {what} holds {fi.ntotal} vectors of dimension {fi.d}, the index folder "
+            f"{len(idx)} of dimension {dim}; rebuild it"
+        )
+    return fi
 
 
 def load_faiss_index(idx: VectorIndex, kind: str) -> Any:
-    """The FAISS index ``kind`` of ``idx``, checked against its manifest entry (size on
-    every call, sha256 and FAISS's own reading on the first load; cached, :func:`cached`).
-    Inverted lists stay memory-mapped on disk (only the IVF kinds have them)."""
+    """The FAISS index ``kind`` of ``idx`` (:func:`load_checked`). Inverted lists stay
+    memory-mapped on disk (only the IVF kinds have them)."""
     faiss = import_faiss()
-    fi = load_checked(
-        idx.folder,
-        idx.manifest,
-        len(idx),
-        kind,
-        lambda path: faiss.read_index(path, faiss.IO_FLAG_MMAP),
-    )
-    if int(fi.ntotal) != len(idx) or int(fi.d) != idx.dimension:
-        raise CorruptFileError(
-            f"{idx.folder}: FAISS {kind} index holds {fi.ntotal} vectors of dimension {fi.d}, "
-            f"the index folder {len(idx)} of dimension {idx.dimension}; rebuild it"
-        )
-    return fi
+    read = lambda path: faiss.read_index(path, faiss.IO_FLAG_MMAP)  # noqa: E731
+    return load_checked(idx, kind, read, "FAISS index")
 
 
 SEARCH_PARAMS: dict[str, tuple[tuple[str, ...], str]] = {
