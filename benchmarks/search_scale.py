@@ -32,23 +32,42 @@ vector = embedding shards + rescoring shards + FAISS file, texts excluded):
   ``binary-hnsw``);
 * ``textcl ivfpq`` when :data:`textcl.search.faiss_index.FAISS_KINDS` has it;
 * ``textcl int8 + rescore``: ``textcl index quantize --dtype int8`` (ranges from the first
-  10,000 rows, float32 rescoring shards), exact int8 candidates, multiplier 4;
-* ``textcl binary + rescore``: ``--dtype ubinary`` with int8 rescoring shards; exact
-  Hamming in numpy, ``binary-flat`` (``faiss.IndexBinaryFlat``) and ``binary-hnsw``;
+  10,000 rows, float32 rescoring shards; run as a subprocess), exact int8 candidates,
+  multiplier 4: once with every batch through the chunked numpy product ("before") and once
+  with the default (FAISS scalar quantizer built from the stored codes for batches of up to
+  16 queries, "after");
+* ``textcl binary + rescore``: ``--dtype ubinary`` with int8 rescoring shards (and, up to
+  ``--float-rescore-max``, float32 ones: what int8 rescoring itself loses); exact Hamming in
+  numpy with the default candidate pool, ``binary-flat`` (``faiss.IndexBinaryFlat``) over
+  ``--multipliers`` x ``--pools`` (pool 0: Hamming candidates rescored directly; a pool P:
+  the Hamming top P re-ranked by the float query against their sign vectors first) and
+  ``binary-hnsw`` up to ``--hnsw-max``;
 * ``ST ubinary faiss`` / ``ST uint8 faiss``: ``quantize_embeddings`` (uint8 calibrated on
   the same first 10,000 rows) + ``semantic_search_faiss(corpus_index=..., exact=True,
   rescore_multiplier=4)`` (ST keeps uint8 in a float ``IndexFlatIP``: 4 bytes a dimension);
   ``ST int8 usearch`` when usearch is installed (skipped otherwise).
 
 Peak RSS of a binary search over each size: a fresh process (``python -c``) imports
-textcl, opens the ``ubinary`` index, runs the queries (batches of 64) exactly (numpy
-Hamming) or through binary-flat, then reports its peak resident set (``VmHWM``; see
-:func:`peak_rss` for why not ``ru_maxrss``).
+textcl, opens the ``ubinary`` index (int8 rescoring rows), runs the queries at batch 1 and
+at batch 64 exactly (numpy Hamming; batch 1 over ``--rss-exact-singles`` queries) or through
+binary-flat, with the default candidate pool and multiplier, then reports its peak resident
+set (``VmHWM``; see :func:`peak_rss` for why not ``ru_maxrss``), the peak right after
+opening, and its anonymous / file-backed resident memory at the end.
+
+Memory of the benchmark process itself: the float shards are drawn 100,000 rows at a time,
+quantized indexes are written by a ``textcl index quantize`` subprocess, and above
+``--mmap-exact-max`` the exact ground truth and the peer's index build read the float
+shards by ``os.pread`` (:class:`FloatRows`) instead of mapping them, so a 5M run does not
+hold 7.7 GB of mapped pages.
 
 Run::
 
-    nice .venv/bin/python -m benchmarks search_scale --sizes 1000000,5000000 \\
-        --cache /work/bench-cache --json benchmarks/results/380_search_scale.json
+    nice .venv/bin/python -m benchmarks search_scale --sizes 1000000 --hnsw-max 100000 \\
+        --multipliers 4,10,25 --pools 0,1000,2000,5000 --cache /work/bench-cache \\
+        --json benchmarks/results/390_search_scale_1m.json
+    nice .venv/bin/python -m benchmarks search_scale --sizes 5000000 --singles 8 \\
+        --skip ivfpq --multipliers 4,10 --pools 0,2000 --cache /work/bench-cache \\
+        --json benchmarks/results/391_search_scale_5m.json
     nice .venv/bin/python -m benchmarks search_scale --sizes 20000 --queries 64   # smoke
 """
 
@@ -315,14 +334,12 @@ def run_size(n: int, args: Any, real: np.ndarray, q: np.ndarray) -> list[dict[st
     ):
         if kind in skip or (kind == "hnsw" and n > args.hnsw_max) or kind not in FAISS_KINDS:
             continue
-        t0 = time.perf_counter()
-        if kind not in fidx.manifest.faiss:
+        if kind not in fidx.manifest.faiss:  # else: built by an earlier run, as recorded
             build_faiss_index(base, kind, **params)
-        build = time.perf_counter() - t0
         fidx = EmbeddingIndex(base)
         e = fidx.manifest.faiss[kind]
         res = timings(search_fn(fidx, faiss_kind=kind), q, args.singles)
-        record(label, build or e["build_seconds"], e["bytes"] / n, disk_bytes(base, kind), res)
+        record(label, e["build_seconds"], e["bytes"] / n, disk_bytes(base, kind), res)
     del fidx
 
     if "int8" not in skip:
@@ -362,12 +379,11 @@ def run_size(n: int, args: Any, real: np.ndarray, q: np.ndarray) -> list[dict[st
         for kind in ("binary-flat", "binary-hnsw"):
             if kind in skip or (kind == "binary-hnsw" and n > args.hnsw_max):
                 continue
-            t0 = time.perf_counter()
             if kind not in idx.manifest.faiss:
                 build_faiss_index(folder, kind, m=16, ef_construction=40)
-            kbuild = time.perf_counter() - t0
             idx = EmbeddingIndex(folder)
             e = idx.manifest.faiss[kind]
+            kbuild = float(e["build_seconds"])
             pools = args.pools if kind == "binary-flat" else [0]
             for mult in args.multipliers:
                 for pool in pools:

@@ -17,7 +17,7 @@ import pytest
 from tests.search.test_quantize import clustered, float_index, recall
 from textcl.errors import CorruptFileError, InputError
 from textcl.search import EmbeddingIndex, build_faiss_index, exact_search
-from textcl.search.binary_index import sign_scores
+from textcl.search.binary_index import default_pool, sign_scores
 from textcl.search.convert import quantize_index
 from textcl.search.quantize import calibration_ranges, dequantize, quantize
 from textcl.search.rescore import RowFile
@@ -89,6 +89,11 @@ def test_sign_stage_raises_recall(binary_folder: tuple[Path, np.ndarray]) -> Non
     plain = recall(idx.search_vectors(q, 10, candidate_pool=0)[1], truth)
     staged = recall(idx.search_vectors(q, 10)[1], truth)  # default pool (all 3000 rows)
     assert staged >= max(0.99, plain + 0.02), (plain, staged)
+
+
+def test_default_pool_grows_with_the_corpus() -> None:
+    assert default_pool(3000) == default_pool(1_000_000) == 2000
+    assert default_pool(5_000_000) == 10_000 and default_pool(5_000_001) == 10_001
 
 
 def test_candidate_pool_errors(binary_folder: tuple[Path, np.ndarray], tmp_path: Path) -> None:

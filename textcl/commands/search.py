@@ -64,7 +64,7 @@ def register(subparsers: Any) -> None:
         metavar="P",
         help="a binary index with rescoring rows: take the Hamming top P, keep the top-k * "
         "multiplier of them by the float query against their sign vectors, then rescore "
-        "those (default: 2000; binary-hnsw: off; 0: off)",
+        "those (default: the larger of 2000 and N / 500; binary-hnsw: off; 0: off)",
     )
     p.add_argument("--ef-search", type=int, default=None, help="FAISS HNSW candidate list")
     p.add_argument("--batch-size", type=int, default=64)

@@ -52,10 +52,15 @@ from textcl.search.rescore import rescore
 
 BINARY_KINDS: tuple[str, ...] = ("binary-flat", "binary-hnsw")
 DEFAULT_CANDIDATE_POOL = 2000
-"""Hamming candidates per query that the sign stage re-ranks by default (exact and
-``binary-flat`` searches of a binary index with rescoring rows; at least ``k * multiplier``).
-At 1M MiniLM-like vectors the true top 10 lie in the Hamming top 40 for 84% of them, in the
-top 2,000 for 99%."""
+"""Hamming candidates per query that the sign stage re-ranks by default, at the least
+(exact and ``binary-flat`` searches of a binary index with rescoring rows; at least ``k *
+multiplier``). At 1M MiniLM-like vectors the true top 10 lie in the Hamming top 40 for 84%
+of them, in the top 2,000 for 99%."""
+POOL_ONE_IN = 500
+"""The default pool is also at least one row in this many (``N / 500``): the Hamming rank
+of a true neighbour grows with the corpus (as many more vectors fall between it and the
+query), so a pool that is a fixed share of the corpus keeps the candidates' recall (2,000
+at 1M, 10,000 at 5M; the Hamming scan reads all ``N`` codes anyway)."""
 SQ8_MAX_BATCH = 16
 """int8 / uint8 searches of up to this many queries go through FAISS's scalar quantizer
 (one pass over the codes per query, no float copy of them); larger batches through the
@@ -186,8 +191,8 @@ def check_pool(value: Any) -> None:
 
 def pool_size(m: Manifest, pool: int | None, kind: str | None, c: int, n: int) -> int:
     """Hamming candidates per query of a binary search that rescores ``c``: ``pool`` (or
-    :data:`DEFAULT_CANDIDATE_POOL`; 0 for ``binary-hnsw`` unless given), at least ``c``, at
-    most ``n``. InputError when a given ``pool`` has no use (no rescoring rows)."""
+    :func:`default_pool`; 0 for ``binary-hnsw`` unless given), at least ``c``, at most
+    ``n``. InputError when a given ``pool`` has no use (no rescoring rows)."""
     has_rows = str(m.quantization.get("rescore_dtype", "none")) != "none"
     if pool is not None and pool > 0 and not has_rows:
         raise InputError(
@@ -197,8 +202,13 @@ def pool_size(m: Manifest, pool: int | None, kind: str | None, c: int, n: int) -
     if not has_rows:
         return c
     if pool is None:
-        pool = 0 if kind == "binary-hnsw" else DEFAULT_CANDIDATE_POOL
+        pool = 0 if kind == "binary-hnsw" else default_pool(n)
     return min(n, max(c, pool))
+
+
+def default_pool(n: int) -> int:
+    """The default candidate pool over ``n`` vectors: ``max(2000, ceil(n / 500))``."""
+    return max(DEFAULT_CANDIDATE_POOL, -(-n // POOL_ONE_IN))
 
 
 BYTE_BITS = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).astype(np.float32)
@@ -284,7 +294,7 @@ def quantized_search(
     the quantized rows (exact or a FAISS binary kind), the top ``top_k *
     rescore_multiplier`` rescored with :func:`~textcl.search.rescore.rescore`. A binary
     index with rescoring rows first takes the Hamming top ``candidate_pool`` (default
-    :data:`DEFAULT_CANDIDATE_POOL`) and keeps the ``top_k * rescore_multiplier`` of them
+    :func:`default_pool`) and keeps the ``top_k * rescore_multiplier`` of them
     whose sign vectors score best against the float query (:func:`sign_rerank`)."""
     m = idx.manifest
     check_kind_for(m.dtype, faiss_kind, idx.folder)

@@ -399,8 +399,8 @@ class EmbeddingIndex:
         rescore_multiplier`` (default 4; 0 or 1: no rescoring) candidates by its quantized
         rows (exact, or a ``binary-flat`` / ``binary-hnsw`` FAISS index) and re-ranks them
         with the float queries (:mod:`textcl.search.binary_index`); a binary index with
-        rescoring rows first re-ranks the Hamming top ``candidate_pool`` (default 2,000) by
-        the float query's dot product with their sign vectors.
+        rescoring rows first re-ranks the Hamming top ``candidate_pool`` (default
+        ``max(2000, N / 500)``) by the float query's dot product with their sign vectors.
 
         ``truncate_dim`` (Matryoshka): exact search over the first ``truncate_dim`` dimensions
         of the stored vectors, re-normalised when the index is normalised; the queries are
@@ -613,7 +613,8 @@ def search(
             rescore_multiplier`` candidates with the float queries (default 4; 0 or 1: none).
         candidate_pool: a binary index with rescoring rows: Hamming candidates per query
             re-ranked by the float query against their sign vectors before the top ``top_k *
-            rescore_multiplier`` are rescored (default 2,000; ``binary-hnsw``: off; 0: off).
+            rescore_multiplier`` are rescored (default ``max(2000, N / 500)``; ``binary-hnsw``:
+            off; 0: off).
 
     Returns:
         One list of :class:`Hit` per query.
