@@ -190,7 +190,9 @@ RSS_SCRIPT = textwrap.dedent(
     folder, mode = sys.argv[1], sys.argv[2]
     idx = EmbeddingIndex(folder)
     if mode == "mmap":  # the negative control: the rescoring rows memory-mapped
-        idx._rescore = [np.load(r.path, mmap_mode="r") for r in idx._rescore]
+        idx._rescore = [
+            np.load(f"{folder}/{s.rescore}", mmap_mode="r") for s in idx.manifest.shards
+        ]
     q = np.load(sys.argv[3])
     idx.search_vectors(q[:64], 10, rescore_multiplier=10)  # warm: checks, buffers, imports
     base = peak()
