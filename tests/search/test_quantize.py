@@ -385,11 +385,15 @@ def test_cli_flags_and_errors(
                 "jsonl",
                 "--rescore-multiplier",
                 "2",
+                "--candidate-pool",
+                "12",
             ]
         )
         == 0
     )
     assert len(capsys.readouterr().out.strip().splitlines()) == 3
+    with pytest.raises(InputError, match="--candidate-pool"):
+        _run(["search", "--index", str(out), "--query", "a", "--candidate-pool", "-1"])
     if HAS_FAISS:
         assert (
             _run(["index", "build", "--index", str(out), "--kind", "binary-hnsw", "--m", "8"]) == 0
