@@ -90,7 +90,7 @@ import numpy as np
 
 from benchmarks.common import REPO, add_common_args, data_root, model_path, parser_for, write_result
 from textcl.search import EmbeddingIndex, binary_index, build_faiss_index, exact_search
-from textcl.search.binary_index import DEFAULT_CANDIDATE_POOL
+from textcl.search.binary_index import DEFAULT_CANDIDATE_POOL, default_pool
 from textcl.search.encode import npy_bytes, shard_names, texts_jsonl
 from textcl.search.faiss_index import FAISS_KINDS, has_faiss
 from textcl.search.manifest import Manifest, ShardInfo
@@ -370,7 +370,7 @@ def run_size(n: int, args: Any, real: np.ndarray, q: np.ndarray) -> list[dict[st
         if "binary-exact" not in skip:
             res = timings(search_fn(idx), q, args.singles)
             record(
-                f"{label}, exact, pool {DEFAULT_CANDIDATE_POOL}",
+                f"{label}, exact, default pool {default_pool(n)}",
                 build,
                 dim / 8,
                 disk_bytes(folder),
