@@ -173,7 +173,9 @@ def test_quantized_search_candidates_match_numpy(
         for i in range(6):
             np.testing.assert_array_equal(ids[i], np.lexsort((np.arange(len(x)), dist[i]))[:10])
     # with rescoring: the top 40 candidates re-ranked by float query . rescoring rows
-    scores, ids = idx.search_vectors(q, 10, rescore_multiplier=4)
+    # (binary: the Hamming top 40 themselves, the sign stage off)
+    pool = 0 if dtype.endswith("binary") else None
+    scores, ids = idx.search_vectors(q, 10, rescore_multiplier=4, candidate_pool=pool)
     rescore_rows = (
         x
         if out.quantization["rescore_dtype"] == "float32"
@@ -253,7 +255,7 @@ def test_encode_quantized_equals_index_quantize(
     for sa, sb in zip(a.shards, b.shards, strict=True):
         np.testing.assert_array_equal(sa, sb)
         assert sa.dtype == np.int8
-    np.testing.assert_allclose(a.rescore_shards()[0], EmbeddingIndex(tmp_path / "f").shards[0])
+    np.testing.assert_allclose(a.rescore_shards()[0][:], EmbeddingIndex(tmp_path / "f").shards[0])
     assert c.count == f.count
     # texts hard-linked from the source
     assert (tmp_path / "c" / "shard-00000.jsonl").stat().st_ino == (
@@ -383,11 +385,15 @@ def test_cli_flags_and_errors(
                 "jsonl",
                 "--rescore-multiplier",
                 "2",
+                "--candidate-pool",
+                "12",
             ]
         )
         == 0
     )
     assert len(capsys.readouterr().out.strip().splitlines()) == 3
+    with pytest.raises(InputError, match="--candidate-pool"):
+        _run(["search", "--index", str(out), "--query", "a", "--candidate-pool", "-1"])
     if HAS_FAISS:
         assert (
             _run(["index", "build", "--index", str(out), "--kind", "binary-hnsw", "--m", "8"]) == 0

@@ -57,6 +57,15 @@ def register(subparsers: Any) -> None:
         "(default: 4) or a FAISS search (default: 4 for ivfpq / opq-ivfpq / factory, off for "
         "the others); 0 or 1: off",
     )
+    p.add_argument(
+        "--candidate-pool",
+        type=int,
+        default=None,
+        metavar="P",
+        help="a binary index with rescoring rows: take the Hamming top P, keep the top-k * "
+        "multiplier of them by the float query against their sign vectors, then rescore "
+        "those (default: the larger of 2000 and N / 500; binary-hnsw: off; 0: off)",
+    )
     p.add_argument("--ef-search", type=int, default=None, help="FAISS HNSW candidate list")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default=None)
@@ -124,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
         ef_search=args.ef_search,
         truncate_dim=args.truncate_dim,
         rescore_multiplier=args.rescore_multiplier,
+        candidate_pool=args.candidate_pool,
     )
     if args.format == "jsonl":
         for hits in results:

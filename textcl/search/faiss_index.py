@@ -27,9 +27,11 @@ This module does not import :mod:`textcl.search.index`: it works on any object w
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -52,6 +54,15 @@ from textcl.search.faiss_pq import (
 )
 from textcl.search.manifest import Manifest, inside
 from textcl.search.rescore import rescore
+
+
+class IndexFolder(Protocol):
+    """What loading a FAISS file needs of an open index folder."""
+
+    folder: Path
+    manifest: Manifest
+
+    def __len__(self) -> int: ...
 
 
 class VectorIndex(Protocol):
@@ -91,6 +102,11 @@ def import_faiss() -> Any:
             "without --faiss (exact search)"
         ) from None
     return faiss
+
+
+def has_faiss() -> bool:
+    """Whether FAISS can be imported (optional speed-ups use it when present)."""
+    return importlib.util.find_spec("faiss") is not None
 
 
 def default_nlist(n: int) -> int:
@@ -320,42 +336,63 @@ def faiss_file_checked(
     return path, stat, str(entry.get("sha256") or "")
 
 
-_LOADED: dict[tuple[str, int, int, str], Any] = {}
+_LOADED: dict[tuple[str, ...], Any] = {}
+"""The one per-process cache of FAISS indexes (float kinds, binary kinds, the int8 scalar
+quantizer): a single entry, the last one used, so a process holds one index at a time."""
 
 
-def load_faiss_index(idx: VectorIndex, kind: str) -> Any:
-    """The FAISS index ``kind`` of ``idx``, checked against its manifest entry (size on
-    every call, sha256 and FAISS's own reading on the first load; cached per file, size,
-    modification time and recorded sha256)."""
-    faiss = import_faiss()
-    path, stat, digest = faiss_file_checked(idx.folder, idx.manifest, len(idx), kind)
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, digest)
+def cached(key: tuple[str, ...], load: Callable[[], Any]) -> Any:
+    """``load()`` once per ``key`` (the entry of :data:`_LOADED`; a new key evicts it)."""
     if key not in _LOADED:
+        fi = load()
+        _LOADED.clear()
+        _LOADED[key] = fi
+    return _LOADED[key]
+
+
+def load_checked(idx: IndexFolder, kind: str, read: Callable[[str], Any], what: str) -> Any:
+    """The FAISS file of ``kind`` of ``idx`` (checked by :func:`faiss_file_checked` on every
+    call; its sha256, streamed from disk, and ``read(path)`` on the first load), cached per
+    file, size, modification time and recorded sha256 (:func:`cached`); it must hold the
+    folder's count of vectors of its dimension."""
+    path, stat, digest = faiss_file_checked(idx.folder, idx.manifest, len(idx), kind)
+
+    def load() -> Any:
         if digest and sha256_file(path) != digest:
             raise CorruptFileError(
                 f"{path}: FAISS index file's sha256 differs from the manifest (changed after "
                 "it was built); rebuild it with `textcl index build`"
             )
         try:
-            # Inverted lists stay memory-mapped on disk (only the IVF kinds have them).
-            fi = faiss.read_index(str(path), faiss.IO_FLAG_MMAP)
+            fi = read(str(path))
         except Exception as e:  # FAISS raises RuntimeError on damaged files
             raise CorruptFileError(
-                f"{path}: not a readable FAISS index ({type(e).__name__}: "
+                f"{path}: not a readable {what} ({type(e).__name__}: "
                 f"{str(e).strip().splitlines()[-1] if str(e).strip() else ''}); rebuild it "
                 "with `textcl index build`"
             ) from None
         after = path.stat()
         if (after.st_size, after.st_mtime_ns) != (stat.st_size, stat.st_mtime_ns):
             raise CorruptFileError(f"{path}: FAISS index file changed while it was loaded")
-        if int(fi.ntotal) != len(idx) or int(fi.d) != idx.dimension:
-            raise CorruptFileError(
-                f"{path}: FAISS index holds {fi.ntotal} vectors of dimension {fi.d}, the "
-                f"index folder {len(idx)} of dimension {idx.dimension}; rebuild it"
-            )
-        _LOADED.clear()
-        _LOADED[key] = fi
-    return _LOADED[key]
+        return fi
+
+    key = (str(path.resolve()), str(stat.st_size), str(stat.st_mtime_ns), digest)
+    fi = cached(key, load)
+    dim = idx.manifest.dimension
+    if int(fi.ntotal) != len(idx) or int(fi.d) != dim:
+        raise CorruptFileError(
+            f"{path}: {what} holds {fi.ntotal} vectors of dimension {fi.d}, the index folder "
+            f"{len(idx)} of dimension {dim}; rebuild it"
+        )
+    return fi
+
+
+def load_faiss_index(idx: VectorIndex, kind: str) -> Any:
+    """The FAISS index ``kind`` of ``idx`` (:func:`load_checked`). Inverted lists stay
+    memory-mapped on disk (only the IVF kinds have them)."""
+    faiss = import_faiss()
+    read = lambda path: faiss.read_index(path, faiss.IO_FLAG_MMAP)  # noqa: E731
+    return load_checked(idx, kind, read, "FAISS index")
 
 
 SEARCH_PARAMS: dict[str, tuple[tuple[str, ...], str]] = {

@@ -37,6 +37,7 @@ from textcl.search.binary_index import (
     BINARY_KINDS,
     build_binary_faiss,
     check_kind_for,
+    check_pool,
     load_binary_faiss,
     quantized_search,
 )
@@ -59,7 +60,7 @@ from textcl.search.manifest import (
 )
 from textcl.search.model import load_encoder, model_weights_hash
 from textcl.search.quantize import QUANTIZED_DTYPES, dequantize, ranges_of, storage
-from textcl.search.rescore import rescore_dtype
+from textcl.search.rescore import RowFile, rescore_dtype
 
 FAISS_PREFERENCE: tuple[str, ...] = (
     "hnsw",
@@ -152,7 +153,7 @@ class EmbeddingIndex:
         if m.count == 0:
             raise CorruptFileError(f"{where}: the index is empty (0 embeddings)")
         self._shards: list[np.ndarray] = []
-        self._rescore: list[np.ndarray] = []
+        self._rescore: list[RowFile] = []
         self._rescore_checked = [False] * len(m.shards)
         stored_dtype, width = storage(m.dtype, m.dimension)
         self._offsets: list[np.ndarray | None] = [None] * len(m.shards)
@@ -187,15 +188,14 @@ class EmbeddingIndex:
             starts.append(starts[-1] + shard.rows)
         self._starts = np.asarray(starts, dtype=np.int64)
 
-    def _open_rescore(self, i: int, path: Path) -> np.ndarray:
-        """Memory-map shard ``i``'s rescoring rows, checking the ``.npy`` header."""
+    def _open_rescore(self, i: int, path: Path) -> RowFile:
+        """Shard ``i``'s rescoring rows (read with ``os.pread`` at the rows asked for, never
+        memory-mapped), checking the ``.npy`` header."""
         m = self.manifest
         try:
-            arr = np.load(path, mmap_mode="r", allow_pickle=False)
-        except (ValueError, OSError, EOFError) as e:
-            raise CorruptFileError(
-                f"{path}: corrupt rescoring shard, not a readable .npy ({e})"
-            ) from None
+            arr = RowFile(path)
+        except CorruptFileError as e:
+            raise CorruptFileError(f"corrupt rescoring shard: {e}") from None
         dtype = rescore_dtype(m)
         if arr.shape != (m.shards[i].rows, m.dimension) or arr.dtype != np.dtype(dtype):
             raise CorruptFileError(
@@ -204,10 +204,11 @@ class EmbeddingIndex:
             )
         return arr
 
-    def rescore_shards(self) -> list[np.ndarray]:
-        """The memory-mapped arrays rescoring reads (:mod:`textcl.search.rescore`): the
-        rescoring shards of a quantized index, else the embedding shards (each checked
-        against its sha256 on first use)."""
+    def rescore_shards(self) -> list[Any]:
+        """The arrays rescoring reads (:mod:`textcl.search.rescore`): the rescoring shards of
+        a quantized index (:class:`~textcl.search.rescore.RowFile`: rows read at their
+        offsets), else the memory-mapped embedding shards (each checked against its sha256
+        on first use)."""
         if not self._rescore:
             return self.shards
         for i, shard in enumerate(self.manifest.shards):
@@ -388,6 +389,7 @@ class EmbeddingIndex:
         ef_search: int | None = None,
         truncate_dim: int | None = None,
         rescore_multiplier: int | None = None,
+        candidate_pool: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k ``(scores, indices)`` ``(Q, k)`` of query vectors ``(Q, D)``: exact over the
         memory-mapped shards, or through the FAISS index ``faiss_kind`` built for this folder
@@ -396,7 +398,9 @@ class EmbeddingIndex:
         A quantized index (int8 / uint8 / binary / ubinary) finds ``top_k *
         rescore_multiplier`` (default 4; 0 or 1: no rescoring) candidates by its quantized
         rows (exact, or a ``binary-flat`` / ``binary-hnsw`` FAISS index) and re-ranks them
-        with the float queries (:mod:`textcl.search.binary_index`).
+        with the float queries (:mod:`textcl.search.binary_index`); a binary index with
+        rescoring rows first re-ranks the Hamming top ``candidate_pool`` (default
+        ``max(2000, N / 500)``) by the float query's dot product with their sign vectors.
 
         ``truncate_dim`` (Matryoshka): exact search over the first ``truncate_dim`` dimensions
         of the stored vectors, re-normalised when the index is normalised; the queries are
@@ -405,6 +409,12 @@ class EmbeddingIndex:
         """
         quantized = self.manifest.dtype in QUANTIZED_DTYPES
         check_rescore_multiplier(faiss_kind, rescore_multiplier, exact_ok=quantized)
+        check_pool(candidate_pool)
+        if candidate_pool and not quantized:
+            raise InputError(
+                f"--candidate-pool applies to a binary index; {self.folder} is "
+                f"{self.manifest.dtype}: drop it"
+            )
         q = np.asarray(queries, dtype=np.float32)
         if q.ndim == 1:
             q = q[None, :]
@@ -437,6 +447,7 @@ class EmbeddingIndex:
                 top_k,
                 faiss_kind=faiss_kind,
                 rescore_multiplier=rescore_multiplier,
+                candidate_pool=candidate_pool,
                 nprobe=nprobe,
                 ef_search=ef_search,
                 chunk_size=chunk_size,
@@ -575,6 +586,7 @@ def search(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     truncate_dim: int | None = None,
     rescore_multiplier: int | None = None,
+    candidate_pool: int | None = None,
 ) -> list[list[Hit]]:
     """Encode ``queries`` and return the ``top_k`` hits of each, best first.
 
@@ -599,6 +611,10 @@ def search(
             exact search only.
         rescore_multiplier: a quantized index: rescore the top ``top_k *
             rescore_multiplier`` candidates with the float queries (default 4; 0 or 1: none).
+        candidate_pool: a binary index with rescoring rows: Hamming candidates per query
+            re-ranked by the float query against their sign vectors before the top ``top_k *
+            rescore_multiplier`` are rescored (default ``max(2000, N / 500)``; ``binary-hnsw``:
+            off; 0: off).
 
     Returns:
         One list of :class:`Hit` per query.
@@ -629,6 +645,7 @@ def search(
         "hnsw" if kind == "binary-hnsw" else kind, nprobe=nprobe, ef_search=ef_search
     )
     check_rescore_multiplier(kind, rescore_multiplier, exact_ok=m.dtype in QUANTIZED_DTYPES)
+    check_pool(candidate_pool)
     if (
         model is None
         and m.model_hash.startswith("files:")
@@ -660,6 +677,7 @@ def search(
         ef_search=ef_search,
         truncate_dim=truncate_dim,
         rescore_multiplier=rescore_multiplier,
+        candidate_pool=candidate_pool,
     )
     results: list[list[Hit]] = []
     for qi, query in enumerate(items):

@@ -168,7 +168,9 @@ def hamming_topk(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact Hamming top-k: ``(distances int64 (Q, k), rows int64 (Q, k))`` of packed uint8
     queries ``(Q, B)`` over packed shards (int8 ``binary`` or uint8 ``ubinary``), smallest
-    distance first, ties by the smaller row."""
+    distance first, ties by the smaller row. The running best are kept in row order (one
+    partition per chunk) and sorted once at the end, so a large ``k`` (a candidate pool)
+    costs no sort per chunk."""
     q = np.ascontiguousarray(as_ubinary(query_bits))
     wide = q.shape[1] % 8 == 0  # compare 8 bytes at a time
     if wide:
@@ -197,14 +199,14 @@ def hamming_topk(
                 less = d < kth
                 eq = (d == kth) & (np.cumsum(d == kth, axis=1) <= kk - less.sum(1, keepdims=True))
                 keep = less | eq
+                # nonzero keeps the column order: the kept rows stay in increasing order
                 cols = np.nonzero(keep)[1].reshape(nq, kk)
                 d = np.take_along_axis(d, cols, axis=1)
                 r = np.take_along_axis(r, cols, axis=1)
-            order = np.lexsort((r, d), axis=1)
-            best_d = np.take_along_axis(d, order, axis=1)
-            best_i = np.take_along_axis(r, order, axis=1)
+            best_d, best_i = d, r  # ordered by row (chunks come in row order): no sort
         offset += shard.shape[0]
-    return best_d, best_i
+    order = np.lexsort((best_i, best_d), axis=1)
+    return np.take_along_axis(best_d, order, axis=1), np.take_along_axis(best_i, order, axis=1)
 
 
 def hamming_scores(distances: np.ndarray, dimension: int) -> np.ndarray:

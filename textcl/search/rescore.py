@@ -2,7 +2,9 @@
 
 :func:`rescore` is the one place candidates found by an approximate or quantized search
 (binary Hamming, int8, IVF-PQ, ...) are re-ranked: the float queries against the index's
-*rescoring vectors* of only those rows, read from memory-mapped ``.npy`` shards:
+*rescoring vectors* of only those rows, read from the ``.npy`` shards with ``os.pread`` at
+the rows' offsets (:class:`RowFile`: nothing is memory-mapped, so a search holds the
+candidates' rows, not the pages around them):
 
 * a float index (float32 / float16): its own shards (exact float scores);
 * a quantized index with rescoring shards (``shard-NNNNN.rescore.npy``): those rows,
@@ -11,12 +13,13 @@
   sentence-transformers' ``semantic_search_faiss`` rescores them (int8 dequantized, binary
   as 0/1 bits).
 
-Only the candidate rows are touched (sorted, one shard at a time), so the memory of a
-search is the candidates' vectors, not the index.
+Only the candidate rows are read (sorted, one shard at a time, consecutive rows in one
+read), so the memory of a search is the candidates' vectors, not the index.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -25,6 +28,88 @@ import numpy as np
 from textcl.errors import CorruptFileError
 from textcl.search.manifest import Manifest
 from textcl.search.quantize import QUANTIZED_DTYPES, dequantize, ranges_of
+
+
+class RowFile:
+    """Rows of a 2-D C-ordered ``.npy`` file, read on indexing with ``os.preadv`` at their
+    byte offsets (a slice: one read; an index array: one read per run of consecutive
+    rows). Nothing is memory-mapped: a process holds only the rows it asked for (a
+    memory map would also keep every page the kernel reads around a faulted row)."""
+
+    ndim = 2
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        try:
+            with self.path.open("rb") as f:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+                elif version == (2, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+                else:
+                    raise ValueError(f".npy format version {version} is not 1.0 or 2.0")
+                self.offset = f.tell()
+        except (ValueError, OSError, EOFError, SyntaxError) as e:
+            raise CorruptFileError(f"{self.path}: not a readable .npy ({e})") from None
+        if len(shape) != 2 or fortran or dtype.hasobject:
+            raise CorruptFileError(
+                f"{self.path}: expected a 2-D C-ordered numeric .npy, got {dtype}{list(shape)}"
+                + (" in Fortran order" if fortran else "")
+            )
+        self.dtype = np.dtype(dtype)
+        self._shape = (int(shape[0]), int(shape[1]))
+        self.row_bytes = self._shape[1] * self.dtype.itemsize
+        size = self.path.stat().st_size
+        if size != self.offset + self._shape[0] * self.row_bytes:
+            raise CorruptFileError(
+                f"{self.path}: {size} bytes, its header says {self.offset} + "
+                f"{self._shape[0]} x {self.row_bytes} (truncated or damaged)"
+            )
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self._shape
+
+    def __len__(self) -> int:
+        return self._shape[0]
+
+    def __getitem__(self, rows: Any) -> np.ndarray:
+        n = self._shape[0]
+        if isinstance(rows, slice):
+            start, stop, step = rows.indices(n)
+            if step != 1:
+                raise IndexError("RowFile slices need step 1")
+            idx = np.arange(start, max(start, stop), dtype=np.int64)
+        else:
+            idx = np.asarray(rows)
+            if idx.ndim != 1 or not (idx.dtype.kind in "iu" or idx.size == 0):
+                raise IndexError("RowFile rows must be a slice or a 1-D integer array")
+            idx = idx.astype(np.int64, copy=False)
+            idx = np.where(idx < 0, idx + n, idx)
+            if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= n):
+                raise IndexError(f"row out of range for {self.path.name} of {n} rows")
+        return self._read(idx)
+
+    def _read(self, idx: np.ndarray) -> np.ndarray:
+        out = np.empty((len(idx), self._shape[1]), dtype=self.dtype)
+        if not len(idx):
+            return out
+        raw = out.view(np.uint8).reshape(len(idx), self.row_bytes)
+        cut = np.flatnonzero(np.diff(idx) != 1) + 1
+        firsts, lasts = np.r_[0, cut], np.r_[cut, len(idx)]
+        with self.path.open("rb", buffering=0) as f:
+            fd = f.fileno()
+            for a, b in zip(firsts.tolist(), lasts.tolist(), strict=True):
+                want = (b - a) * self.row_bytes
+                at = self.offset + int(idx[a]) * self.row_bytes
+                got = os.preadv(fd, [raw[a:b].data.cast("B")], at)
+                if got != want:
+                    raise CorruptFileError(
+                        f"{self.path}: read {got} of {want} bytes at row {int(idx[a])} (the file "
+                        "shrank after it was opened)"
+                    )
+        return out
 
 
 class RescoreIndex(Protocol):
