@@ -22,7 +22,7 @@ An index folder of a quantized ``dtype`` records its quantization in the manifes
 
 and, unless ``rescore_dtype`` is ``none``, one rescoring shard per shard
 (``shard-NNNNN.rescore.npy``: the same rows as float32, or int8 with the same ranges),
-read through ``np.load(mmap_mode="r")`` only at the candidate rows (:mod:`textcl.search.rescore`).
+read only at the candidate rows (:class:`textcl.search.rescore.RowFile`, ``os.preadv``).
 """
 
 from __future__ import annotations
