@@ -25,7 +25,9 @@ from textcl.export.runtime import ExportedTransformer, load_model
 from textcl.hub import model_folder, quiet_transformers
 from textcl.inference import (
     AUTO,
+    check_compile,
     check_prefetch,
+    compile_transformer,
     encode_sorted,
     length_sorted_batches,
     resolve_max_tokens,
@@ -399,6 +401,20 @@ class SentenceEncoder(nn.Module):
         )
         return order, (make(start, stop) for start, stop in bounds)
 
+    def _compiled(self, model: Any) -> Any:
+        """``model`` (the transformer or its bf16 copy) compiled for :meth:`encode`
+        (:func:`~textcl.inference.compile_transformer`), cached while ``model`` is the same
+        object; an exported model is returned as it is (it runs in its own runtime)."""
+        if isinstance(model, ExportedTransformer):
+            logger.warning("encode(compile=True): an exported model runs as exported")
+            return model
+        cached = self.__dict__.get("_compiled_cache")
+        if cached is not None and cached[0] is model:
+            return cached[1]
+        compiled = compile_transformer(model)
+        self.__dict__["_compiled_cache"] = (model, compiled)
+        return compiled
+
     def _inference_model(self, precision: str) -> Any:
         """The transformer :meth:`encode` runs at ``precision``: the model itself, or a
         cached bf16 (``bf16_inference == "weights"``) / qint8 copy of it.
@@ -498,6 +514,7 @@ class SentenceEncoder(nn.Module):
         show_progress: bool | None = None,
         max_tokens: int | str | None = AUTO,
         prefetch: bool = True,
+        compile: bool = False,
         prompt_name: str | None = None,
         prompt: str | None = None,
         truncate_dim: int | None = None,
@@ -546,6 +563,12 @@ class SentenceEncoder(nn.Module):
                 ``None`` elsewhere (:func:`~textcl.inference.resolve_max_tokens`).
             prefetch: build the next batch in a background thread while the current one
                 runs (same batches, identical embeddings); ``False``: one thread.
+            compile: run the transformer through ``torch.compile`` (inductor, dynamic
+                shapes; :func:`~textcl.inference.compile_transformer`), compiled on the first
+                call and kept for the next ones (fp32 and bf16; not qint8; an exported model
+                runs as exported). Faster per sentence (fused bias, GELU, residual and
+                layer-norm passes), but the first call waits for the compilation: it pays
+                on large inputs (docs/inference.md).
             prompt_name: prepend the prompt of this name (from :attr:`prompts`).
             prompt: prepend this text (wins over ``prompt_name``); default: the prompt named
                 ``default_prompt_name`` if set.
@@ -583,6 +606,7 @@ class SentenceEncoder(nn.Module):
         self.check_max_length(max_length)
         resolve_max_tokens(max_tokens, torch.device("cpu"))  # validates before any work
         check_prefetch(prefetch)
+        check_compile(compile, str(requested))
         if output not in ("numpy", "torch"):
             raise ValueError(f"output must be 'numpy' or 'torch', got {output!r}")
         dim = self.full_embedding_dim
@@ -603,6 +627,8 @@ class SentenceEncoder(nn.Module):
             logger.info("encode precision: %s (requested %s, device %s)", mode, requested, dev)
         self.last_precision = mode
         autocast = precision if model is self.model and precision != "qint8" else "fp32"
+        if compile:
+            model = self._compiled(model)
         norm = self.normalize if normalize is None else normalize
         budget = resolve_max_tokens(max_tokens, dev)
         lengths = max_length or self.effective_max_length

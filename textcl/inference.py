@@ -12,6 +12,11 @@ prompts; :func:`encode_sorted` runs the loop. Two knobs decide the speed on CPU
   background thread while the current one runs through the model. The batches are the same,
   so the embeddings are identical to the serial loop.
 
+A third, opt-in: ``compile=True`` runs the transformer through ``torch.compile`` (inductor,
+dynamic shapes; :func:`compile_transformer`), which fuses the bias adds, GELU, residual adds
+and layer norms the eager model runs as separate passes over memory. It pays from a few
+thousand sentences on (the first batches wait for the compilation; docs/inference.md).
+
 Everything here is plain inference: ``torch.inference_mode``, eval mode (restored after),
 one preallocated ``(N, D)`` float32 result.
 """
@@ -74,6 +79,24 @@ def resolve_max_tokens(max_tokens: object, device: torch.device) -> int | None:
             f"max_tokens must be a positive integer, 'auto' or None, got {max_tokens!r}"
         )
     return max_tokens
+
+
+def check_compile(compile: object, precision: str) -> bool:
+    """``compile`` when it is a bool usable at ``precision``; ``TypeError`` for a non-bool,
+    ``ValueError`` for qint8 (its dynamic-quantized linear layers do not compile)."""
+    if not isinstance(compile, bool):
+        raise TypeError(f"compile must be True or False, got {compile!r}")
+    if compile and precision == "qint8":
+        raise ValueError("compile=True does not apply to precision qint8 (use fp32 or bf16)")
+    return compile
+
+
+def compile_transformer(model: torch.nn.Module) -> Any:
+    """``torch.compile`` of ``model`` for :func:`encode_sorted`: inductor, ``dynamic=True``
+    (one graph for every batch shape; a batch of one sentence, or of one-token sentences,
+    compiles a second one) and no weight freezing, so the compiled model reads the module's
+    current weights (training it afterwards needs no recompilation)."""
+    return torch.compile(model, dynamic=True)
 
 
 def check_prefetch(prefetch: object) -> bool:
