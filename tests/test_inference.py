@@ -109,6 +109,9 @@ def test_resolve_max_tokens() -> None:
         ({"prefetch": "no"}, TypeError, "prefetch must be True or False"),
         ({"prefetch": 1}, TypeError, "prefetch"),
         ({"compile": "yes"}, TypeError, "compile must be True or False"),
+        ({"streams": 0}, ValueError, "streams must be a positive integer or 'auto'"),
+        ({"streams": "two"}, ValueError, "streams"),
+        ({"streams": True}, ValueError, "streams"),
         ({"compile": True, "precision": "qint8"}, ValueError, "compile=True does not apply"),
     ],
 )
@@ -200,3 +203,49 @@ def test_cli_encode_max_tokens_default_auto_and_parsing(
     assert set(seen) == {(None, True)}
     with pytest.raises(SystemExit):
         cli.main([*base, "--output", str(tmp_path / "c"), "--max-tokens", "0"])
+
+
+def test_resolve_streams_and_split_rows() -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert inf.resolve_streams("auto", cpu, 2) == 2
+    assert inf.resolve_streams("auto", cpu, 1) == 1
+    assert inf.resolve_streams("auto", cuda, 8) == 1
+    assert inf.resolve_streams(4, cpu, 2) == 2 and inf.resolve_streams(3, cuda, 8) == 1
+    batch = {"input_ids": torch.arange(10).reshape(5, 2), "attention_mask": torch.ones(5, 2)}
+    parts = inf.split_rows(batch, 2)  # type: ignore[arg-type]
+    assert [p["input_ids"].shape[0] for p in parts] == [2, 3] or [
+        p["input_ids"].shape[0] for p in parts
+    ] == [3, 2]
+    torch.testing.assert_close(torch.cat([p["input_ids"] for p in parts]), batch["input_ids"])
+    assert len(inf.split_rows(batch, 9)) == 5  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls", "prompt"])
+def test_streams_give_the_one_stream_embeddings_and_restore_threads(
+    tiny_model_dir: Path, sentences: list[str], pooling: str
+) -> None:
+    """streams=2 (2 threads of 1 torch thread each, per batch row slices) vs streams=1 (the
+    oracle: the plain loop): same vectors in input order, torch's thread count restored;
+    the stream threads did run the model (spy on the transformer)."""
+    enc = SentenceEncoder.from_pretrained(tiny_model_dir, pooling=pooling)
+    texts = _texts(sentences)
+    where: set[str] = set()
+    hook = enc.model.register_forward_pre_hook(
+        lambda *_: where.add(threading.current_thread().name)
+    )
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        one = enc.encode(texts, batch_size=4, streams=1, precision="fp32")
+        assert torch.get_num_threads() == 2
+        assert not any(n.startswith("textcl-stream") for n in where)
+        two = enc.encode(texts, batch_size=4, streams=2, precision="fp32")
+        auto = enc.encode(texts, batch_size=4, precision="fp32")
+        assert torch.get_num_threads() == 2
+    finally:
+        hook.remove()
+        torch.set_num_threads(before)
+    np.testing.assert_allclose(two, one, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(auto, one, rtol=0, atol=1e-6)
+    streamed = any(n.startswith("textcl-stream") for n in where)
+    assert streamed == (pooling != "prompt")  # prompt pooling runs one stream

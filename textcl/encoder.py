@@ -31,6 +31,7 @@ from textcl.inference import (
     encode_sorted,
     length_sorted_batches,
     resolve_max_tokens,
+    resolve_streams,
 )
 from textcl.io import atomic_dir, atomic_write_text
 from textcl.model_card import CardModel, DenseInfo, render_model_card
@@ -515,6 +516,7 @@ class SentenceEncoder(nn.Module):
         max_tokens: int | str | None = AUTO,
         prefetch: bool = True,
         compile: bool = False,
+        streams: int | str = AUTO,
         prompt_name: str | None = None,
         prompt: str | None = None,
         truncate_dim: int | None = None,
@@ -569,6 +571,12 @@ class SentenceEncoder(nn.Module):
                 runs as exported). Faster per sentence (fused bias, GELU, residual and
                 layer-norm passes), but the first call waits for the compilation: it pays
                 on large inputs (docs/inference.md).
+            streams: on CPU, cut each batch into this many row slices run side by side,
+                each in its own thread with ``threads // streams`` torch threads
+                (``"auto"``, default: 2 from 2 torch threads on; 1: the plain loop). The
+                embeddings are those of one stream. torch's thread count is lowered while
+                encode runs (restored after). ``prompt`` pooling and exported models run
+                one stream (an exported model's runtime has its own streams).
             prompt_name: prepend the prompt of this name (from :attr:`prompts`).
             prompt: prepend this text (wins over ``prompt_name``); default: the prompt named
                 ``default_prompt_name`` if set.
@@ -607,6 +615,7 @@ class SentenceEncoder(nn.Module):
         resolve_max_tokens(max_tokens, torch.device("cpu"))  # validates before any work
         check_prefetch(prefetch)
         check_compile(compile, str(requested))
+        resolve_streams(streams, torch.device("cpu"), 1)  # validates before any work
         if output not in ("numpy", "torch"):
             raise ValueError(f"output must be 'numpy' or 'torch', got {output!r}")
         dim = self.full_embedding_dim
@@ -631,6 +640,9 @@ class SentenceEncoder(nn.Module):
             model = self._compiled(model)
         norm = self.normalize if normalize is None else normalize
         budget = resolve_max_tokens(max_tokens, dev)
+        n_streams = resolve_streams(streams, dev, torch.get_num_threads())
+        if self._prompt is not None or isinstance(self.model, ExportedTransformer):
+            n_streams = 1
         lengths = max_length or self.effective_max_length
         n_batches = (len(items) + batch_size - 1) // batch_size
         show = default_show_progress(n_batches) if show_progress is None else bool(show_progress)
@@ -651,6 +663,7 @@ class SentenceEncoder(nn.Module):
                 autocast=autocast,
                 show_progress=show,
                 prefetch=prefetch,
+                streams=n_streams,
             )
         finally:
             self.train(was_training)
