@@ -333,3 +333,28 @@ def test_hub_snapshot_of_an_export_keeps_its_graph(
     calls.clear()
     hub._hub_snapshot("org/exported")
     assert len(calls) == 2 and calls[1] is None
+
+
+@pytest.mark.parametrize(("fmt", "quant"), CASES)
+def test_runtime_streams_give_the_one_stream_output(
+    exports: dict[Any, Path], fmt: str, quant: str | None
+) -> None:
+    """The runners cut a batch into row slices run side by side (2 streams): the hidden
+    states equal those of one stream (the oracle) for odd, even and one-row batches."""
+    from textcl.export.runtime import onnx_runner, openvino_runner, row_slices
+
+    assert row_slices(5, 2) in ([(0, 2), (2, 5)], [(0, 3), (3, 5)])
+    assert row_slices(1, 2) == [(0, 1)] and row_slices(4, 8) == [(0, 1), (1, 2), (2, 3), (3, 4)]
+    folder = exports[(fmt, quant)]
+    info = read_export_info(folder)
+    make = onnx_runner if fmt == "onnx" else openvino_runner
+    one = make(folder / info.file, n_threads=2, streams=1)
+    two = make(folder / info.file, n_threads=2, streams=2)
+    enc = SentenceEncoder.load(folder)
+    for rows in (7, 4, 1):
+        batch = enc.tokenizer(list(TINY_SENTENCES)[:rows] * 2, padding=True, return_tensors="np")
+        feed = {n: np.asarray(batch[n], dtype=np.int64) for n in info.inputs if n in batch}
+        feed.update({n: np.zeros_like(feed["input_ids"]) for n in info.inputs if n not in feed})
+        a, b = one(feed), two(feed)
+        assert a.shape == b.shape == (*feed["input_ids"].shape, a.shape[-1])
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-5)
