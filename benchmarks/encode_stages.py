@@ -4,7 +4,7 @@ all-MiniLM-L6-v2 over a held-out mix of sentences (by default 3,000: the last 1,
 the shared Wikipedia file and 1,500 STS-B sentences drawn at random, seed 0). In one process:
 
 1. **A/B of the encode settings** (``--variants``), alternating inside each repeat, medians:
-   ``before`` (``max_tokens=None, prefetch=False``: the loop of textcl <= 0.x), token budgets,
+   ``before`` (``max_tokens=None, prefetch=False, streams=1``: the loop of textcl <= 0.x), token budgets, ``streams``, ``compile``,
    ``prefetch``, ``eager`` attention instead of SDPA, ``after`` (``encode``'s defaults). Each
    checks its embeddings against ``before`` (max abs difference).
 2. **The fp32 roof**, measured between the repeats: ``torch.mm`` at the FFN shape
@@ -50,7 +50,7 @@ from benchmarks.common import (
     write_result,
 )
 
-DEFAULT_VARIANTS = "before,prefetch,mt1024,mt2048,mt4096,bs128+mt4096,after,after+eager"
+DEFAULT_VARIANTS = "before,streams1,after,after+mt4096,after+compile,after+streams1+compile"
 """Encode settings compared by default (see :func:`variant_kwargs`)."""
 
 
@@ -58,15 +58,20 @@ def variant_kwargs(name: str) -> dict[str, Any]:
     """``encode`` keywords of a setting name: ``before`` (``max_tokens=None,
     prefetch=False``: the loop before issue 24), ``after`` (encode's defaults), or ``+``-joined
     parts applied to the defaults: ``mtN`` / ``mtnone`` (max_tokens), ``bsN`` (batch size),
-    ``serial`` / ``prefetch``, ``eager`` / ``sdpa`` (attention implementation, key ``attn``)."""
+    ``serial`` / ``prefetch``, ``eager`` / ``sdpa`` (attention implementation, key ``attn``),
+    ``streamsN`` (row slices run side by side), ``compile`` (torch.compile)."""
     kw: dict[str, Any] = {}
     for part in name.split("+"):
         if part == "before":
-            kw.update(max_tokens=None, prefetch=False)
+            kw.update(max_tokens=None, prefetch=False, streams=1)
         elif part == "after":
             pass
         elif part.startswith("mt"):
             kw["max_tokens"] = None if part == "mtnone" else int(part[2:])
+        elif part.startswith("streams"):
+            kw["streams"] = int(part[7:])
+        elif part == "compile":
+            kw["compile"] = True
         elif part.startswith("bs"):
             kw["batch_size"] = int(part[2:])
         elif part in ("serial", "prefetch"):
@@ -227,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         "--variants",
         default=DEFAULT_VARIANTS,
         help="comma-separated settings to compare: before, after, or +-joined parts "
-        f"mtN/mtnone, bsN, serial/prefetch, eager/sdpa (default {DEFAULT_VARIANTS})",
+        f"mtN/mtnone, bsN, serial/prefetch, eager/sdpa, streamsN, compile (default {DEFAULT_VARIANTS})",
     )
     p.add_argument("--no-stages", action="store_true", help="skip the per-stage replay")
     p.add_argument("--stage-repeats", type=int, default=1, help="replays per stage table")
@@ -272,6 +277,13 @@ def main(argv: list[str] | None = None) -> int:
 
     fns = {n: run(n) for n in names}
     enc.encode(texts[:256], precision=args.precision, show_progress=False)  # warm-up
+    compile_s: dict[str, float] = {}
+    for n in names:  # the compiled variants: the first call compiles (timed, reported)
+        if kwargs[n].get("compile"):
+            t0 = time.perf_counter()
+            fns[n]()
+            compile_s[n] = time.perf_counter() - t0
+            print(f"{n}: first call (compilation + one pass) {compile_s[n]:.1f} s", flush=True)
     wall: dict[str, list[float]] = {n: [] for n in names}
     cpu: dict[str, list[float]] = {n: [] for n in names}
     roofs: list[float] = []
@@ -395,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
             "roof_gflops": roofs,
             "roof_gflop_per_cpu_s": cpu_roofs,
             "stages": stage_data,
+            "first_call_s": compile_s,
             "machine": machine_info(),
         },
     )

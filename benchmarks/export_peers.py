@@ -78,6 +78,66 @@ def roofs(tokens: int, hidden: int, ffn: int, repeats: int = 5) -> dict[str, flo
     return {"fp32": fp32, "int8": int8}
 
 
+def runtime_int8_roofs(tokens: int, hidden: int, ffn: int, repeats: int = 7) -> dict[str, float]:
+    """GOP/s of one static int8 MatMul at the feed-forward shape run by each runtime's own
+    int8 kernel: a one-node ONNX graph ``X (tokens x hidden) @ W (hidden x ffn)`` quantized
+    by ONNX Runtime's ``quantize_static`` (QDQ, per-channel int8 weights, uint8 activations:
+    the recipe of textcl's ONNX int8 export), run by ONNX Runtime and compiled by OpenVINO
+    (which runs QDQ graphs on its int8 kernels; the graph's input is named ``input_ids``, the
+    name the runners cut rows by), with 1 stream of all threads and with 2
+    streams (row halves side by side, as the runners do). Missing runtimes are left out."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from textcl.export.runtime import onnx_runner, openvino_runner
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((hidden, ffn)).astype(np.float32) * 0.05
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["input_ids", "w"], ["last_hidden_state"], name="ffn")],
+        "ffn",
+        [helper.make_tensor_value_info("input_ids", TensorProto.FLOAT, ["n", hidden])],
+        [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["n", ffn])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.standard_normal((tokens, hidden)).astype(np.float32)
+    out: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="textcl-roof-") as tmp:
+        fp32, q = Path(tmp) / "ffn.onnx", Path(tmp) / "ffn-int8.onnx"
+        onnx.save(model, str(fp32))
+        try:
+            import onnxruntime.quantization as oq
+
+            class Reader:
+                def __init__(self) -> None:
+                    self.it = iter([{"input_ids": x[:256]}])
+
+                def get_next(self) -> dict[str, np.ndarray] | None:
+                    return next(self.it, None)
+
+            oq.quantize_static(
+                str(fp32), str(q), Reader(), quant_format=oq.QuantFormat.QDQ,
+                per_channel=True, activation_type=oq.QuantType.QUInt8,
+                weight_type=oq.QuantType.QInt8,
+            )  # fmt: skip
+        except ImportError:
+            return out
+        work = 2.0 * tokens * hidden * ffn
+        for name, make in (("onnxruntime", onnx_runner), ("openvino", openvino_runner)):
+            for streams in (1, 2):
+                try:
+                    run = make(q, streams=streams)
+                except Exception as e:  # a runtime missing: report and go on
+                    print(f"int8 roof {name}: {type(e).__name__}: {e}")
+                    break
+                run({"input_ids": x})  # the runners cut rows of "input_ids" (here: floats)
+                out[f"{name} int8 matmul, {streams} stream(s)"] = (
+                    work / _median_rate(lambda run=run: run({"input_ids": x}), repeats) / 1e9
+                )
+    return out
+
+
 def work_gflop(tokenizer: Any, sentences: list[str], config: Any, max_length: int) -> float:
     """GFLOP of encoding ``sentences``: 2 x non-embedding parameters per real token plus
     attention (QK^T and attention x V: 4 x length x hidden per token and layer)."""
