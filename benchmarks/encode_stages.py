@@ -159,12 +159,29 @@ def profile_forward(encoder: Any, batches: list[Any], inner: int) -> dict[str, f
 
 
 def replay_stages(
-    encoder: Any, texts: list[str], batch_size: int, max_tokens: int | None, repeats: int
+    encoder: Any,
+    texts: list[str],
+    batch_size: int,
+    max_tokens: int | None,
+    repeats: int,
+    streams: int = 1,
 ) -> tuple[dict[str, float], list[Any], dict[str, int]]:
     """The encode loop with a timer per stage (medians over ``repeats``); also the padded
-    batches (for the profiler) and token counts."""
-    from textcl.inference import length_sorted_batches
+    batches (for the profiler) and token counts. ``streams > 1``: each forward pass runs as
+    that many row slices side by side, one torch thread each (as ``encode`` does)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from textcl.inference import length_sorted_batches, split_rows
     from textcl.tokens import batch_bounds, token_ids
+
+    def forward(b: Any) -> Any:
+        with torch.inference_mode():
+            return encoder.model(
+                input_ids=b["input_ids"], attention_mask=b["attention_mask"]
+            ).last_hidden_state
+
+    stream_pool = ThreadPoolExecutor(max_workers=streams)
+    threads = torch.get_num_threads()
 
     tok, max_len = encoder.tokenizer, encoder.effective_max_length
     runs: dict[str, list[float]] = {}
@@ -186,13 +203,18 @@ def replay_stages(
         result = torch.empty((len(texts), encoder.embedding_dim))
         order_t = torch.tensor(order)
         fwd = pool = copy = 0.0
+        if streams > 1:
+            torch.set_num_threads(max(1, threads // streams))
         with torch.inference_mode():
             done = 0
             for b in batches:
                 t0 = time.perf_counter()
-                out = encoder.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
+                if streams > 1:
+                    hidden = torch.cat(list(stream_pool.map(forward, split_rows(b, streams))))
+                else:
+                    hidden = forward(b)
                 t1 = time.perf_counter()
-                emb = encoder.pooling(out.last_hidden_state, b["attention_mask"], None)
+                emb = encoder.pooling(hidden, b["attention_mask"], None)
                 emb = torch.nn.functional.normalize(emb, p=2, dim=-1)
                 t2 = time.perf_counter()
                 n = emb.shape[0]
@@ -200,6 +222,7 @@ def replay_stages(
                 done += n
                 t3 = time.perf_counter()
                 fwd, pool, copy = fwd + t1 - t0, pool + t2 - t1, copy + t3 - t2
+        torch.set_num_threads(threads)
         t["forward pass"] = fwd
         t["pooling and normalisation"] = pool
         t["copy into the result"] = copy
@@ -213,6 +236,7 @@ def replay_stages(
             "padded": sum(int(b["input_ids"].numel()) for b in batches),
             "batches": len(batches),
         }
+    stream_pool.shutdown()
     return {k: statistics.median(v) for k, v in runs.items()}, batches, counts
 
 
@@ -243,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     kwargs = {n: variant_kwargs(n) for n in names}
 
     from textcl import SentenceEncoder
-    from textcl.inference import CPU_MAX_TOKENS
+    from textcl.inference import CPU_MAX_TOKENS, resolve_streams
 
     set_threads(args.threads)
     texts = held_out_sentences(args.sentences, args.data)
@@ -341,9 +365,13 @@ def main(argv: list[str] | None = None) -> int:
     stage_data: dict[str, Any] = {}
     if not args.no_stages:
         stage_rows: dict[str, dict[str, float]] = {}
-        for label, budget in (("before", None), ("after", CPU_MAX_TOKENS)):
+        after_streams = resolve_streams("auto", torch.device("cpu"), torch.get_num_threads())
+        for label, budget, streams in (
+            ("before", None, 1),
+            ("after", CPU_MAX_TOKENS, after_streams),
+        ):
             stages, batches, counts = replay_stages(
-                enc, texts, args.batch_size, budget, max(1, args.stage_repeats)
+                enc, texts, args.batch_size, budget, max(1, args.stage_repeats), streams
             )
             fams = profile_forward(enc, batches, inner)
             fwd = stages.pop("forward pass")
