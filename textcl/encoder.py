@@ -25,9 +25,8 @@ from textcl.export.runtime import ExportedTransformer, load_model
 from textcl.hub import model_folder, quiet_transformers
 from textcl.inference import (
     AUTO,
-    check_compile,
-    check_prefetch,
-    compile_transformer,
+    check_loop_options,
+    compiled_model,
     encode_sorted,
     length_sorted_batches,
     resolve_max_tokens,
@@ -402,20 +401,6 @@ class SentenceEncoder(nn.Module):
         )
         return order, (make(start, stop) for start, stop in bounds)
 
-    def _compiled(self, model: Any) -> Any:
-        """``model`` (the transformer or its bf16 copy) compiled for :meth:`encode`
-        (:func:`~textcl.inference.compile_transformer`), cached while ``model`` is the same
-        object; an exported model is returned as it is (it runs in its own runtime)."""
-        if isinstance(model, ExportedTransformer):
-            logger.warning("encode(compile=True): an exported model runs as exported")
-            return model
-        cached = self.__dict__.get("_compiled_cache")
-        if cached is not None and cached[0] is model:
-            return cached[1]
-        compiled = compile_transformer(model)
-        self.__dict__["_compiled_cache"] = (model, compiled)
-        return compiled
-
     def _inference_model(self, precision: str) -> Any:
         """The transformer :meth:`encode` runs at ``precision``: the model itself, or a
         cached bf16 (``bf16_inference == "weights"``) / qint8 copy of it.
@@ -565,18 +550,8 @@ class SentenceEncoder(nn.Module):
                 ``None`` elsewhere (:func:`~textcl.inference.resolve_max_tokens`).
             prefetch: build the next batch in a background thread while the current one
                 runs (same batches, identical embeddings); ``False``: one thread.
-            compile: run the transformer through ``torch.compile`` (inductor, dynamic
-                shapes; :func:`~textcl.inference.compile_transformer`), compiled on the first
-                call and kept for the next ones (fp32 and bf16; not qint8; an exported model
-                runs as exported). Faster per sentence (fused bias, GELU, residual and
-                layer-norm passes), but the first call waits for the compilation: it pays
-                on large inputs (docs/inference.md).
-            streams: on CPU, cut each batch into this many row slices run side by side,
-                each in its own thread with ``threads // streams`` torch threads
-                (``"auto"``, default: 2 from 2 torch threads on; 1: the plain loop). The
-                embeddings are those of one stream. torch's thread count is lowered while
-                encode runs (restored after). ``prompt`` pooling and exported models run
-                one stream (an exported model's runtime has its own streams).
+            compile / streams: ``torch.compile`` the transformer; CPU row slices per batch
+                side by side (same embeddings): :mod:`textcl.inference`, docs/inference.md.
             prompt_name: prepend the prompt of this name (from :attr:`prompts`).
             prompt: prepend this text (wins over ``prompt_name``); default: the prompt named
                 ``default_prompt_name`` if set.
@@ -612,10 +587,7 @@ class SentenceEncoder(nn.Module):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.check_max_length(max_length)
-        resolve_max_tokens(max_tokens, torch.device("cpu"))  # validates before any work
-        check_prefetch(prefetch)
-        check_compile(compile, str(requested))
-        resolve_streams(streams, torch.device("cpu"), 1)  # validates before any work
+        check_loop_options(max_tokens, prefetch, compile, streams, str(requested))
         if output not in ("numpy", "torch"):
             raise ValueError(f"output must be 'numpy' or 'torch', got {output!r}")
         dim = self.full_embedding_dim
@@ -636,13 +608,12 @@ class SentenceEncoder(nn.Module):
             logger.info("encode precision: %s (requested %s, device %s)", mode, requested, dev)
         self.last_precision = mode
         autocast = precision if model is self.model and precision != "qint8" else "fp32"
-        if compile:
-            model = self._compiled(model)
+        if compile and not isinstance(model, ExportedTransformer):  # that runs as exported
+            model = compiled_model(self.__dict__, model)
         norm = self.normalize if normalize is None else normalize
         budget = resolve_max_tokens(max_tokens, dev)
-        n_streams = resolve_streams(streams, dev, torch.get_num_threads())
-        if self._prompt is not None or isinstance(self.model, ExportedTransformer):
-            n_streams = 1
+        exported = isinstance(self.model, ExportedTransformer)  # its runtime has streams
+        n_streams = 1 if exported else resolve_streams(streams, dev, torch.get_num_threads())
         lengths = max_length or self.effective_max_length
         n_batches = (len(items) + batch_size - 1) // batch_size
         show = default_show_progress(n_batches) if show_progress is None else bool(show_progress)

@@ -130,6 +130,31 @@ def compile_transformer(model: torch.nn.Module) -> Any:
     return torch.compile(model, dynamic=True)
 
 
+def compiled_model(cache: dict[str, Any], model: torch.nn.Module) -> Any:
+    """``model`` compiled by :func:`compile_transformer`, kept in ``cache`` (the encoder's
+    ``__dict__``: not a submodule, not saved) while ``model`` is the same object (the
+    transformer, or its bf16 copy until that is rebuilt). ``encode(compile=True)``; not
+    for qint8 (:func:`check_compile`)."""
+    cached = cache.get("_compiled_cache")
+    if cached is not None and cached[0] is model:
+        return cached[1]
+    compiled = compile_transformer(model)
+    cache["_compiled_cache"] = (model, compiled)
+    return compiled
+
+
+def check_loop_options(
+    max_tokens: object, prefetch: object, compile: object, streams: object, precision: str
+) -> None:
+    """Validate ``encode``'s loop options before any work (the errors of
+    :func:`resolve_max_tokens`, :func:`check_prefetch`, :func:`check_compile`,
+    :func:`resolve_streams`)."""
+    resolve_max_tokens(max_tokens, torch.device("cpu"))
+    check_prefetch(prefetch)
+    check_compile(compile, precision)
+    resolve_streams(streams, torch.device("cpu"), 1)
+
+
 def check_prefetch(prefetch: object) -> bool:
     """``prefetch`` when it is a bool, else ``TypeError`` (``"no"`` would read as true)."""
     if not isinstance(prefetch, bool):
@@ -202,11 +227,12 @@ def encode_sorted(
     """Embed ``items`` with ``model`` (the encoder's transformer or its bf16/qint8 copy):
     ``(N, dim)`` float32 on CPU, in input order. The caller has validated every argument,
     put the encoder in eval mode and resolved ``max_tokens`` (an integer or None) and
-    ``streams`` (:func:`resolve_streams`; more than 1 only on CPU, not for ``prompt``
-    pooling)."""
+    ``streams`` (:func:`resolve_streams`; ``prompt`` pooling runs one)."""
     order, bounds, make = length_sorted_batches(encoder, items, batch_size, max_length, max_tokens)
     result = torch.empty((len(items), dim), dtype=torch.float32)
     order_t = torch.tensor(order, dtype=torch.long)
+    if encoder._prompt is not None:  # prompt pooling's batches carry the template: 1 stream
+        streams = 1
 
     def embed(batch: TokenBatch) -> Tensor:
         # inference mode and autocast are per thread: entered again in each stream
