@@ -212,7 +212,34 @@ def test_refusals(
     assert (busy / "notes.txt").read_text() == "mine"
     with pytest.raises(InputError, match="output"):
         export_model(model, model / "inside", "onnx")
+    with pytest.raises(InputError, match="not a regular expression"):
+        export_model(
+            model, tmp_path / "a", "onnx", quantize="int8", calibration=source[1], keep_float="("
+        )
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_int8_keep_float_defaults_per_format(exports: dict[Any, Path]) -> None:
+    """ONNX int8 keeps the FFN output projections and the first three layers' FFN input
+    projections float; the count of int8 MatMuls is the oracle's (the node names of the
+    fp32 graph filtered by the default); OpenVINO's default is the FFN outputs only."""
+    import re
+
+    from textcl.export.exporter import KEEP_FLOAT_DEFAULTS, SMOOTH_ALPHA_DEFAULT
+    from textcl.export.onnx import weight_matmuls
+
+    assert SMOOTH_ALPHA_DEFAULT == 0.8
+    assert KEEP_FLOAT_DEFAULTS["openvino"] == r"(^|/)layer\.\d+/output/dense/"
+    weights, _ = weight_matmuls(exports[("onnx", None)] / "onnx" / "model.onnx")
+    kept = [n for n in weights if re.search(KEEP_FLOAT_DEFAULTS["onnx"], n)]
+    assert any("/intermediate/dense/" in n for n in kept)  # the new default reaches them
+    assert any("/output/dense/" in n and "attention" not in n for n in kept)
+    info = read_export_info(exports[("onnx", "int8")])
+    assert info.quantization is not None
+    assert info.quantization["quantized"].startswith(f"{len(weights) - len(kept)} MatMuls")
+    assert "alpha 0.8" in info.quantization["smoothquant"]
+    ov = read_export_info(exports[("openvino", "int8")]).quantization
+    assert ov is not None and repr(KEEP_FLOAT_DEFAULTS["openvino"]) in ov["kept_float"]
 
 
 def test_cli_export_overwrite_and_encode(source: tuple[Path, Path], tmp_path: Path) -> None:
