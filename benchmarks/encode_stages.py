@@ -4,7 +4,7 @@ all-MiniLM-L6-v2 over a held-out mix of sentences (by default 3,000: the last 1,
 the shared Wikipedia file and 1,500 STS-B sentences drawn at random, seed 0). In one process:
 
 1. **A/B of the encode settings** (``--variants``), alternating inside each repeat, medians:
-   ``before`` (``max_tokens=None, prefetch=False``: the loop of textcl <= 0.x), token budgets,
+   ``before`` (``max_tokens=None, prefetch=False, streams=1``: the loop of textcl <= 0.x), token budgets, ``streams``, ``compile``,
    ``prefetch``, ``eager`` attention instead of SDPA, ``after`` (``encode``'s defaults). Each
    checks its embeddings against ``before`` (max abs difference).
 2. **The fp32 roof**, measured between the repeats: ``torch.mm`` at the FFN shape
@@ -50,7 +50,7 @@ from benchmarks.common import (
     write_result,
 )
 
-DEFAULT_VARIANTS = "before,prefetch,mt1024,mt2048,mt4096,bs128+mt4096,after,after+eager"
+DEFAULT_VARIANTS = "before,streams1,after,after+mt4096,after+compile,after+streams1+compile"
 """Encode settings compared by default (see :func:`variant_kwargs`)."""
 
 
@@ -58,15 +58,20 @@ def variant_kwargs(name: str) -> dict[str, Any]:
     """``encode`` keywords of a setting name: ``before`` (``max_tokens=None,
     prefetch=False``: the loop before issue 24), ``after`` (encode's defaults), or ``+``-joined
     parts applied to the defaults: ``mtN`` / ``mtnone`` (max_tokens), ``bsN`` (batch size),
-    ``serial`` / ``prefetch``, ``eager`` / ``sdpa`` (attention implementation, key ``attn``)."""
+    ``serial`` / ``prefetch``, ``eager`` / ``sdpa`` (attention implementation, key ``attn``),
+    ``streamsN`` (row slices run side by side), ``compile`` (torch.compile)."""
     kw: dict[str, Any] = {}
     for part in name.split("+"):
         if part == "before":
-            kw.update(max_tokens=None, prefetch=False)
+            kw.update(max_tokens=None, prefetch=False, streams=1)
         elif part == "after":
             pass
         elif part.startswith("mt"):
             kw["max_tokens"] = None if part == "mtnone" else int(part[2:])
+        elif part.startswith("streams"):
+            kw["streams"] = int(part[7:])
+        elif part == "compile":
+            kw["compile"] = True
         elif part.startswith("bs"):
             kw["batch_size"] = int(part[2:])
         elif part in ("serial", "prefetch"):
@@ -154,12 +159,29 @@ def profile_forward(encoder: Any, batches: list[Any], inner: int) -> dict[str, f
 
 
 def replay_stages(
-    encoder: Any, texts: list[str], batch_size: int, max_tokens: int | None, repeats: int
+    encoder: Any,
+    texts: list[str],
+    batch_size: int,
+    max_tokens: int | None,
+    repeats: int,
+    streams: int = 1,
 ) -> tuple[dict[str, float], list[Any], dict[str, int]]:
     """The encode loop with a timer per stage (medians over ``repeats``); also the padded
-    batches (for the profiler) and token counts."""
-    from textcl.inference import length_sorted_batches
+    batches (for the profiler) and token counts. ``streams > 1``: each forward pass runs as
+    that many row slices side by side, one torch thread each (as ``encode`` does)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from textcl.inference import length_sorted_batches, split_rows
     from textcl.tokens import batch_bounds, token_ids
+
+    def forward(b: Any) -> Any:
+        with torch.inference_mode():
+            return encoder.model(
+                input_ids=b["input_ids"], attention_mask=b["attention_mask"]
+            ).last_hidden_state
+
+    stream_pool = ThreadPoolExecutor(max_workers=streams)
+    threads = torch.get_num_threads()
 
     tok, max_len = encoder.tokenizer, encoder.effective_max_length
     runs: dict[str, list[float]] = {}
@@ -181,13 +203,18 @@ def replay_stages(
         result = torch.empty((len(texts), encoder.embedding_dim))
         order_t = torch.tensor(order)
         fwd = pool = copy = 0.0
+        if streams > 1:
+            torch.set_num_threads(max(1, threads // streams))
         with torch.inference_mode():
             done = 0
             for b in batches:
                 t0 = time.perf_counter()
-                out = encoder.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
+                if streams > 1:
+                    hidden = torch.cat(list(stream_pool.map(forward, split_rows(b, streams))))
+                else:
+                    hidden = forward(b)
                 t1 = time.perf_counter()
-                emb = encoder.pooling(out.last_hidden_state, b["attention_mask"], None)
+                emb = encoder.pooling(hidden, b["attention_mask"], None)
                 emb = torch.nn.functional.normalize(emb, p=2, dim=-1)
                 t2 = time.perf_counter()
                 n = emb.shape[0]
@@ -195,6 +222,7 @@ def replay_stages(
                 done += n
                 t3 = time.perf_counter()
                 fwd, pool, copy = fwd + t1 - t0, pool + t2 - t1, copy + t3 - t2
+        torch.set_num_threads(threads)
         t["forward pass"] = fwd
         t["pooling and normalisation"] = pool
         t["copy into the result"] = copy
@@ -208,6 +236,7 @@ def replay_stages(
             "padded": sum(int(b["input_ids"].numel()) for b in batches),
             "batches": len(batches),
         }
+    stream_pool.shutdown()
     return {k: statistics.median(v) for k, v in runs.items()}, batches, counts
 
 
@@ -227,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         "--variants",
         default=DEFAULT_VARIANTS,
         help="comma-separated settings to compare: before, after, or +-joined parts "
-        f"mtN/mtnone, bsN, serial/prefetch, eager/sdpa (default {DEFAULT_VARIANTS})",
+        f"mtN/mtnone, bsN, serial/prefetch, eager/sdpa, streamsN, compile (default {DEFAULT_VARIANTS})",
     )
     p.add_argument("--no-stages", action="store_true", help="skip the per-stage replay")
     p.add_argument("--stage-repeats", type=int, default=1, help="replays per stage table")
@@ -238,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     kwargs = {n: variant_kwargs(n) for n in names}
 
     from textcl import SentenceEncoder
-    from textcl.inference import CPU_MAX_TOKENS
+    from textcl.inference import CPU_MAX_TOKENS, resolve_streams
 
     set_threads(args.threads)
     texts = held_out_sentences(args.sentences, args.data)
@@ -272,6 +301,13 @@ def main(argv: list[str] | None = None) -> int:
 
     fns = {n: run(n) for n in names}
     enc.encode(texts[:256], precision=args.precision, show_progress=False)  # warm-up
+    compile_s: dict[str, float] = {}
+    for n in names:  # the compiled variants: the first call compiles (timed, reported)
+        if kwargs[n].get("compile"):
+            t0 = time.perf_counter()
+            fns[n]()
+            compile_s[n] = time.perf_counter() - t0
+            print(f"{n}: first call (compilation + one pass) {compile_s[n]:.1f} s", flush=True)
     wall: dict[str, list[float]] = {n: [] for n in names}
     cpu: dict[str, list[float]] = {n: [] for n in names}
     roofs: list[float] = []
@@ -329,9 +365,13 @@ def main(argv: list[str] | None = None) -> int:
     stage_data: dict[str, Any] = {}
     if not args.no_stages:
         stage_rows: dict[str, dict[str, float]] = {}
-        for label, budget in (("before", None), ("after", CPU_MAX_TOKENS)):
+        after_streams = resolve_streams("auto", torch.device("cpu"), torch.get_num_threads())
+        for label, budget, streams in (
+            ("before", None, 1),
+            ("after", CPU_MAX_TOKENS, after_streams),
+        ):
             stages, batches, counts = replay_stages(
-                enc, texts, args.batch_size, budget, max(1, args.stage_repeats)
+                enc, texts, args.batch_size, budget, max(1, args.stage_repeats), streams
             )
             fams = profile_forward(enc, batches, inner)
             fwd = stages.pop("forward pass")
@@ -395,6 +435,7 @@ def main(argv: list[str] | None = None) -> int:
             "roof_gflops": roofs,
             "roof_gflop_per_cpu_s": cpu_roofs,
             "stages": stage_data,
+            "first_call_s": compile_s,
             "machine": machine_info(),
         },
     )

@@ -108,6 +108,11 @@ def test_resolve_max_tokens() -> None:
         ({"max_tokens": 2.5}, ValueError, "max_tokens"),
         ({"prefetch": "no"}, TypeError, "prefetch must be True or False"),
         ({"prefetch": 1}, TypeError, "prefetch"),
+        ({"compile": "yes"}, TypeError, "compile must be True or False"),
+        ({"streams": 0}, ValueError, "streams must be a positive integer or 'auto'"),
+        ({"streams": "two"}, ValueError, "streams"),
+        ({"streams": True}, ValueError, "streams"),
+        ({"compile": True, "precision": "qint8"}, ValueError, "compile=True does not apply"),
     ],
 )
 def test_bad_options_are_refused_before_any_work(
@@ -135,3 +140,112 @@ def test_minilm_prefetch_identical_and_default_within_1e6(minilm_dir: Path, sts_
     after = enc.encode(texts, precision="fp32")
     np.testing.assert_array_equal(after, serial)
     assert float(np.abs(after - before).max()) <= 1e-6
+
+
+@pytest.mark.slow
+def test_compile_matches_eager_and_is_cached(
+    tiny_model_dir: Path, sentences: list[str], one_thread: None
+) -> None:
+    """encode(compile=True): the inductor-compiled transformer gives the eager embeddings
+    (oracle: the same encoder without compile), in input order, for every batch shape (one
+    dynamic graph); the compiled model is made once and reused; a weight change reaches it
+    (no frozen weights)."""
+    torch._dynamo.reset()
+    enc = SentenceEncoder.from_pretrained(tiny_model_dir)
+    texts = _texts(sentences)
+    eager = enc.encode(texts, batch_size=3, precision="fp32")
+    compiled = enc.encode(texts, batch_size=3, precision="fp32", compile=True)
+    np.testing.assert_allclose(compiled, eager, rtol=0, atol=1e-5)
+    first = enc.__dict__["_compiled_cache"][1]
+    again = enc.encode(texts[::-1], batch_size=5, precision="fp32", compile=True)
+    assert enc.__dict__["_compiled_cache"][1] is first
+    np.testing.assert_allclose(again, eager[::-1], rtol=0, atol=1e-5)
+    with torch.no_grad():  # negative control: new weights, new embeddings, no stale graph
+        enc.model.get_input_embeddings().weight.mul_(-1.0)
+    moved = enc.encode(texts, batch_size=3, precision="fp32")
+    assert float(np.abs(moved - eager).max()) > 1e-3
+    np.testing.assert_allclose(
+        enc.encode(texts, batch_size=3, precision="fp32", compile=True), moved, rtol=0, atol=1e-5
+    )
+
+
+def test_cli_encode_max_tokens_default_auto_and_parsing(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``textcl encode`` encodes with ``max_tokens="auto"`` unless told (the encode loop's
+    fast path), takes ``--max-tokens N|auto|none`` and ``--compile``, refuses other values."""
+    from textcl import cli
+    from textcl.commands.encode import max_tokens_arg
+    from textcl.search.encode import EncodeOptions
+
+    assert EncodeOptions().max_tokens == "auto"
+    assert [max_tokens_arg(v) for v in ("auto", "None", " 512")] == ["auto", None, 512]
+    for bad in ("0", "-3", "big", "2.5"):
+        with pytest.raises(Exception, match="positive integer, auto or none"):
+            max_tokens_arg(bad)
+    seen: list[tuple[object, object]] = []
+    real = SentenceEncoder.encode
+
+    def spy(self: SentenceEncoder, texts: object, **kw: object) -> object:
+        if list(texts)[:1] == ["a cat"]:  # type: ignore[call-overload]  # the corpus, not a probe
+            seen.append((kw.get("max_tokens"), kw.get("compile")))
+        return real(self, texts, **{k: v for k, v in kw.items() if k != "compile"})  # type: ignore[arg-type]
+
+    monkeypatch.setattr(SentenceEncoder, "encode", spy)
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("a cat\na dog sat\nthe end\n", encoding="utf-8")
+    base = ["encode", "--model", str(tiny_model_dir), "--input", str(corpus), "--no-progress"]
+    assert cli.main([*base, "--output", str(tmp_path / "a")]) == 0
+    assert seen and set(seen) == {("auto", False)}
+    seen.clear()
+    argv = [*base, "--output", str(tmp_path / "b"), "--max-tokens", "none", "--compile"]
+    assert cli.main(argv) == 0
+    assert set(seen) == {(None, True)}
+    with pytest.raises(SystemExit):
+        cli.main([*base, "--output", str(tmp_path / "c"), "--max-tokens", "0"])
+
+
+def test_resolve_streams_and_split_rows() -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert inf.resolve_streams("auto", cpu, 2) == 2
+    assert inf.resolve_streams("auto", cpu, 1) == 1
+    assert inf.resolve_streams("auto", cuda, 8) == 1
+    assert inf.resolve_streams(4, cpu, 2) == 2 and inf.resolve_streams(3, cuda, 8) == 1
+    batch = {"input_ids": torch.arange(10).reshape(5, 2), "attention_mask": torch.ones(5, 2)}
+    parts = inf.split_rows(batch, 2)  # type: ignore[arg-type]
+    assert [p["input_ids"].shape[0] for p in parts] == [2, 3] or [
+        p["input_ids"].shape[0] for p in parts
+    ] == [3, 2]
+    torch.testing.assert_close(torch.cat([p["input_ids"] for p in parts]), batch["input_ids"])
+    assert len(inf.split_rows(batch, 9)) == 5  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls", "prompt"])
+def test_streams_give_the_one_stream_embeddings_and_restore_threads(
+    tiny_model_dir: Path, sentences: list[str], pooling: str
+) -> None:
+    """streams=2 (2 threads of 1 torch thread each, per batch row slices) vs streams=1 (the
+    oracle: the plain loop): same vectors in input order, torch's thread count restored;
+    the stream threads did run the model (spy on the transformer)."""
+    enc = SentenceEncoder.from_pretrained(tiny_model_dir, pooling=pooling)
+    texts = _texts(sentences)
+    where: set[str] = set()
+    hook = enc.model.register_forward_pre_hook(
+        lambda *_: where.add(threading.current_thread().name)
+    )
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        one = enc.encode(texts, batch_size=4, streams=1, precision="fp32")
+        assert torch.get_num_threads() == 2
+        assert not any(n.startswith("textcl-stream") for n in where)
+        two = enc.encode(texts, batch_size=4, streams=2, precision="fp32")
+        auto = enc.encode(texts, batch_size=4, precision="fp32")
+        assert torch.get_num_threads() == 2
+    finally:
+        hook.remove()
+        torch.set_num_threads(before)
+    np.testing.assert_allclose(two, one, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(auto, one, rtol=0, atol=1e-6)
+    streamed = any(n.startswith("textcl-stream") for n in where)
+    assert streamed == (pooling != "prompt")  # prompt pooling runs one stream

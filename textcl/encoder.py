@@ -25,10 +25,12 @@ from textcl.export.runtime import ExportedTransformer, load_model
 from textcl.hub import model_folder, quiet_transformers
 from textcl.inference import (
     AUTO,
-    check_prefetch,
+    check_loop_options,
+    compiled_model,
     encode_sorted,
     length_sorted_batches,
     resolve_max_tokens,
+    resolve_streams,
 )
 from textcl.io import atomic_dir, atomic_write_text
 from textcl.model_card import CardModel, DenseInfo, render_model_card
@@ -498,6 +500,8 @@ class SentenceEncoder(nn.Module):
         show_progress: bool | None = None,
         max_tokens: int | str | None = AUTO,
         prefetch: bool = True,
+        compile: bool = False,
+        streams: int | str = AUTO,
         prompt_name: str | None = None,
         prompt: str | None = None,
         truncate_dim: int | None = None,
@@ -546,6 +550,8 @@ class SentenceEncoder(nn.Module):
                 ``None`` elsewhere (:func:`~textcl.inference.resolve_max_tokens`).
             prefetch: build the next batch in a background thread while the current one
                 runs (same batches, identical embeddings); ``False``: one thread.
+            compile / streams: ``torch.compile`` the transformer; CPU row slices per batch
+                side by side (same embeddings): :mod:`textcl.inference`, docs/inference.md.
             prompt_name: prepend the prompt of this name (from :attr:`prompts`).
             prompt: prepend this text (wins over ``prompt_name``); default: the prompt named
                 ``default_prompt_name`` if set.
@@ -581,8 +587,7 @@ class SentenceEncoder(nn.Module):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.check_max_length(max_length)
-        resolve_max_tokens(max_tokens, torch.device("cpu"))  # validates before any work
-        check_prefetch(prefetch)
+        check_loop_options(max_tokens, prefetch, compile, streams, str(requested))
         if output not in ("numpy", "torch"):
             raise ValueError(f"output must be 'numpy' or 'torch', got {output!r}")
         dim = self.full_embedding_dim
@@ -603,8 +608,12 @@ class SentenceEncoder(nn.Module):
             logger.info("encode precision: %s (requested %s, device %s)", mode, requested, dev)
         self.last_precision = mode
         autocast = precision if model is self.model and precision != "qint8" else "fp32"
+        if compile and not isinstance(model, ExportedTransformer):  # that runs as exported
+            model = compiled_model(self.__dict__, model)
         norm = self.normalize if normalize is None else normalize
         budget = resolve_max_tokens(max_tokens, dev)
+        exported = isinstance(self.model, ExportedTransformer)  # its runtime has streams
+        n_streams = 1 if exported else resolve_streams(streams, dev, torch.get_num_threads())
         lengths = max_length or self.effective_max_length
         n_batches = (len(items) + batch_size - 1) // batch_size
         show = default_show_progress(n_batches) if show_progress is None else bool(show_progress)
@@ -625,6 +634,7 @@ class SentenceEncoder(nn.Module):
                 autocast=autocast,
                 show_progress=show,
                 prefetch=prefetch,
+                streams=n_streams,
             )
         finally:
             self.train(was_training)

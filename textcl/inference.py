@@ -12,12 +12,25 @@ prompts; :func:`encode_sorted` runs the loop. Two knobs decide the speed on CPU
   background thread while the current one runs through the model. The batches are the same,
   so the embeddings are identical to the serial loop.
 
+- ``streams``: on CPU, each batch is cut into ``streams`` row slices that run at the same
+  time in their own threads, each with ``threads // streams`` torch threads
+  (:func:`resolve_streams`; ``"auto"``: 2 streams of ``threads // 2`` threads once torch has
+  2 or more threads). Each small operation (layer norm, GELU, the adds, a 1,024-token
+  matmul) then runs on one core without the barrier of a 2-thread OpenMP region; rows are
+  independent in the encoder, so the embeddings are the one-stream loop's.
+
+A third, opt-in: ``compile=True`` runs the transformer through ``torch.compile`` (inductor,
+dynamic shapes; :func:`compile_transformer`), which fuses the bias adds, GELU, residual adds
+and layer norms the eager model runs as separate passes over memory. It pays from a few
+thousand sentences on (the first batches wait for the compilation; docs/inference.md).
+
 Everything here is plain inference: ``torch.inference_mode``, eval mode (restored after),
 one preallocated ``(N, D)`` float32 result.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
@@ -74,6 +87,72 @@ def resolve_max_tokens(max_tokens: object, device: torch.device) -> int | None:
             f"max_tokens must be a positive integer, 'auto' or None, got {max_tokens!r}"
         )
     return max_tokens
+
+
+def resolve_streams(streams: object, device: torch.device, threads: int) -> int:
+    """Row slices per batch run side by side (see the module doc): ``"auto"``: 2 on a CPU
+    with ``threads >= 2`` torch threads, else 1; a positive integer (at most ``threads``
+    on CPU; 1 on other devices, whatever asked). Anything else: ``ValueError``."""
+    if streams == AUTO and isinstance(streams, str):
+        return 2 if device.type == "cpu" and threads >= 2 else 1
+    if isinstance(streams, bool) or not isinstance(streams, int) or streams < 1:
+        raise ValueError(f"streams must be a positive integer or 'auto', got {streams!r}")
+    return max(1, min(streams, threads)) if device.type == "cpu" else 1
+
+
+def split_rows(batch: TokenBatch, parts: int) -> list[TokenBatch]:
+    """``batch`` cut into at most ``parts`` contiguous row slices of near-equal size (views;
+    every entry of a batch has the sentences on its first axis)."""
+    n = int(batch["input_ids"].shape[0])
+    k = max(1, min(parts, n))
+    cuts = [round(i * n / k) for i in range(k + 1)]
+    return [
+        as_token_batch({key: v[a:b] for key, v in batch_tensors(batch).items()})
+        for a, b in itertools.pairwise(cuts)
+    ]
+
+
+def check_compile(compile: object, precision: str) -> bool:
+    """``compile`` when it is a bool usable at ``precision``; ``TypeError`` for a non-bool,
+    ``ValueError`` for qint8 (its dynamic-quantized linear layers do not compile)."""
+    if not isinstance(compile, bool):
+        raise TypeError(f"compile must be True or False, got {compile!r}")
+    if compile and precision == "qint8":
+        raise ValueError("compile=True does not apply to precision qint8 (use fp32 or bf16)")
+    return compile
+
+
+def compile_transformer(model: torch.nn.Module) -> Any:
+    """``torch.compile`` of ``model`` for :func:`encode_sorted`: inductor, ``dynamic=True``
+    (one graph for every batch shape; a batch of one sentence, or of one-token sentences,
+    compiles a second one) and no weight freezing, so the compiled model reads the module's
+    current weights (training it afterwards needs no recompilation)."""
+    return torch.compile(model, dynamic=True)
+
+
+def compiled_model(cache: dict[str, Any], model: torch.nn.Module) -> Any:
+    """``model`` compiled by :func:`compile_transformer`, kept in ``cache`` (the encoder's
+    ``__dict__``: not a submodule, not saved) while ``model`` is the same object (the
+    transformer, or its bf16 copy until that is rebuilt). ``encode(compile=True)``; not
+    for qint8 (:func:`check_compile`)."""
+    cached = cache.get("_compiled_cache")
+    if cached is not None and cached[0] is model:
+        return cached[1]
+    compiled = compile_transformer(model)
+    cache["_compiled_cache"] = (model, compiled)
+    return compiled
+
+
+def check_loop_options(
+    max_tokens: object, prefetch: object, compile: object, streams: object, precision: str
+) -> None:
+    """Validate ``encode``'s loop options before any work (the errors of
+    :func:`resolve_max_tokens`, :func:`check_prefetch`, :func:`check_compile`,
+    :func:`resolve_streams`)."""
+    resolve_max_tokens(max_tokens, torch.device("cpu"))
+    check_prefetch(prefetch)
+    check_compile(compile, precision)
+    resolve_streams(streams, torch.device("cpu"), 1)
 
 
 def check_prefetch(prefetch: object) -> bool:
@@ -143,33 +222,56 @@ def encode_sorted(
     autocast: str,
     show_progress: bool,
     prefetch: bool,
+    streams: int = 1,
 ) -> Tensor:
     """Embed ``items`` with ``model`` (the encoder's transformer or its bf16/qint8 copy):
     ``(N, dim)`` float32 on CPU, in input order. The caller has validated every argument,
-    put the encoder in eval mode and resolved ``max_tokens`` (an integer or None)."""
+    put the encoder in eval mode and resolved ``max_tokens`` (an integer or None) and
+    ``streams`` (:func:`resolve_streams`; ``prompt`` pooling runs one)."""
     order, bounds, make = length_sorted_batches(encoder, items, batch_size, max_length, max_tokens)
     result = torch.empty((len(items), dim), dtype=torch.float32)
     order_t = torch.tensor(order, dtype=torch.long)
+    if encoder._prompt is not None:  # prompt pooling's batches carry the template: 1 stream
+        streams = 1
+
+    def embed(batch: TokenBatch) -> Tensor:
+        # inference mode and autocast are per thread: entered again in each stream
+        with torch.inference_mode(), autocast_context(device, autocast):
+            return encoder._embed(batch, model).float()[:, :dim]
+
+    threads = torch.get_num_threads()
     with (
         torch.inference_mode(),
         autocast_context(device, autocast),
         tqdm(total=len(items), disable=not show_progress, desc="encode", unit="sent") as bar,
+        ThreadPoolExecutor(max_workers=streams, thread_name_prefix="textcl-stream") as pool,
     ):
-        done = 0
-        for batch in _batches(make, bounds, prefetch):
-            if prompt_length and encoder._prompt is None:
-                batch["pooling_mask"] = exclude_prompt_from_mask(
-                    batch["attention_mask"], prompt_length
-                )
-            if device.type != "cpu":
-                batch = as_token_batch(
-                    {k: v.to(device, non_blocking=True) for k, v in batch_tensors(batch).items()}
-                )
-            emb = encoder._embed(batch, model).float()[:, :dim]
-            if normalize:
-                emb = torch.nn.functional.normalize(emb, p=2, dim=-1)
-            n = emb.shape[0]
-            result[order_t[done : done + n]] = emb.cpu()
-            done += n
-            bar.update(n)
+        if streams > 1:  # the stream threads take this count when they first run an op
+            torch.set_num_threads(max(1, threads // streams))
+        try:
+            done = 0
+            for batch in _batches(make, bounds, prefetch):
+                if prompt_length and encoder._prompt is None:
+                    batch["pooling_mask"] = exclude_prompt_from_mask(
+                        batch["attention_mask"], prompt_length
+                    )
+                if device.type != "cpu":
+                    batch = as_token_batch(
+                        {
+                            k: v.to(device, non_blocking=True)
+                            for k, v in batch_tensors(batch).items()
+                        }
+                    )
+                if streams > 1:
+                    emb = torch.cat(list(pool.map(embed, split_rows(batch, streams))))
+                else:
+                    emb = encoder._embed(batch, model).float()[:, :dim]
+                if normalize:
+                    emb = torch.nn.functional.normalize(emb, p=2, dim=-1)
+                n = emb.shape[0]
+                result[order_t[done : done + n]] = emb.cpu()
+                done += n
+                bar.update(n)
+        finally:
+            torch.set_num_threads(threads)
     return result

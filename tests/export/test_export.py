@@ -212,7 +212,34 @@ def test_refusals(
     assert (busy / "notes.txt").read_text() == "mine"
     with pytest.raises(InputError, match="output"):
         export_model(model, model / "inside", "onnx")
+    with pytest.raises(InputError, match="not a regular expression"):
+        export_model(
+            model, tmp_path / "a", "onnx", quantize="int8", calibration=source[1], keep_float="("
+        )
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_int8_keep_float_defaults_per_format(exports: dict[Any, Path]) -> None:
+    """ONNX int8 keeps the FFN output projections and the first three layers' FFN input
+    projections float; the count of int8 MatMuls is the oracle's (the node names of the
+    fp32 graph filtered by the default); OpenVINO's default is the FFN outputs only."""
+    import re
+
+    from textcl.export.exporter import KEEP_FLOAT_DEFAULTS, SMOOTH_ALPHA_DEFAULT
+    from textcl.export.onnx import weight_matmuls
+
+    assert SMOOTH_ALPHA_DEFAULT == 0.8
+    assert KEEP_FLOAT_DEFAULTS["openvino"] == r"(^|/)layer\.\d+/output/dense/"
+    weights, _ = weight_matmuls(exports[("onnx", None)] / "onnx" / "model.onnx")
+    kept = [n for n in weights if re.search(KEEP_FLOAT_DEFAULTS["onnx"], n)]
+    assert any("/intermediate/dense/" in n for n in kept)  # the new default reaches them
+    assert any("/output/dense/" in n and "attention" not in n for n in kept)
+    info = read_export_info(exports[("onnx", "int8")])
+    assert info.quantization is not None
+    assert info.quantization["quantized"].startswith(f"{len(weights) - len(kept)} MatMuls")
+    assert "alpha 0.8" in info.quantization["smoothquant"]
+    ov = read_export_info(exports[("openvino", "int8")]).quantization
+    assert ov is not None and repr(KEEP_FLOAT_DEFAULTS["openvino"]) in ov["kept_float"]
 
 
 def test_cli_export_overwrite_and_encode(source: tuple[Path, Path], tmp_path: Path) -> None:
@@ -333,3 +360,28 @@ def test_hub_snapshot_of_an_export_keeps_its_graph(
     calls.clear()
     hub._hub_snapshot("org/exported")
     assert len(calls) == 2 and calls[1] is None
+
+
+@pytest.mark.parametrize(("fmt", "quant"), CASES)
+def test_runtime_streams_give_the_one_stream_output(
+    exports: dict[Any, Path], fmt: str, quant: str | None
+) -> None:
+    """The runners cut a batch into row slices run side by side (2 streams): the hidden
+    states equal those of one stream (the oracle) for odd, even and one-row batches."""
+    from textcl.export.runtime import onnx_runner, openvino_runner, row_slices
+
+    assert row_slices(5, 2) in ([(0, 2), (2, 5)], [(0, 3), (3, 5)])
+    assert row_slices(1, 2) == [(0, 1)] and row_slices(4, 8) == [(0, 1), (1, 2), (2, 3), (3, 4)]
+    folder = exports[(fmt, quant)]
+    info = read_export_info(folder)
+    make = onnx_runner if fmt == "onnx" else openvino_runner
+    one = make(folder / info.file, n_threads=2, streams=1)
+    two = make(folder / info.file, n_threads=2, streams=2)
+    enc = SentenceEncoder.load(folder)
+    for rows in (7, 4, 1):
+        batch = enc.tokenizer(list(TINY_SENTENCES)[:rows], padding=True, return_tensors="np")
+        feed = {n: np.asarray(batch[n], dtype=np.int64) for n in info.inputs if n in batch}
+        feed.update({n: np.zeros_like(feed["input_ids"]) for n in info.inputs if n not in feed})
+        a, b = one(feed), two(feed)
+        assert a.shape == b.shape == (*feed["input_ids"].shape, a.shape[-1])
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-5)

@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from textcl.errors import InputError
+from textcl.inference import AUTO, CPU_MAX_TOKENS
 from textcl.search.distributed import (
     DEFAULT_TIMEOUT,
     encode_distributed,
@@ -22,6 +23,20 @@ from textcl.search.ray_engine import encode_with_ray
 HELP = (
     "encode a corpus (.txt/.jsonl/.csv/.parquet/datasets folder/hub dataset) into an index folder"
 )
+
+
+def max_tokens_arg(text: str) -> int | str | None:
+    """``--max-tokens``: a positive integer, ``auto`` or ``none``."""
+    word = text.strip().lower()
+    if word in (AUTO, "none"):
+        return AUTO if word == AUTO else None
+    try:
+        value = int(word)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, auto or none, got {text!r}")
+    return value
 
 
 def register(subparsers: Any) -> None:
@@ -69,9 +84,16 @@ def register(subparsers: Any) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="sentences per forward pass")
     p.add_argument(
         "--max-tokens",
-        type=int,
-        default=None,
-        help="token-budget batching: at most this many padded tokens per forward pass",
+        type=max_tokens_arg,
+        default=AUTO,
+        help="token-budget batching: at most this many padded tokens per forward pass; "
+        f"auto (default: {CPU_MAX_TOKENS} on CPU, no budget on GPUs) or none",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="run the transformer through torch.compile (inductor): faster per sentence, "
+        "a compilation wait at the start (pays on large corpora; docs/inference.md)",
     )
     p.add_argument(
         "--precision",
@@ -139,6 +161,7 @@ def run(args: argparse.Namespace) -> int:
         shard_size=args.shard_size,
         batch_size=args.batch_size,
         max_tokens=args.max_tokens,
+        compile=args.compile,
         normalize=args.normalize,
         precision=args.precision,
         device=args.device,

@@ -8,7 +8,7 @@ from typing import Any
 from textcl.export.exporter import (
     CHECK_SIZE,
     DEFAULT_CALIBRATION_SIZE,
-    KEEP_FLOAT_DEFAULT,
+    KEEP_FLOAT_DEFAULTS,
     SMOOTH_ALPHA_DEFAULT,
     export_model,
 )
@@ -46,9 +46,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset ({DEFAULT_OPSET})")
     p.add_argument(
         "--keep-float",
-        default=KEEP_FLOAT_DEFAULT,
-        help="ONNX int8: regular expression of MatMul node names kept float (default: the "
-        "feed-forward output projections; '' quantizes every weight MatMul)",
+        default=None,
+        help="int8: regular expression of MatMul node names kept float ('' quantizes every "
+        f"weight MatMul; default ONNX: {KEEP_FLOAT_DEFAULTS['onnx']!r}, the feed-forward "
+        "output projections and the first three layers' feed-forward input projections; "
+        f"OpenVINO: {KEEP_FLOAT_DEFAULTS['openvino']!r})",
     )
     p.add_argument(
         "--smooth-alpha",

@@ -13,11 +13,13 @@ Static int8 (``quantize="int8"``, calibrated on in-domain sentences):
 * ONNX: every linear layer is smoothed (SmoothQuant, :func:`textcl.export.onnx.smooth_linears`)
   on the calibration sentences, then ONNX Runtime's ``quantize_static`` (QDQ, per-channel
   int8 weights) quantizes the MatMuls with a constant weight except those kept float by
-  ``keep_float`` (default: the feed-forward output projections, whose inputs after GELU carry
-  the outliers that break per-tensor activation scales; docs/export.md has the measurements);
+  ``keep_float`` (default, :data:`KEEP_FLOAT_DEFAULTS`: the feed-forward output projections,
+  whose inputs after GELU carry the outliers that break per-tensor activation scales, and
+  the first three layers' feed-forward input projections; SmoothQuant alpha 0.8;
+  docs/export.md has the sensitivity sweep);
 * OpenVINO: NNCF ``quantize`` with ``ModelType.TRANSFORMER`` (its own SmoothQuant, float
   softmax / LayerNorm / GELU) on the calibration sentences, the ``keep_float`` MatMuls
-  ignored (the same default).
+  ignored (default: the feed-forward output projections).
 
 Either way the result is checked against the fp32 source on held-out sentences and the
 cosines recorded; an fp32 export that does not reproduce the source is refused.
@@ -75,10 +77,25 @@ DEFAULT_CALIBRATION_SIZE = 300
 """Calibration sentences (sentence-transformers' static OpenVINO default: 300 samples)."""
 CHECK_SIZE = 256
 """Held-out sentences the export is checked on (after the calibration sentences)."""
-KEEP_FLOAT_DEFAULT = r"(^|/)layer\.\d+/output/dense/"
-"""ONNX int8: MatMul nodes kept float by default (regular expression on the node name): the
-feed-forward output projections of BERT-style encoders (docs/export.md)."""
-SMOOTH_ALPHA_DEFAULT = 0.5
+FFN_OUTPUT = r"(^|/)layer\.\d+/output/dense/"
+"""MatMul node names (regular expression) of the feed-forward output projections of
+BERT-style encoders: their inputs, after GELU, carry the outliers that break per-tensor
+activation scales (quantizing them: min cosine 0.82 on all-MiniLM-L6-v2)."""
+KEEP_FLOAT_DEFAULTS: dict[str, str] = {
+    "onnx": FFN_OUTPUT + r"|(^|/)layer\.[0-2]/intermediate/dense/",
+    "openvino": FFN_OUTPUT,
+}
+"""int8: MatMul nodes kept float by default, per format (regular expression on the node
+name). ONNX: the feed-forward output projections and the feed-forward input projections of
+the first three layers: a sensitivity sweep on all-MiniLM-L6-v2 (docs/export.md) found no
+single MatMul that decides the worst sentence, but these groups do (min cosine on 500 STS
+sentences 0.9886 -> 0.9949 with SmoothQuant alpha 0.8). OpenVINO (NNCF's own SmoothQuant):
+the feed-forward output projections."""
+KEEP_FLOAT_DEFAULT = KEEP_FLOAT_DEFAULTS["onnx"]
+"""The ONNX default of :data:`KEEP_FLOAT_DEFAULTS` (kept for callers of textcl <= 0.x)."""
+SMOOTH_ALPHA_DEFAULT = 0.8
+"""ONNX int8: SmoothQuant migration strength (0.5 -> 0.8 raised the worst cosine of the
+sweep in docs/export.md)."""
 FP32_MIN_COSINE = 0.9999
 """An fp32 export whose embeddings differ more from the source's is refused."""
 INT8_MIN_COSINE = 0.99
@@ -231,7 +248,7 @@ def _write_graph(
             nncf = import_extra("nncf", "textcl[openvino]", "quantizing an OpenVINO model")
             items = list(feeds(tok, calibration, inputs, max_len, batch_size=1))
             ignored = (
-                nncf.IgnoredScope(patterns=[f".*{keep_float}.*"], validate=False)
+                nncf.IgnoredScope(patterns=[f".*(?:{keep_float}).*"], validate=False)
                 if keep_float
                 else None
             )
@@ -277,7 +294,7 @@ def export_model(
     text_column: str = "text",
     opset: int = DEFAULT_OPSET,
     overwrite: bool = False,
-    keep_float: str = KEEP_FLOAT_DEFAULT,
+    keep_float: str | None = None,
     smooth_alpha: float = SMOOTH_ALPHA_DEFAULT,
     min_cosine: float | None = None,
 ) -> ExportResult:
@@ -285,11 +302,19 @@ def export_model(
     doc. ``calibration``: a text file (or any table format, column ``text_column``) of
     in-domain sentences: the first ``calibration_size`` calibrate the int8 graph, the next
     :data:`CHECK_SIZE` check it. ``min_cosine``: refuse (no folder written) when the
-    exported embeddings' minimum cosine to the source's is lower. The folder is written
+    exported embeddings' minimum cosine to the source's is lower. ``keep_float``: MatMul
+    node names kept float in int8 (a regular expression; ``""``: none; default: the
+    format's :data:`KEEP_FLOAT_DEFAULTS`). The folder is written
     atomically under a lock; an existing non-empty ``output`` needs ``overwrite`` and must
     be an earlier export."""
     if fmt not in FORMATS:
         raise InputError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    if keep_float is None:
+        keep_float = KEEP_FLOAT_DEFAULTS[fmt]
+    try:
+        re.compile(keep_float)
+    except re.error as e:
+        raise InputError(f"--keep-float {keep_float!r} is not a regular expression: {e}") from e
     if quantize is not None and quantize not in QUANTIZATIONS:
         raise InputError(f"--quantize {quantize!r}: expected one of {', '.join(QUANTIZATIONS)}")
     if quantize and calibration is None:

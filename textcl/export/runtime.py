@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import itertools
 import logging
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -27,6 +29,7 @@ from torch import Tensor, nn
 
 from textcl.errors import CorruptFileError, InputError
 from textcl.hub import EXPORTED_MARKER, check_tokenizer_files, load_transformer
+from textcl.inference import AUTO, resolve_streams
 from textcl.io import read_json, sha256_file
 
 logger = logging.getLogger(__name__)
@@ -335,39 +338,79 @@ def threads() -> int:
     return max(1, torch.get_num_threads())
 
 
-def onnx_runner(path: Path, n_threads: int | None = None) -> Any:
+def row_slices(rows: int, parts: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` of at most ``parts`` near-equal contiguous slices of ``rows`` rows."""
+    k = max(1, min(parts, rows))
+    cuts = [round(i * rows / k) for i in range(k + 1)]
+    return list(itertools.pairwise(cuts))
+
+
+def onnx_runner(path: Path, n_threads: int | None = None, streams: int | None = None) -> Any:
     """An ONNX Runtime CPU session of ``path`` (all graph optimisations) as
-    ``feed -> last_hidden_state``."""
+    ``feed -> last_hidden_state``.
+
+    ``streams`` (default: :func:`textcl.inference.resolve_streams` ``"auto"``: 2 from 2
+    threads on): each batch is cut into that many row slices, run at the same time from as
+    many Python threads on the one session (``session.run`` is thread-safe and releases the
+    GIL), each with ``threads // streams`` intra-op threads; rows are independent, so the
+    output is the one-stream output. On a 2-core machine this avoids a 2-thread barrier
+    after every small kernel (docs/export.md, "How the runtimes are driven")."""
     ort = runtime_module("onnx", "running an ONNX model")
+    n = n_threads or threads()
+    k = streams or resolve_streams(AUTO, torch.device("cpu"), n)
     options = ort.SessionOptions()
-    options.intra_op_num_threads = n_threads or threads()
+    options.intra_op_num_threads = max(1, n // k)
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    pool = ThreadPoolExecutor(max_workers=k, thread_name_prefix="textcl-ort") if k > 1 else None
+
+    def one(feed: dict[str, np.ndarray]) -> np.ndarray:
+        return session.run([OUTPUT_NAME], feed)[0]
 
     def run(feed: dict[str, np.ndarray]) -> np.ndarray:
-        return session.run([OUTPUT_NAME], feed)[0]
+        parts = row_slices(len(feed["input_ids"]), k)
+        if pool is None or len(parts) == 1:
+            return one(feed)
+        slices = [{name: v[a:b] for name, v in feed.items()} for a, b in parts]
+        return np.concatenate(list(pool.map(one, slices)))
 
     return run
 
 
-def openvino_runner(model: Any, n_threads: int | None = None) -> Any:
+def openvino_runner(model: Any, n_threads: int | None = None, streams: int | None = None) -> Any:
     """An OpenVINO CPU compiled model of ``model`` (a path or an ``ov.Model``) as
-    ``feed -> last_hidden_state``; f32 inference precision (no bf16/f16 hint)."""
+    ``feed -> last_hidden_state``; f32 inference precision (no bf16/f16 hint).
+
+    ``streams`` (default as in :func:`onnx_runner`): ``NUM_STREAMS`` CPU streams sharing
+    the ``threads``, one infer request each; each batch is cut into that many row slices
+    that run at the same time (``start_async``, then ``wait``)."""
     ov = runtime_module("openvino", "running an OpenVINO model")
+    n = n_threads or threads()
+    k = streams or resolve_streams(AUTO, torch.device("cpu"), n)
     core = ov.Core()
     if not isinstance(model, ov.Model):
         model = core.read_model(str(model))
     compiled = core.compile_model(
         model,
         "CPU",
-        {"INFERENCE_NUM_THREADS": str(n_threads or threads()), "INFERENCE_PRECISION_HINT": "f32"},
+        {
+            "INFERENCE_NUM_THREADS": str(n),
+            "NUM_STREAMS": str(k),
+            "INFERENCE_PRECISION_HINT": "f32",
+        },
     )
-    output = compiled.output(0)
-    request = compiled.create_infer_request()
+    requests = [compiled.create_infer_request() for _ in range(k)]
 
     def run(feed: dict[str, np.ndarray]) -> np.ndarray:
-        return np.array(request.infer(feed)[output], copy=True)
+        parts = row_slices(len(feed["input_ids"]), k)
+        for req, (a, b) in zip(requests, parts, strict=False):
+            req.start_async({name: np.ascontiguousarray(v[a:b]) for name, v in feed.items()})
+        outs = []
+        for req in requests[: len(parts)]:
+            req.wait()
+            outs.append(np.array(req.get_output_tensor(0).data, copy=True))
+        return outs[0] if len(outs) == 1 else np.concatenate(outs)
 
     return run
 

@@ -60,9 +60,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from textcl.encoder import SentenceEncoder
 from textcl.errors import FolderConflictError, InputError
+from textcl.inference import AUTO, resolve_max_tokens
 from textcl.io import FolderLock, append_text, atomic_write_bytes, remove_stale_tmp
 from textcl.precision import check_device, resolve_inference_precision
 from textcl.search.manifest import (
@@ -89,7 +91,6 @@ from textcl.search.quantize import (
     shard_arrays,
 )
 from textcl.search.sources import CorpusSource, open_source
-from textcl.tokens import batch_bounds
 from textcl.version import __version__
 
 logger = logging.getLogger(__name__)
@@ -272,7 +273,7 @@ class EncodeOptions:
     dtype: str = "float32"
     shard_size: int = DEFAULT_SHARD_SIZE
     batch_size: int = 64
-    max_tokens: int | None = None
+    max_tokens: int | str | None = AUTO
     normalize: bool = True
     precision: str = "auto"
     device: Any = None
@@ -280,6 +281,7 @@ class EncodeOptions:
     show_progress: bool = True
     calibration_size: int = DEFAULT_CALIBRATION_SIZE
     rescore_dtype: str | None = None
+    compile: bool = False
 
     def check(self) -> None:
         """Raise :class:`~textcl.errors.InputError` for a bad dtype, size or token budget."""
@@ -292,7 +294,12 @@ class EncodeOptions:
         for name, value in (("shard_size", self.shard_size), ("batch_size", self.batch_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InputError(f"{name} must be a positive integer, got {value!r}")
-        batch_bounds([], self.batch_size, self.max_tokens)  # validates max_tokens
+        try:
+            resolve_max_tokens(self.max_tokens, torch.device("cpu"))
+        except ValueError as e:
+            raise InputError(str(e)) from e
+        if not isinstance(self.compile, bool):
+            raise InputError(f"compile must be True or False, got {self.compile!r}")
 
 
 def encode_corpus(
@@ -306,7 +313,7 @@ def encode_corpus(
     dtype: str = "float32",
     shard_size: int = DEFAULT_SHARD_SIZE,
     batch_size: int = 64,
-    max_tokens: int | None = None,
+    max_tokens: int | str | None = AUTO,
     normalize: bool = True,
     precision: str = "auto",
     device: Any = None,
@@ -314,6 +321,7 @@ def encode_corpus(
     show_progress: bool = True,
     calibration_size: int = DEFAULT_CALIBRATION_SIZE,
     rescore_dtype: str | None = None,
+    compile: bool = False,
 ) -> Manifest:
     """Encode a corpus into an index folder (see the module docstring for the layout).
 
@@ -337,13 +345,17 @@ def encode_corpus(
         rescore_dtype: rescoring shards of a quantized index: ``float32``, ``int8``
             (binary indexes) or ``none``; default int8 for binary, float32 for int8.
         shard_size: texts per shard (and the resume grain).
-        batch_size / max_tokens: sentences and padded tokens per forward pass.
+        batch_size / max_tokens: sentences and padded tokens per forward pass
+            (``max_tokens="auto"``, the default: :data:`~textcl.inference.CPU_MAX_TOKENS`
+            on CPU, no budget elsewhere; see :meth:`SentenceEncoder.encode`).
         normalize: store L2-normalised embeddings (cosine search); recorded in the manifest.
         precision: ``auto`` (bf16 on hardware with native bf16, else fp32), ``fp32``,
             ``bf16``, ``fp16`` (CUDA) or ``qint8`` (CPU); see
             :func:`~textcl.precision.resolve_inference_precision`. The resolved precision is
             recorded in the manifest; resuming with another one is refused.
         overwrite: delete an existing index in ``output`` and start again.
+        compile: encode through ``torch.compile`` (:meth:`SentenceEncoder.encode`'s
+            ``compile``): faster on large corpora, a compilation wait at the start.
 
     These keyword arguments become one :class:`EncodeOptions`
     (:func:`encode_corpus_with` takes one directly).
@@ -378,6 +390,7 @@ def encode_corpus(
         show_progress=show_progress,
         calibration_size=calibration_size,
         rescore_dtype=rescore_dtype,
+        compile=compile,
     )
     return encode_corpus_with(model, source, output, options)
 
@@ -689,6 +702,7 @@ def write_shard(
             normalize=options.normalize,
             precision=options.precision,
             show_progress=False,
+            compile=options.compile,
         )
         parts.append(np.asarray(emb, dtype=np.float32))
         if progress is not None:
