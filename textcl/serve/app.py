@@ -30,6 +30,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from textcl.errors import InputError
+from textcl.inference import AUTO, resolve_max_tokens
 from textcl.precision import resolve_inference_precision
 from textcl.search.index import EmbeddingIndex
 from textcl.serve.batcher import Batcher, BatcherClosed, QueueFull
@@ -78,8 +79,12 @@ class ServeConfig:
             are accepted too.
         api_key: when set, every route but ``/`` and ``/health`` needs
             ``Authorization: Bearer <api_key>`` (else 401).
-        max_batch_tokens: token budget of a merged batch and of each forward pass.
+        max_batch_tokens: token budget of a merged batch (one ``encode`` call).
         batch_size: sentences per forward pass inside a merged batch.
+        max_forward_tokens: padded-token budget of each forward pass; None: what
+            ``encode(max_tokens="auto")`` uses in-process
+            (:data:`~textcl.inference.CPU_MAX_TOKENS` on CPU, no cap elsewhere), at most
+            ``max_batch_tokens``.
         max_inputs: inputs (or queries) per request (more: 413).
         max_input_chars: characters per input (more: 413).
         max_queue: inputs waiting for the model (a request that would pass it: 429).
@@ -93,6 +98,7 @@ class ServeConfig:
     api_key: str | None = None
     max_batch_tokens: int = 16384
     batch_size: int = 64
+    max_forward_tokens: int | None = None
     max_inputs: int = 512
     max_input_chars: int = 32_000
     max_queue: int = 8192
@@ -107,6 +113,11 @@ class ServeConfig:
                 raise InputError(
                     f"{name.replace('_', '-')} must be a positive integer, got {value!r}"
                 )
+        forward = self.max_forward_tokens
+        if forward is not None and (
+            isinstance(forward, bool) or not isinstance(forward, int) or forward < 1
+        ):
+            raise InputError(f"max-forward-tokens must be a positive integer, got {forward!r}")
         if self.max_inputs > self.max_queue:
             raise InputError(
                 f"max-inputs {self.max_inputs} is more than max-queue {self.max_queue}: such a "
@@ -131,10 +142,15 @@ class ServeState:
         self.precision = resolve_inference_precision(
             config.precision or encoder.precision, encoder.device
         )
+        auto = resolve_max_tokens(AUTO, encoder.device)
+        self.forward_tokens = min(
+            config.max_forward_tokens or auto or config.max_batch_tokens, config.max_batch_tokens
+        )
         self.batcher = Batcher(
             encoder,
             max_batch_tokens=config.max_batch_tokens,
             batch_size=config.batch_size,
+            max_forward_tokens=self.forward_tokens,
             max_queue=config.max_queue,
             precision=config.precision,
             metrics=self.metrics,
@@ -300,7 +316,10 @@ class ServeState:
             "prompts": sorted(enc.prompts),
             "default_prompt_name": enc.default_prompt_name,
             "index": index,
-            "limits": self.config.public_limits(),
+            "limits": {
+                **self.config.public_limits(),
+                "max_forward_tokens": self.forward_tokens,
+            },
             "auth": self.config.api_key is not None,
             "version": __version__,
         }

@@ -4,7 +4,8 @@ Requests arrive on the event loop (:meth:`Batcher.submit` returns an awaitable p
 request); one worker thread takes the oldest waiting inputs, as many as fit the token
 budget (``max_batch_tokens``: the sum of the inputs' token counts), embeds them with one
 :meth:`SentenceEncoder.encode` call (which cuts it into length-sorted forward passes of at
-most ``batch_size`` sentences and ``max_batch_tokens`` padded tokens) and hands each
+most ``max_forward_tokens`` padded tokens, cut into the fewest passes of at most
+``batch_size`` sentences, as even as possible: :func:`forward_batch_size`) and hands each
 request its rows back, in order, through its asyncio future. The event loop never runs the
 model. Inputs with different prompts never share a batch (a prompt is one ``encode``
 argument). The queue is bounded: :class:`QueueFull` when a request's inputs would pass
@@ -72,6 +73,17 @@ def _resolve(
         future.set_result(value)
 
 
+def forward_batch_size(n: int, batch_size: int) -> int:
+    """Sentences per forward pass for a merged batch of ``n`` inputs: the fewest passes of at
+    most ``batch_size``, as even as possible (133 inputs at 64: 45 + 45 + 43, not
+    64 + 64 + 5: on CPU small passes cost several times more per sentence, see
+    docs/serve.md, "Performance")."""
+    if n < 1:
+        return batch_size
+    passes = -(-n // batch_size)
+    return -(-n // passes)
+
+
 @dataclass
 class BatchRecord:
     """What one merged batch held (kept for the last :data:`Batcher.history` batches)."""
@@ -88,8 +100,10 @@ class Batcher:
 
     Args:
         encoder: a :class:`~textcl.SentenceEncoder` (only its public ``encode`` is called).
-        max_batch_tokens: token budget of a merged batch and of each forward pass.
+        max_batch_tokens: token budget of a merged batch.
         batch_size: at most this many sentences per forward pass inside a merged batch.
+        max_forward_tokens: padded-token budget of each forward pass (None:
+            ``max_batch_tokens``).
         max_queue: at most this many inputs waiting (more: :class:`QueueFull`).
         precision: ``encode``'s precision (None: the encoder's default).
         metrics: where batch sizes, tokens and the queue depth are recorded.
@@ -98,6 +112,7 @@ class Batcher:
     encoder: Any
     max_batch_tokens: int = 16384
     batch_size: int = 64
+    max_forward_tokens: int | None = None
     max_queue: int = 4096
     precision: str | None = None
     metrics: ServeMetrics | None = None
@@ -212,8 +227,8 @@ class Batcher:
             emb = np.asarray(
                 self.encoder.encode(
                     texts,
-                    batch_size=self.batch_size,
-                    max_tokens=self.max_batch_tokens,
+                    batch_size=forward_batch_size(len(texts), self.batch_size),
+                    max_tokens=self.max_forward_tokens or self.max_batch_tokens,
                     normalize=False,
                     truncate_dim=int(self.encoder.full_embedding_dim),
                     prompt=batch[0].job.prompt,
