@@ -407,6 +407,24 @@ def in_process(
     return vectors, len(flat) / wall, len(flat) / cpu
 
 
+def in_process_batches(
+    encoder: Any, requests: list[tuple[int, list[str]]], batch_inputs: float
+) -> float:
+    """Sentences per CPU-second of in-process ``encode`` over the requests cut, in arrival
+    order, into merged batches of about ``batch_inputs`` sentences run as the server runs
+    them (even passes, the CPU token budget): the cost of the server's batch shapes alone,
+    without HTTP, threads or the load generator."""
+    from textcl.serve.batcher import forward_batch_size  # lazy: the serve extra
+
+    flat = [t for _, texts in requests for t in texts]
+    size = max(1, round(batch_inputs))
+    c0 = time.process_time()
+    for start in range(0, len(flat), size):
+        chunk = flat[start : start + size]
+        encoder.encode(chunk, batch_size=forward_batch_size(len(chunk), 64), normalize=False)
+    return len(flat) / (time.process_time() - c0)
+
+
 def _ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b else "-"
 
@@ -532,6 +550,7 @@ def main(argv: list[str] | None = None) -> int:
             ours["mean_batch_requests"] = delta["textcl_batch_requests_sum"] / max(
                 1.0, delta["textcl_batch_inputs_count"]
             )
+            shaped = in_process_batches(encoder, requests, ours["mean_batch_inputs"])
             theirs = run_level(naive, name, requests, clients, args.max_seconds, reference, offsets)
             floats = None
             if clients in float_levels:
@@ -575,6 +594,7 @@ def main(argv: list[str] | None = None) -> int:
                 "textcl / in-process": _ratio(ours["throughput"], inproc),
                 "textcl / naive": _ratio(ours["throughput"], theirs["throughput"]),
                 "sent/CPU-s in-process": inproc_cpu,
+                "sent/CPU-s in-process, textcl's batch sizes": shaped,
                 "sent/CPU-s textcl": ours["per_cpu_second"],
                 "sent/CPU-s naive": theirs["per_cpu_second"],
                 "textcl loop CPU %": 100 * ours["server_loop_cpu_s"] / ours["server_cpu_s"],
@@ -591,6 +611,7 @@ def main(argv: list[str] | None = None) -> int:
                     "clients": clients,
                     "in_process": inproc,
                     "in_process_per_cpu_second": inproc_cpu,
+                    "in_process_server_batches_per_cpu_second": shaped,
                     "textcl": ours,
                     "naive": theirs,
                     "textcl_float": floats,
@@ -649,7 +670,10 @@ def main(argv: list[str] | None = None) -> int:
         "threads, from /proc; in-process: `time.process_time` around `encode`). `textcl loop "
         "CPU %`: the share of the server's CPU spent on its main thread (the event loop: HTTP, "
         "validation, tokenizing for the usage count, JSON); the rest is the model (batcher, "
-        "torch and prefetch threads).",
+        "torch and prefetch threads). `sent/CPU-s in-process, textcl's batch sizes`: "
+        "in-process encode of the same sentences cut, in request order, into merged batches "
+        "of the level's mean `inputs/batch`, run as the server runs them: what the batch "
+        "shapes alone cost, without HTTP or threads.",
         "Requests use `encoding_format=base64`, what the official openai client sends by "
         "default; the float columns repeat the level with `encoding_format=float` (textcl "
         "only).",
