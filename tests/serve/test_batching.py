@@ -274,3 +274,53 @@ def test_forward_token_budget_config(serve_model_dir: Path) -> None:
     for bad in (0, -1, True, 2.5):
         with pytest.raises(InputError, match="max-forward-tokens"):
             ServeConfig(max_forward_tokens=bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("wait", [0.0, 0.6])
+def test_batch_wait_lets_answered_requests_rejoin(encoder: SentenceEncoder, wait: float) -> None:
+    """After a batch, requests arriving within ``batch_wait`` share the next batch; without
+    the wait (negative control) the first of them goes alone. An idle batcher never waits."""
+    rec = RecordingEncoder(encoder)
+    batcher = Batcher(rec, batch_wait=wait)
+
+    async def run() -> float:
+        batcher.start()
+        t0 = time.monotonic()
+        await batcher.submit(["first"], [3])  # idle: no wait before it
+        idle_latency = time.monotonic() - t0
+        second = batcher.submit(["second"], [3])  # right after the batch ended
+        await asyncio.sleep(0.15)
+        third = batcher.submit(["third", "fourth"], [3, 3])
+        await second
+        await third
+        return idle_latency
+
+    try:
+        idle_latency = asyncio.run(run())
+    finally:
+        batcher.close()
+    assert idle_latency < 0.5
+    if wait:
+        assert [c["n"] for c in rec.calls] == [1, 3]
+    else:
+        assert [c["n"] for c in rec.calls] == [1, 1, 2]
+
+
+def test_batch_wait_ends_when_a_batch_is_full(encoder: SentenceEncoder) -> None:
+    rec = RecordingEncoder(encoder)
+    batcher = Batcher(rec, batch_wait=30.0, max_batch_tokens=6)
+
+    async def run() -> float:
+        batcher.start()
+        await batcher.submit(["first"], [3])
+        t0 = time.monotonic()
+        await batcher.submit(["a", "b"], [3, 3])  # a full batch: taken at once
+        return time.monotonic() - t0
+
+    try:
+        assert asyncio.run(run()) < 10
+    finally:
+        batcher.close()
+    assert [c["n"] for c in rec.calls] == [1, 2]
+    with pytest.raises(InputError, match="batch-wait-ms"):
+        ServeConfig(batch_wait_ms=-1)

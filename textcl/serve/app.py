@@ -85,6 +85,8 @@ class ServeConfig:
             ``encode(max_tokens="auto")`` uses in-process
             (:data:`~textcl.inference.CPU_MAX_TOKENS` on CPU, no cap elsewhere), at most
             ``max_batch_tokens``.
+        batch_wait_ms: milliseconds the batcher lets pass after a batch before it takes the
+            next while busy (0: none; see :class:`~textcl.serve.batcher.Batcher`).
         max_inputs: inputs (or queries) per request (more: 413).
         max_input_chars: characters per input (more: 413).
         max_queue: inputs waiting for the model (a request that would pass it: 429).
@@ -99,6 +101,7 @@ class ServeConfig:
     max_batch_tokens: int = 16384
     batch_size: int = 64
     max_forward_tokens: int | None = None
+    batch_wait_ms: int = 0
     max_inputs: int = 512
     max_input_chars: int = 32_000
     max_queue: int = 8192
@@ -118,6 +121,9 @@ class ServeConfig:
             isinstance(forward, bool) or not isinstance(forward, int) or forward < 1
         ):
             raise InputError(f"max-forward-tokens must be a positive integer, got {forward!r}")
+        wait = self.batch_wait_ms
+        if isinstance(wait, bool) or not isinstance(wait, int) or not 0 <= wait <= 10_000:
+            raise InputError(f"batch-wait-ms must be an integer in 0..10000, got {wait!r}")
         if self.max_inputs > self.max_queue:
             raise InputError(
                 f"max-inputs {self.max_inputs} is more than max-queue {self.max_queue}: such a "
@@ -151,6 +157,7 @@ class ServeState:
             max_batch_tokens=config.max_batch_tokens,
             batch_size=config.batch_size,
             max_forward_tokens=self.forward_tokens,
+            batch_wait=config.batch_wait_ms / 1000,
             max_queue=config.max_queue,
             precision=config.precision,
             metrics=self.metrics,
@@ -319,6 +326,7 @@ class ServeState:
             "limits": {
                 **self.config.public_limits(),
                 "max_forward_tokens": self.forward_tokens,
+                "batch_wait_ms": self.config.batch_wait_ms,
             },
             "auth": self.config.api_key is not None,
             "version": __version__,

@@ -107,6 +107,13 @@ class Batcher:
         max_queue: at most this many inputs waiting (more: :class:`QueueFull`).
         precision: ``encode``'s precision (None: the encoder's default).
         metrics: where batch sizes, tokens and the queue depth are recorded.
+        batch_wait: seconds the worker lets pass after the end of a batch before it takes
+            the next one (0: none; it stops waiting once ``max_batch_tokens`` are queued).
+            Under a steady load the requests answered by one batch come back while the next
+            one runs, so concurrent clients split into two cohorts that alternate in
+            half-size batches; a short wait lets the answered cohort rejoin, and merged
+            batches grow. An idle server never waits: the wait only follows a batch that
+            ended less than ``batch_wait`` ago.
     """
 
     encoder: Any
@@ -116,12 +123,14 @@ class Batcher:
     max_queue: int = 4096
     precision: str | None = None
     metrics: ServeMetrics | None = None
+    batch_wait: float = 0.0
     history_size: int = 1000
     history: deque[BatchRecord] = field(init=False)
     _pending: deque[_Item] = field(init=False)
     _cond: threading.Condition = field(init=False)
     _thread: threading.Thread | None = field(init=False, default=None)
     _closing: bool = field(init=False, default=False)
+    _pending_tokens: int = field(init=False, default=0)
     before_batch: Callable[[list[str]], None] | None = None
     """Called in the worker thread before each merged batch (tests hold the worker here)."""
 
@@ -176,6 +185,7 @@ class Batcher:
                     f"{self.max_queue}); retry later"
                 )
             self._pending.extend(_Item(job, i, int(n)) for i, n in enumerate(tokens))
+            self._pending_tokens += sum(int(n) for n in tokens)
             if self.metrics is not None:
                 self.metrics.queue_depth.set(len(self._pending))
             self._cond.notify()
@@ -202,19 +212,29 @@ class Batcher:
             taken.append(item)
             total += item.tokens
         self._pending = rest
+        self._pending_tokens -= total
         return taken
 
     def _run(self) -> None:
+        last_end = float("-inf")
         while True:
             with self._cond:
                 while not self._pending and not self._closing:
                     self._cond.wait()
                 if not self._pending:
                     return  # closing and drained
+                until = last_end + self.batch_wait
+                while (
+                    not self._closing
+                    and self._pending_tokens < self.max_batch_tokens
+                    and (left := until - time.monotonic()) > 0
+                ):
+                    self._cond.wait(left)
                 batch = self._take()
                 if self.metrics is not None:
                     self.metrics.queue_depth.set(len(self._pending))
             self._encode(batch)
+            last_end = time.monotonic()
 
     def _encode(self, batch: list[_Item]) -> None:
         texts = [it.job.texts[it.row] for it in batch]
