@@ -249,3 +249,33 @@ def test_streams_give_the_one_stream_embeddings_and_restore_threads(
     np.testing.assert_allclose(auto, one, rtol=0, atol=1e-6)
     streamed = any(n.startswith("textcl-stream") for n in where)
     assert streamed == (pooling != "prompt")  # prompt pooling runs one stream
+
+
+def test_concurrent_encodes_of_a_training_mode_encoder(tiny_encoder: SentenceEncoder) -> None:
+    """Threads encoding at once (a naive server) all get the eval-mode embeddings, and the
+    train mode comes back after the last one. With a plain save/restore of the mode, one
+    thread's restore switched dropout on under another's forward pass."""
+    enc = tiny_encoder.train()
+    assert enc.model.config.hidden_dropout_prob > 0
+    texts = [f"sentence {i} about dogs and cats in the park" for i in range(24)]
+    want = enc.encode(texts, normalize=True)
+    assert enc.training and enc.model.training  # restored
+    errors: list[float] = []
+    start = threading.Barrier(6)
+
+    def worker() -> None:
+        start.wait()
+        for _ in range(15):
+            got = enc.encode(texts, normalize=True, batch_size=4)
+            errors.append(float(np.abs(got - want).max()))
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(errors) == 90 and max(errors) < 1e-5
+    assert enc.training and enc.model.training and not inf._EVAL_DEPTH
+    enc.eval()
+    enc.encode(texts)
+    assert not enc.training and not enc.model.training  # an eval encoder stays in eval mode

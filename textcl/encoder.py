@@ -28,6 +28,7 @@ from textcl.inference import (
     check_loop_options,
     compiled_model,
     encode_sorted,
+    eval_mode,
     length_sorted_batches,
     resolve_max_tokens,
     resolve_streams,
@@ -617,9 +618,7 @@ class SentenceEncoder(nn.Module):
         lengths = max_length or self.effective_max_length
         n_batches = (len(items) + batch_size - 1) // batch_size
         show = default_show_progress(n_batches) if show_progress is None else bool(show_progress)
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             result = encode_sorted(
                 self,
                 model,
@@ -636,8 +635,6 @@ class SentenceEncoder(nn.Module):
                 prefetch=prefetch,
                 streams=n_streams,
             )
-        finally:
-            self.train(was_training)
         out = result[0] if single else result
         return out if as_tensor else out.numpy()
 

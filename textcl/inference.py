@@ -30,13 +30,15 @@ one preallocated ``(N, D)`` float32 result.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from textcl.precision import autocast_context
@@ -58,6 +60,36 @@ STS-B sentences ran fastest with it at batch size 64 among ``None`` and budgets 
 8192 (benchmarks/RESULTS.md, "Encoding: where the time goes"; docs/inference.md): long sentences come in
 smaller batches, whose activations stay in cache, and attention (quadratic in length) does
 not grow with the batch."""
+
+
+_MODE_LOCK = threading.Lock()
+_EVAL_DEPTH: dict[int, tuple[int, bool]] = {}
+"""``id(module)``: (encode calls inside :func:`eval_mode`, its training flag before the first)."""
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """``module`` in eval mode inside the block, its train/eval mode restored after.
+
+    Thread-safe for concurrent blocks on one module (a server calling ``encode`` from several
+    threads at once): the first block in switches to eval, the last one out restores. With a
+    plain save-and-restore, one thread's restore turned dropout back on under another
+    thread's forward pass (wrong embeddings from a training-mode encoder)."""
+    key = id(module)
+    with _MODE_LOCK:
+        depth, was_training = _EVAL_DEPTH.get(key, (0, module.training))
+        if depth == 0:
+            module.eval()
+        _EVAL_DEPTH[key] = (depth + 1, was_training)
+    try:
+        yield
+    finally:
+        with _MODE_LOCK:
+            depth, was_training = _EVAL_DEPTH.pop(key)
+            if depth > 1:
+                _EVAL_DEPTH[key] = (depth - 1, was_training)
+            else:
+                module.train(was_training)
 
 
 class EncodesBatches(Protocol):

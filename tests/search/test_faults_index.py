@@ -188,7 +188,10 @@ DAMAGE: dict[str, tuple[Callable[[Path], None], str]] = {
         r"manifest\.json.*not valid JSON",
     ),
     "manifest empty": (_raw_manifest(""), r"manifest\.json.*not valid JSON"),
-    "manifest not an object": (_raw_manifest("[1, 2]"), "index manifest must be a JSON object, got list"),
+    "manifest not an object": (
+        _raw_manifest("[1, 2]"),
+        "index manifest must be a JSON object, got list",
+    ),
     "manifest latin-1 bytes": (
         lambda f: (f / "manifest.json").write_bytes(b'{"model": "caf\xe9"}'),
         "not UTF-8",

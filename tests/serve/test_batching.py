@@ -4,6 +4,7 @@ the official ``openai`` client gets ``SentenceEncoder.encode``'s vectors."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -16,7 +17,10 @@ import numpy as np
 import pytest
 
 from textcl import SentenceEncoder
+from textcl.errors import InputError
+from textcl.inference import CPU_MAX_TOKENS
 from textcl.serve import ServeConfig, create_app
+from textcl.serve.batcher import Batcher, forward_batch_size
 from textcl.serve.server import ServerThread
 
 WORDS = [
@@ -197,3 +201,126 @@ def test_openai_client(serve_model_dir: Path, encoder: SentenceEncoder) -> None:
             client.embeddings.create(model="text-embedding-3-small", input="x")
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 64])
+def test_forward_batch_size_is_the_fewest_even_passes(batch_size: int) -> None:
+    for n in range(1, 300):
+        # oracle (brute force): the fewest passes, then the smallest largest pass
+        want = min(range(1, batch_size + 1), key=lambda s: (-(-n // s), s))
+        size = forward_batch_size(n, batch_size)
+        assert size == want
+        passes = -(-n // size)
+        assert n - (passes - 1) * size >= max(1, size - passes + 1)  # the last pass is not small
+    assert forward_batch_size(133, 64) == 45  # 45 + 45 + 43, not 64 + 64 + 5
+    assert forward_batch_size(64, 64) == 64 and forward_batch_size(65, 64) == 33
+
+
+class RecordingEncoder:
+    """A real encoder whose ``encode`` calls are recorded (the batcher's only use of it)."""
+
+    def __init__(self, encoder: SentenceEncoder) -> None:
+        self.inner = encoder
+        self.full_embedding_dim = encoder.full_embedding_dim
+        self.calls: list[dict[str, Any]] = []
+
+    def encode(self, texts: list[str], **kwargs: Any) -> np.ndarray:
+        self.calls.append({"n": len(texts), **kwargs})
+        return self.inner.encode(texts, **kwargs)
+
+
+def test_merged_batch_runs_even_forward_passes(encoder: SentenceEncoder) -> None:
+    """The worker's encode call gets the even pass size and the forward token budget, and
+    every request still gets its own rows (oracle: encode of each request alone)."""
+    rec = RecordingEncoder(encoder)
+    gate = Gate()
+    batcher = Batcher(rec, max_batch_tokens=10_000, batch_size=4, max_forward_tokens=77)
+    batcher.before_batch = gate
+    sizes = [1, 3, 2, 3]  # 1 held, then 8 inputs merged: two passes of 4 (not 4 + 4)
+
+    async def run() -> list[np.ndarray]:
+        batcher.start()
+        first = batcher.submit(_texts(0, 1), [5])
+        await asyncio.to_thread(gate.entered.wait, 30)
+        rest = [batcher.submit(_texts(r, n), [5] * n) for r, n in enumerate(sizes[1:], 1)]
+        gate.release.set()
+        return [await f for f in [first, *rest]]
+
+    try:
+        results = asyncio.run(run())
+    finally:
+        gate.release.set()
+        batcher.close()
+    assert [c["n"] for c in rec.calls] == [1, 8]
+    assert [c["batch_size"] for c in rec.calls] == [1, 4]
+    assert all(c["max_tokens"] == 77 for c in rec.calls)
+    for r, (n, got) in enumerate(zip(sizes, results, strict=True)):
+        want = encoder.encode(_texts(r, n), normalize=False)
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    # 9 inputs at batch_size 4: 3 + 3 + 3
+    assert forward_batch_size(9, 4) == 3
+
+
+def test_forward_token_budget_config(serve_model_dir: Path) -> None:
+    enc = SentenceEncoder.from_pretrained(serve_model_dir)
+    app = create_app(enc, config=ServeConfig(model_name="tiny"))
+    state = app.state.textcl
+    assert state.forward_tokens == CPU_MAX_TOKENS == state.batcher.max_forward_tokens
+    assert state.info()["limits"]["max_forward_tokens"] == CPU_MAX_TOKENS
+    small = create_app(enc, config=ServeConfig(model_name="tiny", max_batch_tokens=100))
+    assert small.state.textcl.forward_tokens == 100  # never more than a merged batch
+    given = create_app(enc, config=ServeConfig(model_name="tiny", max_forward_tokens=512))
+    assert given.state.textcl.batcher.max_forward_tokens == 512
+    for bad in (0, -1, True, 2.5):
+        with pytest.raises(InputError, match="max-forward-tokens"):
+            ServeConfig(max_forward_tokens=bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("wait", [0.0, 0.6])
+def test_batch_wait_lets_answered_requests_rejoin(encoder: SentenceEncoder, wait: float) -> None:
+    """After a batch, requests arriving within ``batch_wait`` share the next batch; without
+    the wait (negative control) the first of them goes alone. An idle batcher never waits."""
+    rec = RecordingEncoder(encoder)
+    batcher = Batcher(rec, batch_wait=wait)
+
+    async def run() -> float:
+        batcher.start()
+        t0 = time.monotonic()
+        await batcher.submit(["first"], [3])  # idle: no wait before it
+        idle_latency = time.monotonic() - t0
+        second = batcher.submit(["second"], [3])  # right after the batch ended
+        await asyncio.sleep(0.15)
+        third = batcher.submit(["third", "fourth"], [3, 3])
+        await second
+        await third
+        return idle_latency
+
+    try:
+        idle_latency = asyncio.run(run())
+    finally:
+        batcher.close()
+    assert idle_latency < 0.5
+    if wait:
+        assert [c["n"] for c in rec.calls] == [1, 3]
+    else:
+        assert [c["n"] for c in rec.calls] == [1, 1, 2]
+
+
+def test_batch_wait_ends_when_a_batch_is_full(encoder: SentenceEncoder) -> None:
+    rec = RecordingEncoder(encoder)
+    batcher = Batcher(rec, batch_wait=30.0, max_batch_tokens=6)
+
+    async def run() -> float:
+        batcher.start()
+        await batcher.submit(["first"], [3])
+        t0 = time.monotonic()
+        await batcher.submit(["a", "b"], [3, 3])  # a full batch: taken at once
+        return time.monotonic() - t0
+
+    try:
+        assert asyncio.run(run()) < 10
+    finally:
+        batcher.close()
+    assert [c["n"] for c in rec.calls] == [1, 2]
+    with pytest.raises(InputError, match="batch-wait-ms"):
+        ServeConfig(batch_wait_ms=-1)

@@ -53,7 +53,21 @@ def register(subparsers: Any) -> None:
         "--max-batch-tokens",
         type=int,
         default=16384,
-        help="token budget of a merged batch and of each forward pass (default 16384)",
+        help="token budget of a merged batch: one encode call (default 16384)",
+    )
+    p.add_argument(
+        "--max-forward-tokens",
+        type=int,
+        default=None,
+        help="padded-token budget of each forward pass (default: encode's max_tokens='auto': "
+        "2048 on CPU, no cap on GPU; at most --max-batch-tokens)",
+    )
+    p.add_argument(
+        "--batch-wait-ms",
+        type=int,
+        default=0,
+        help="while busy, let this many milliseconds pass after a batch before taking the "
+        "next, so the clients it answered can rejoin it (default 0: none; 0..10000)",
     )
     p.add_argument(
         "--batch-size", type=int, default=64, help="sentences per forward pass (default 64)"
@@ -116,6 +130,8 @@ def run(args: argparse.Namespace) -> int:
         api_key=api_key,
         max_batch_tokens=args.max_batch_tokens,
         batch_size=args.batch_size,
+        max_forward_tokens=args.max_forward_tokens,
+        batch_wait_ms=args.batch_wait_ms,
         max_inputs=args.max_inputs,
         max_input_chars=args.max_input_chars,
         max_queue=args.max_queue,

@@ -30,6 +30,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from textcl.errors import InputError
+from textcl.inference import AUTO, resolve_max_tokens
 from textcl.precision import resolve_inference_precision
 from textcl.search.index import EmbeddingIndex
 from textcl.serve.batcher import Batcher, BatcherClosed, QueueFull
@@ -78,8 +79,14 @@ class ServeConfig:
             are accepted too.
         api_key: when set, every route but ``/`` and ``/health`` needs
             ``Authorization: Bearer <api_key>`` (else 401).
-        max_batch_tokens: token budget of a merged batch and of each forward pass.
+        max_batch_tokens: token budget of a merged batch (one ``encode`` call).
         batch_size: sentences per forward pass inside a merged batch.
+        max_forward_tokens: padded-token budget of each forward pass; None: what
+            ``encode(max_tokens="auto")`` uses in-process
+            (:data:`~textcl.inference.CPU_MAX_TOKENS` on CPU, no cap elsewhere), at most
+            ``max_batch_tokens``.
+        batch_wait_ms: milliseconds the batcher lets pass after a batch before it takes the
+            next while busy (0: none; see :class:`~textcl.serve.batcher.Batcher`).
         max_inputs: inputs (or queries) per request (more: 413).
         max_input_chars: characters per input (more: 413).
         max_queue: inputs waiting for the model (a request that would pass it: 429).
@@ -93,6 +100,8 @@ class ServeConfig:
     api_key: str | None = None
     max_batch_tokens: int = 16384
     batch_size: int = 64
+    max_forward_tokens: int | None = None
+    batch_wait_ms: int = 0
     max_inputs: int = 512
     max_input_chars: int = 32_000
     max_queue: int = 8192
@@ -107,6 +116,14 @@ class ServeConfig:
                 raise InputError(
                     f"{name.replace('_', '-')} must be a positive integer, got {value!r}"
                 )
+        forward = self.max_forward_tokens
+        if forward is not None and (
+            isinstance(forward, bool) or not isinstance(forward, int) or forward < 1
+        ):
+            raise InputError(f"max-forward-tokens must be a positive integer, got {forward!r}")
+        wait = self.batch_wait_ms
+        if isinstance(wait, bool) or not isinstance(wait, int) or not 0 <= wait <= 10_000:
+            raise InputError(f"batch-wait-ms must be an integer in 0..10000, got {wait!r}")
         if self.max_inputs > self.max_queue:
             raise InputError(
                 f"max-inputs {self.max_inputs} is more than max-queue {self.max_queue}: such a "
@@ -131,10 +148,16 @@ class ServeState:
         self.precision = resolve_inference_precision(
             config.precision or encoder.precision, encoder.device
         )
+        auto = resolve_max_tokens(AUTO, encoder.device)
+        self.forward_tokens = min(
+            config.max_forward_tokens or auto or config.max_batch_tokens, config.max_batch_tokens
+        )
         self.batcher = Batcher(
             encoder,
             max_batch_tokens=config.max_batch_tokens,
             batch_size=config.batch_size,
+            max_forward_tokens=self.forward_tokens,
+            batch_wait=config.batch_wait_ms / 1000,
             max_queue=config.max_queue,
             precision=config.precision,
             metrics=self.metrics,
@@ -300,7 +323,11 @@ class ServeState:
             "prompts": sorted(enc.prompts),
             "default_prompt_name": enc.default_prompt_name,
             "index": index,
-            "limits": self.config.public_limits(),
+            "limits": {
+                **self.config.public_limits(),
+                "max_forward_tokens": self.forward_tokens,
+                "batch_wait_ms": self.config.batch_wait_ms,
+            },
             "auth": self.config.api_key is not None,
             "version": __version__,
         }

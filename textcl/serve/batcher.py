@@ -4,7 +4,8 @@ Requests arrive on the event loop (:meth:`Batcher.submit` returns an awaitable p
 request); one worker thread takes the oldest waiting inputs, as many as fit the token
 budget (``max_batch_tokens``: the sum of the inputs' token counts), embeds them with one
 :meth:`SentenceEncoder.encode` call (which cuts it into length-sorted forward passes of at
-most ``batch_size`` sentences and ``max_batch_tokens`` padded tokens) and hands each
+most ``max_forward_tokens`` padded tokens, cut into the fewest passes of at most
+``batch_size`` sentences, as even as possible: :func:`forward_batch_size`) and hands each
 request its rows back, in order, through its asyncio future. The event loop never runs the
 model. Inputs with different prompts never share a batch (a prompt is one ``encode``
 argument). The queue is bounded: :class:`QueueFull` when a request's inputs would pass
@@ -72,6 +73,17 @@ def _resolve(
         future.set_result(value)
 
 
+def forward_batch_size(n: int, batch_size: int) -> int:
+    """Sentences per forward pass for a merged batch of ``n`` inputs: the fewest passes of at
+    most ``batch_size``, as even as possible (133 inputs at 64: 45 + 45 + 43, not
+    64 + 64 + 5: on CPU small passes cost several times more per sentence, see
+    docs/serve.md, "Performance")."""
+    if n < 1:
+        return batch_size
+    passes = -(-n // batch_size)
+    return -(-n // passes)
+
+
 @dataclass
 class BatchRecord:
     """What one merged batch held (kept for the last :data:`Batcher.history` batches)."""
@@ -88,25 +100,37 @@ class Batcher:
 
     Args:
         encoder: a :class:`~textcl.SentenceEncoder` (only its public ``encode`` is called).
-        max_batch_tokens: token budget of a merged batch and of each forward pass.
+        max_batch_tokens: token budget of a merged batch.
         batch_size: at most this many sentences per forward pass inside a merged batch.
+        max_forward_tokens: padded-token budget of each forward pass (None:
+            ``max_batch_tokens``).
         max_queue: at most this many inputs waiting (more: :class:`QueueFull`).
         precision: ``encode``'s precision (None: the encoder's default).
         metrics: where batch sizes, tokens and the queue depth are recorded.
+        batch_wait: seconds the worker lets pass after the end of a batch before it takes
+            the next one (0: none; it stops waiting once ``max_batch_tokens`` are queued).
+            Under a steady load the requests answered by one batch come back while the next
+            one runs, so concurrent clients split into two cohorts that alternate in
+            half-size batches; a short wait lets the answered cohort rejoin, and merged
+            batches grow. An idle server never waits: the wait only follows a batch that
+            ended less than ``batch_wait`` ago.
     """
 
     encoder: Any
     max_batch_tokens: int = 16384
     batch_size: int = 64
+    max_forward_tokens: int | None = None
     max_queue: int = 4096
     precision: str | None = None
     metrics: ServeMetrics | None = None
+    batch_wait: float = 0.0
     history_size: int = 1000
     history: deque[BatchRecord] = field(init=False)
     _pending: deque[_Item] = field(init=False)
     _cond: threading.Condition = field(init=False)
     _thread: threading.Thread | None = field(init=False, default=None)
     _closing: bool = field(init=False, default=False)
+    _pending_tokens: int = field(init=False, default=0)
     before_batch: Callable[[list[str]], None] | None = None
     """Called in the worker thread before each merged batch (tests hold the worker here)."""
 
@@ -161,6 +185,7 @@ class Batcher:
                     f"{self.max_queue}); retry later"
                 )
             self._pending.extend(_Item(job, i, int(n)) for i, n in enumerate(tokens))
+            self._pending_tokens += sum(int(n) for n in tokens)
             if self.metrics is not None:
                 self.metrics.queue_depth.set(len(self._pending))
             self._cond.notify()
@@ -187,19 +212,29 @@ class Batcher:
             taken.append(item)
             total += item.tokens
         self._pending = rest
+        self._pending_tokens -= total
         return taken
 
     def _run(self) -> None:
+        last_end = float("-inf")
         while True:
             with self._cond:
                 while not self._pending and not self._closing:
                     self._cond.wait()
                 if not self._pending:
                     return  # closing and drained
+                until = last_end + self.batch_wait
+                while (
+                    not self._closing
+                    and self._pending_tokens < self.max_batch_tokens
+                    and (left := until - time.monotonic()) > 0
+                ):
+                    self._cond.wait(left)
                 batch = self._take()
                 if self.metrics is not None:
                     self.metrics.queue_depth.set(len(self._pending))
             self._encode(batch)
+            last_end = time.monotonic()
 
     def _encode(self, batch: list[_Item]) -> None:
         texts = [it.job.texts[it.row] for it in batch]
@@ -212,8 +247,8 @@ class Batcher:
             emb = np.asarray(
                 self.encoder.encode(
                     texts,
-                    batch_size=self.batch_size,
-                    max_tokens=self.max_batch_tokens,
+                    batch_size=forward_batch_size(len(texts), self.batch_size),
+                    max_tokens=self.max_forward_tokens or self.max_batch_tokens,
                     normalize=False,
                     truncate_dim=int(self.encoder.full_embedding_dim),
                     prompt=batch[0].job.prompt,
