@@ -279,3 +279,56 @@ def test_concurrent_encodes_of_a_training_mode_encoder(tiny_encoder: SentenceEnc
     enc.eval()
     enc.encode(texts)
     assert not enc.training and not enc.model.training  # an eval encoder stays in eval mode
+
+
+def _thread_count_in_a_new_thread() -> int:
+    seen: list[int] = []
+
+    def probe() -> None:
+        torch.ones(64, 64).add_(1)  # the first op takes torch's default count
+        seen.append(torch.get_num_threads())
+
+    t = threading.Thread(target=probe)
+    t.start()
+    t.join()
+    return seen[0]
+
+
+def test_overlapping_streamed_encodes_leave_torch_threads_as_they_were(
+    tiny_model_dir: Path, sentences: list[str]
+) -> None:
+    """Several threads encoding at once with streams=2 (a server's workers): every call
+    lowers the count to 1 per stream while it runs. Before, each call saved and restored the
+    count on its own, and an overlap left torch's default at 1: threads started afterwards
+    ran on one core (a new thread saw 1). Now the last call out restores it."""
+    enc = SentenceEncoder.from_pretrained(tiny_model_dir, pooling="mean")
+    enc.model.eval()
+    texts = _texts(sentences)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert _thread_count_in_a_new_thread() == 2
+        ref = enc.encode(texts, batch_size=4, streams=1, precision="fp32")
+        seen: list[int] = []
+        errors: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                for _ in range(6):
+                    out = enc.encode(texts, batch_size=4, streams=2, precision="fp32")
+                    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-6)
+                seen.append(torch.get_num_threads())
+            except BaseException as e:  # handed to the test thread
+                errors.append(e)
+
+        workers = [threading.Thread(target=work) for _ in range(4)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        assert not errors, errors
+        assert seen == [2, 2, 2, 2]  # each worker thread's own count is back
+        assert torch.get_num_threads() == 2
+        assert _thread_count_in_a_new_thread() == 2  # and the default new threads take
+    finally:
+        torch.set_num_threads(before)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -119,6 +120,42 @@ def resolve_max_tokens(max_tokens: object, device: torch.device) -> int | None:
             f"max_tokens must be a positive integer, 'auto' or None, got {max_tokens!r}"
         )
     return max_tokens
+
+
+_POOLS_LOCK = threading.Lock()
+_POOLS: dict[tuple[int, int, int], ThreadPoolExecutor] = {}
+"""The stream pools, by (process id, streams, torch threads per stream): made once each."""
+
+
+def stream_pool(streams: int, per_stream: int) -> ThreadPoolExecutor:
+    """``streams`` long-lived threads ("textcl-stream-N") running torch ops on
+    ``per_stream`` threads each, made on first use in this process and reused.
+
+    ``torch.set_num_threads`` sets the calling thread's count and the default every thread
+    takes on its first operation. Lowering it for the length of each ``encode`` call left
+    that default lowered for good when calls overlapped (a server's threads; a thread
+    started meanwhile then ran on one core). So the count is set once, in each pool thread
+    as it starts, and the default is put back as soon as all of them have, under a lock."""
+    key = (os.getpid(), streams, per_stream)  # a forked child makes its own threads
+    with _POOLS_LOCK:
+        pool = _POOLS.get(key)
+        if pool is None:
+            default = torch.get_num_threads()
+            started = threading.Barrier(streams)
+
+            def start() -> None:
+                torch.get_num_threads()  # this thread takes the current default first ...
+                torch.set_num_threads(per_stream)  # ... then its own count, kept from now on
+
+            pool = ThreadPoolExecutor(
+                max_workers=streams,
+                thread_name_prefix=f"textcl-stream{per_stream}",
+                initializer=start,
+            )
+            list(pool.map(lambda _: started.wait(), range(streams)))  # all threads now
+            torch.set_num_threads(default)  # the default other threads take, as it was
+            _POOLS[key] = pool
+    return pool
 
 
 def resolve_streams(streams: object, device: torch.device, threads: int) -> int:
@@ -271,39 +308,30 @@ def encode_sorted(
         with torch.inference_mode(), autocast_context(device, autocast):
             return encoder._embed(batch, model).float()[:, :dim]
 
-    threads = torch.get_num_threads()
+    pool = stream_pool(streams, max(1, torch.get_num_threads() // streams)) if streams > 1 else None
     with (
         torch.inference_mode(),
         autocast_context(device, autocast),
         tqdm(total=len(items), disable=not show_progress, desc="encode", unit="sent") as bar,
-        ThreadPoolExecutor(max_workers=streams, thread_name_prefix="textcl-stream") as pool,
     ):
-        if streams > 1:  # the stream threads take this count when they first run an op
-            torch.set_num_threads(max(1, threads // streams))
-        try:
-            done = 0
-            for batch in _batches(make, bounds, prefetch):
-                if prompt_length and encoder._prompt is None:
-                    batch["pooling_mask"] = exclude_prompt_from_mask(
-                        batch["attention_mask"], prompt_length
-                    )
-                if device.type != "cpu":
-                    batch = as_token_batch(
-                        {
-                            k: v.to(device, non_blocking=True)
-                            for k, v in batch_tensors(batch).items()
-                        }
-                    )
-                if streams > 1:
-                    emb = torch.cat(list(pool.map(embed, split_rows(batch, streams))))
-                else:
-                    emb = encoder._embed(batch, model).float()[:, :dim]
-                if normalize:
-                    emb = torch.nn.functional.normalize(emb, p=2, dim=-1)
-                n = emb.shape[0]
-                result[order_t[done : done + n]] = emb.cpu()
-                done += n
-                bar.update(n)
-        finally:
-            torch.set_num_threads(threads)
+        done = 0
+        for batch in _batches(make, bounds, prefetch):
+            if prompt_length and encoder._prompt is None:
+                batch["pooling_mask"] = exclude_prompt_from_mask(
+                    batch["attention_mask"], prompt_length
+                )
+            if device.type != "cpu":
+                batch = as_token_batch(
+                    {k: v.to(device, non_blocking=True) for k, v in batch_tensors(batch).items()}
+                )
+            if pool is not None:
+                emb = torch.cat(list(pool.map(embed, split_rows(batch, streams))))
+            else:
+                emb = encoder._embed(batch, model).float()[:, :dim]
+            if normalize:
+                emb = torch.nn.functional.normalize(emb, p=2, dim=-1)
+            n = emb.shape[0]
+            result[order_t[done : done + n]] = emb.cpu()
+            done += n
+            bar.update(n)
     return result
