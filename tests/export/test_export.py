@@ -11,6 +11,7 @@ import json
 import shutil
 import sys
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -385,3 +386,27 @@ def test_runtime_streams_give_the_one_stream_output(
         a, b = one(feed), two(feed)
         assert a.shape == b.shape == (*feed["input_ids"].shape, a.shape[-1])
         np.testing.assert_allclose(b, a, rtol=0, atol=1e-5)
+
+
+def test_openvino_runner_serves_concurrent_callers(exports: dict[Any, Path]) -> None:
+    """Several threads calling one OpenVINO runner at once (the naive server over an exported
+    model): each gets its own batch's output, as run alone (the oracle). Before, two calls
+    started the same infer requests at once."""
+    from textcl.export.runtime import openvino_runner
+
+    folder = exports[("openvino", None)]
+    info = read_export_info(folder)
+    run = openvino_runner(folder / info.file, n_threads=2, streams=2)
+    enc = SentenceEncoder.load(folder)
+    feeds = []
+    for rows in (7, 5, 3, 6):
+        batch = enc.tokenizer(list(TINY_SENTENCES)[-rows:], padding=True, return_tensors="np")
+        feed = {n: np.asarray(batch[n], dtype=np.int64) for n in info.inputs if n in batch}
+        feed.update({n: np.zeros_like(feed["input_ids"]) for n in info.inputs if n not in feed})
+        feeds.append(feed)
+    alone = [run(f) for f in feeds]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for _ in range(5):
+            together = list(pool.map(run, feeds))
+            for a, b in zip(alone, together, strict=True):
+                np.testing.assert_allclose(b, a, rtol=0, atol=1e-6)

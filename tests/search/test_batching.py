@@ -2,12 +2,36 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from textcl.tokens import batch_bounds
+
+
+def _cost(lengths: list[int], bounds: list[tuple[int, int]], overhead: int) -> int:
+    return sum(overhead + (b - a) * max(1, lengths[a]) for a, b in bounds)
+
+
+def _best_cost(lengths: list[int], batch_size: int, max_tokens: int, overhead: int) -> int:
+    """The oracle: every way of cutting ``lengths`` into contiguous batches that keep the
+    limits, tried one by one (2^(n-1) cuts), and the least cost."""
+    n = len(lengths)
+    best = None
+    for mask in range(1 << max(0, n - 1)):
+        cuts = [0, *[i + 1 for i in range(n - 1) if mask >> i & 1], n]
+        bounds = list(itertools.pairwise(cuts))
+        if all(
+            b - a <= batch_size and (b - a == 1 or (b - a) * lengths[a] <= max_tokens)
+            for a, b in bounds
+        ):
+            c = _cost(lengths, bounds, overhead)
+            best = c if best is None else min(best, c)
+    assert best is not None
+    return best
 
 
 @settings(max_examples=200, deadline=None)
@@ -27,14 +51,39 @@ def test_batch_bounds_contract(lengths: list[int], batch_size: int, max_tokens: 
         assert b - a <= batch_size
         if max_tokens is not None and b - a > 1:
             assert (b - a) * max(lengths[a:b]) <= max_tokens
-        # Greedy: the batch could not have taken one more sentence.
-        if b < len(lengths) and b - a < batch_size:
-            assert max_tokens is not None
-            assert (b - a + 1) * lengths[a] > max_tokens
     if max_tokens is None:
         assert bounds == [
             (a, min(a + batch_size, len(lengths))) for a in range(0, len(lengths), batch_size)
         ]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 120), min_size=1, max_size=11),
+    batch_size=st.integers(1, 8),
+    max_tokens=st.integers(1, 400),
+    overhead=st.integers(0, 300),
+)
+def test_batch_bounds_is_the_cheapest_cut(
+    lengths: list[int], batch_size: int, max_tokens: int, overhead: int
+) -> None:
+    """With a token budget the cut costs least (padded tokens + ``overhead`` a batch) among
+    all cuts within the limits: brute force over every cut as the oracle."""
+    lengths = sorted(lengths, reverse=True)
+    bounds = batch_bounds(lengths, batch_size, max_tokens, pass_overhead=overhead)
+    assert _cost(lengths, bounds, overhead) == _best_cost(lengths, batch_size, max_tokens, overhead)
+
+
+def test_batch_bounds_pads_less_than_greedy_filling() -> None:
+    """A long sentence first and many short ones (a server's merged batch): greedy filling
+    padded every short sentence to the long one's length; the cut keeps the long ones
+    together and the short ones together."""
+    lengths = [90, 80, 70] + [20] * 40
+    bounds = batch_bounds(lengths, 64, 2048)
+    padded = sum((b - a) * lengths[a] for a, b in bounds)
+    assert bounds == [(0, 3), (3, 43)], bounds
+    assert padded == 3 * 90 + 40 * 20  # greedy: 22 * 90 + 21 * 20 = 2400
+    assert padded / sum(lengths) < 1.03
 
 
 def test_batch_bounds_rejects_bad_budget() -> None:

@@ -16,6 +16,7 @@ import hashlib
 import importlib
 import itertools
 import logging
+import threading
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -384,7 +385,8 @@ def openvino_runner(model: Any, n_threads: int | None = None, streams: int | Non
 
     ``streams`` (default as in :func:`onnx_runner`): ``NUM_STREAMS`` CPU streams sharing
     the ``threads``, one infer request each; each batch is cut into that many row slices
-    that run at the same time (``start_async``, then ``wait``)."""
+    that run at the same time (``start_async``, then ``wait``). Calls from several threads
+    take turns (an infer request runs one inference at a time)."""
     ov = runtime_module("openvino", "running an OpenVINO model")
     n = n_threads or threads()
     k = streams or resolve_streams(AUTO, torch.device("cpu"), n)
@@ -401,15 +403,17 @@ def openvino_runner(model: Any, n_threads: int | None = None, streams: int | Non
         },
     )
     requests = [compiled.create_infer_request() for _ in range(k)]
+    busy = threading.Lock()  # the requests are this runner's: one batch at a time
 
     def run(feed: dict[str, np.ndarray]) -> np.ndarray:
         parts = row_slices(len(feed["input_ids"]), k)
-        for req, (a, b) in zip(requests, parts, strict=False):
-            req.start_async({name: np.ascontiguousarray(v[a:b]) for name, v in feed.items()})
-        outs = []
-        for req in requests[: len(parts)]:
-            req.wait()
-            outs.append(np.array(req.get_output_tensor(0).data, copy=True))
+        with busy:
+            for req, (a, b) in zip(requests, parts, strict=False):
+                req.start_async({name: np.ascontiguousarray(v[a:b]) for name, v in feed.items()})
+            outs = []
+            for req in requests[: len(parts)]:
+                req.wait()
+                outs.append(np.array(req.get_output_tensor(0).data, copy=True))
         return outs[0] if len(outs) == 1 else np.concatenate(outs)
 
     return run
