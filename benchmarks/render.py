@@ -168,20 +168,21 @@ def render_record(record: dict[str, Any]) -> list[str]:
 
 
 def render(records: Sequence[dict[str, Any]]) -> str:
-    """RESULTS.md of ``records`` in order: a ``##`` heading whenever the section changes, a
-    ``###`` heading whenever the title changes."""
-    blocks = [HEADER.rstrip("\n")]
-    where: tuple[str, str | None] | None = None
+    """RESULTS.md of ``records``: one ``##`` heading per section, the sections in the order
+    their first record comes, each section's records in their order, and a ``###`` heading
+    whenever the title changes within a section."""
+    sections: dict[str, list[dict[str, Any]]] = {}
     for record in records:
-        section, title = record["section"], record.get("title")
-        if where is None or section != where[0]:
-            blocks.append(f"## {section}")
-            if title:
-                blocks.append(f"### {title}")
-        elif title and title != where[1]:
-            blocks.append(f"### {title}")
-        where = (section, title)
-        blocks += render_record(record)
+        sections.setdefault(record["section"], []).append(record)
+    blocks = [HEADER.rstrip("\n")]
+    for section, members in sections.items():
+        blocks.append(f"## {section}")
+        title: str | None = None
+        for record in members:
+            if record.get("title") and record.get("title") != title:
+                blocks.append(f"### {record['title']}")
+            title = record.get("title")
+            blocks += render_record(record)
     return "\n\n".join(blocks) + "\n"
 
 

@@ -119,6 +119,19 @@ def test_a_new_run_record_renders(tmp_path: Path) -> None:
     assert "raw" not in text  # data is kept, not rendered
 
 
+def test_a_section_gets_one_heading_however_its_records_interleave() -> None:
+    """Records of section A, then B, then A again (a later rerun numbered after B): one
+    ``## A`` holding both A records in file order, then ``## B``."""
+    recs = [
+        {"section": s, "title": t, "tables": [], "notes": [n]}
+        for s, t, n in (("A", "first", "a1"), ("B", None, "b1"), ("A", "rerun", "a2"))
+    ]
+    text = render.render(recs)
+    assert text.count("## A") == 1 and text.count("## B") == 1
+    assert text.index("## A") < text.index("a1") < text.index("### rerun") < text.index("a2")
+    assert text.index("a2") < text.index("## B") < text.index("b1")
+
+
 @pytest.mark.parametrize("name", sorted(_modules_with_main()))
 def test_help_of_every_benchmark(name: str, capsys: pytest.CaptureFixture[str]) -> None:
     """``python -m benchmarks NAME --help`` parses for every benchmark, with the common flags."""
