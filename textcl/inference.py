@@ -169,15 +169,21 @@ def resolve_streams(streams: object, device: torch.device, threads: int) -> int:
     return max(1, min(streams, threads)) if device.type == "cpu" else 1
 
 
+def row_slices(rows: int, parts: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` of at most ``parts`` near-equal contiguous slices of ``rows`` rows
+    (the streams' share of a batch, here and in the exported runtimes)."""
+    k = max(1, min(parts, rows))
+    cuts = [round(i * rows / k) for i in range(k + 1)]
+    return list(itertools.pairwise(cuts))
+
+
 def split_rows(batch: TokenBatch, parts: int) -> list[TokenBatch]:
-    """``batch`` cut into at most ``parts`` contiguous row slices of near-equal size (views;
-    every entry of a batch has the sentences on its first axis)."""
-    n = int(batch["input_ids"].shape[0])
-    k = max(1, min(parts, n))
-    cuts = [round(i * n / k) for i in range(k + 1)]
+    """``batch`` cut into :func:`row_slices` (views; every entry of a batch has the
+    sentences on its first axis)."""
+    tensors = batch_tensors(batch)
     return [
-        as_token_batch({key: v[a:b] for key, v in batch_tensors(batch).items()})
-        for a, b in itertools.pairwise(cuts)
+        as_token_batch({key: v[a:b] for key, v in tensors.items()})
+        for a, b in row_slices(int(batch["input_ids"].shape[0]), parts)
     ]
 
 

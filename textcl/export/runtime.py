@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import itertools
 import logging
 import threading
 from collections.abc import Mapping
@@ -30,7 +29,7 @@ from torch import Tensor, nn
 
 from textcl.errors import CorruptFileError, InputError
 from textcl.hub import EXPORTED_MARKER, check_tokenizer_files, load_transformer
-from textcl.inference import AUTO, resolve_streams
+from textcl.inference import AUTO, resolve_streams, row_slices
 from textcl.io import read_json, sha256_file
 
 logger = logging.getLogger(__name__)
@@ -337,13 +336,6 @@ class ExportedTransformer(nn.Module):
 def threads() -> int:
     """Intra-op threads of the runtimes: torch's count (``--threads`` / ``OMP_NUM_THREADS``)."""
     return max(1, torch.get_num_threads())
-
-
-def row_slices(rows: int, parts: int) -> list[tuple[int, int]]:
-    """``[start, stop)`` of at most ``parts`` near-equal contiguous slices of ``rows`` rows."""
-    k = max(1, min(parts, rows))
-    cuts = [round(i * rows / k) for i in range(k + 1)]
-    return list(itertools.pairwise(cuts))
 
 
 def onnx_runner(path: Path, n_threads: int | None = None, streams: int | None = None) -> Any:
