@@ -404,7 +404,8 @@ class SentenceEncoder(nn.Module):
 
     def _inference_model(self, precision: str) -> Any:
         """The transformer :meth:`encode` runs at ``precision``: the model itself, or a
-        cached bf16 (``bf16_inference == "weights"``) / qint8 copy of it.
+        cached bf16 (``bf16_inference == "weights"``) / qint8 copy of it; an exported model's
+        graph with its float parts at ``precision`` (:meth:`ExportedTransformer.at_precision`).
 
         The copy is rebuilt when any weight changed since (parameter identity, storage and
         in-place version counters: ``load_state_dict`` or an in-place edit invalidates it; any
@@ -412,8 +413,8 @@ class SentenceEncoder(nn.Module):
         alone: :func:`~textcl.precision.optimizer_steps`), or the device changed. The copy is
         not a submodule: not saved, not trained.
         """
-        if isinstance(self.model, ExportedTransformer):  # its precision is the export's
-            return self.model
+        if isinstance(self.model, ExportedTransformer):  # int8 or not, as exported
+            return self.model.at_precision(precision)
         if precision not in ("bf16", "qint8") or (
             precision == "bf16" and self.bf16_inference == "autocast"
         ):
@@ -603,12 +604,16 @@ class SentenceEncoder(nn.Module):
         precision = resolve_inference_precision(requested, dev)
         model = self._inference_model(precision)
         mode = precision
-        if precision == "bf16":
+        if isinstance(model, ExportedTransformer):
+            mode = model.run_label
+        elif precision == "bf16":
             mode = "bf16 (weights)" if model is not self.model else "bf16 (autocast)"
         if mode != self.last_precision:
             logger.info("encode precision: %s (requested %s, device %s)", mode, requested, dev)
         self.last_precision = mode
         autocast = precision if model is self.model and precision != "qint8" else "fp32"
+        if isinstance(model, ExportedTransformer):  # the runtime's precision, not torch's
+            autocast = "fp32"
         if compile and not isinstance(model, ExportedTransformer):  # that runs as exported
             model = compiled_model(self.__dict__, model)
         norm = self.normalize if normalize is None else normalize

@@ -410,3 +410,85 @@ def test_openvino_runner_serves_concurrent_callers(exports: dict[Any, Path]) -> 
             together = list(pool.map(run, feeds))
             for a, b in zip(alone, together, strict=True):
                 np.testing.assert_allclose(b, a, rtol=0, atol=1e-6)
+
+
+def _openvino_has_bf16() -> bool:
+    import openvino as ov
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+@pytest.mark.filterwarnings("ignore::textcl.precision.EmulatedBF16Warning")
+@pytest.mark.parametrize("quant", [None, "int8"])
+def test_openvino_float_parts_follow_the_precision(
+    exports: dict[Any, Path], source: tuple[Path, Path], quant: str | None
+) -> None:
+    """``encode(precision="bf16")`` runs an OpenVINO graph's float parts at bf16 (a second
+    compiled model, kept): close to the fp32 run (the oracle) and, where the CPU has bf16,
+    not equal to it (the negative control: the hint reached the runtime); ``fp32`` is the
+    loaded model itself; ``auto`` follows :func:`native_bf16` (fp32 under this suite)."""
+    enc = SentenceEncoder.load(exports[("openvino", quant)])
+    model = enc.model
+    assert isinstance(model, ExportedTransformer)
+    assert model.at_precision("fp32") is model and model.float_precision == "fp32"
+    twin = model.at_precision("bf16")
+    assert twin is model.at_precision("bf16") and twin.at_precision("fp32") is model
+    assert twin.float_precision == "bf16" and twin.precision == model.precision
+    texts = list(TINY_SENTENCES)
+    a = enc.encode(texts, precision="fp32")
+    assert enc.last_precision == f"openvino {quant or 'fp32'}, float parts fp32"
+    b = enc.encode(texts, precision="bf16")
+    assert enc.last_precision == f"openvino {quant or 'fp32'}, float parts bf16"
+    assert cosines(a, b).min() >= 0.995
+    if _openvino_has_bf16():
+        assert not np.allclose(a, b, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(enc.encode(texts), a)  # auto: fp32 here (TEXTCL_CPU_BF16=0)
+    # the state dict (fingerprint) is the graph's, whatever the float precision
+    torch.testing.assert_close(twin.state_dict(), model.state_dict())
+
+
+@pytest.mark.filterwarnings("ignore::textcl.precision.EmulatedBF16Warning")
+def test_onnx_float_parts_stay_fp32_and_qint8_is_refused(exports: dict[Any, Path]) -> None:
+    """ONNX Runtime's CPU kernels are float32: bf16 runs the same graph (the fp32 output,
+    exactly); qint8 quantizes PyTorch models and is refused for any export."""
+    enc = SentenceEncoder.load(exports[("onnx", "int8")])
+    assert isinstance(enc.model, ExportedTransformer)
+    assert enc.model.at_precision("bf16") is enc.model
+    texts = list(TINY_SENTENCES)
+    a = enc.encode(texts, precision="fp32")
+    np.testing.assert_array_equal(enc.encode(texts, precision="bf16"), a)
+    assert enc.last_precision == "onnx int8"
+    for fmt in ("onnx", "openvino"):
+        other = SentenceEncoder.load(exports[(fmt, "int8")])
+        with pytest.warns(QInt8DeprecationWarning), pytest.raises(InputError, match="qint8"):
+            other.encode(texts, precision="qint8")
+
+
+def test_export_checks_quality_at_bf16_where_native(
+    source: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the CPU has native bf16 (``auto`` then runs OpenVINO's float parts at bf16), the
+    export measures that too, records it and holds ``--min-cosine`` to the worse figure;
+    without it, fp32 only."""
+    model, cal = source
+    monkeypatch.setenv("TEXTCL_CPU_BF16", "1")
+    out = tmp_path / "ov"
+    export_model(model, out, "openvino", calibration=cal, calibration_size=16)
+    q = read_export_info(out).quality
+    assert q["min_cosine"] >= 0.9999 and 0.99 <= q["bf16"]["min_cosine"] <= 1.0
+    assert "float parts at bf16 (what `auto` runs" in (out / "README.md").read_text()
+    low, high = q["bf16"]["min_cosine"], q["min_cosine"]
+    if low < high:  # a bar between the two figures refuses the export
+        with pytest.raises(InputError, match="min cosine"):
+            export_model(
+                model, tmp_path / "refused", "openvino", calibration=cal,
+                calibration_size=16, min_cosine=(low + high) / 2,
+            )  # fmt: skip
+    assert not (tmp_path / "refused").exists()
+    monkeypatch.setenv("TEXTCL_CPU_BF16", "0")
+    export_model(model, tmp_path / "ov0", "openvino", calibration=cal, calibration_size=16)
+    assert "bf16" not in read_export_info(tmp_path / "ov0").quality
+    onnx = tmp_path / "onnx"
+    monkeypatch.setenv("TEXTCL_CPU_BF16", "1")
+    export_model(model, onnx, "onnx", calibration=cal, calibration_size=16)
+    assert "bf16" not in read_export_info(onnx).quality  # ONNX Runtime runs fp32 only

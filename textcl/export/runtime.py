@@ -16,7 +16,7 @@ import hashlib
 import importlib
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -55,6 +55,12 @@ EXTRAS: dict[str, tuple[str, str]] = {
 MODEL_INPUTS: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids")
 """Inputs an exported graph may take (in this order); its output is ``last_hidden_state``."""
 OUTPUT_NAME = "last_hidden_state"
+FLOAT_PRECISIONS: dict[str, tuple[str, ...]] = {"onnx": ("fp32",), "openvino": ("fp32", "bf16")}
+"""Per format: the precisions its CPU runtime can run the graph's float parts at (ONNX
+Runtime's CPU kernels are float32; OpenVINO takes a bf16 inference precision)."""
+OPENVINO_HINTS: dict[str, str] = {"fp32": "f32", "bf16": "bf16"}
+Runner = Callable[[dict[str, np.ndarray]], np.ndarray]
+"""A compiled graph: numpy inputs by name -> ``last_hidden_state``."""
 
 
 class MissingExtraError(InputError):
@@ -249,11 +255,24 @@ class ExportedTransformer(nn.Module):
     sha256 as 32 bytes), makes its state dict (and so an in-memory encoder's fingerprint,
     :func:`textcl.search.model.model_weights_hash`) differ per graph."""
 
-    def __init__(self, folder: Path, info: ExportInfo, config: Any, runner: Any) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        info: ExportInfo,
+        config: Any,
+        make_runner: Callable[[str], Runner],
+        float_precision: str = "fp32",
+    ) -> None:
         super().__init__()
+        if float_precision not in FLOAT_PRECISIONS[info.format]:
+            raise ValueError(
+                f"{info.format} runs its float parts at {FLOAT_PRECISIONS[info.format]}, "
+                f"not {float_precision!r}"
+            )
         self.folder = folder
         self.info = info
         self.config = config
+        self.float_precision = float_precision
         self.embeddings = _Embeddings(info.padding_idx)
         self._word_embeddings = _InputEmbeddingsInfo(int(config.vocab_size))
         self.register_buffer(
@@ -262,8 +281,36 @@ class ExportedTransformer(nn.Module):
         )
         # SentenceEncoder.device reads the first parameter: one empty, frozen placeholder.
         self.device_anchor = nn.Parameter(torch.empty(0), requires_grad=False)
-        self._runner = runner
+        self._make_runner = make_runner
+        self._runner = make_runner(float_precision)
+        # Siblings at the other float precision (at_precision), shared by every copy.
+        self._siblings: dict[str, ExportedTransformer] = {float_precision: self}
+        self._siblings_lock = threading.Lock()
         self.eval()
+
+    def at_precision(self, precision: str) -> ExportedTransformer:
+        """This graph with its float parts run at ``precision`` (``fp32``, ``bf16``; what
+        :meth:`SentenceEncoder.encode` resolved): OpenVINO compiles the graph again with
+        that inference precision (once, kept); ONNX Runtime's CPU kernels are float32 only,
+        so an ONNX graph stays at fp32. The int8 parts of an int8 graph are int8 either
+        way. ``qint8`` is refused (:class:`InputError`): it quantizes a PyTorch model."""
+        if precision == "qint8":
+            raise InputError(
+                f"{self.folder} is an exported model ({self.info.label}): precision qint8 "
+                "quantizes a PyTorch model; an exported graph runs at fp32 or bf16 (int8 "
+                "graphs: textcl export --quantize int8)"
+            )
+        if precision not in FLOAT_PRECISIONS[self.info.format]:
+            precision = "fp32"
+        with self._siblings_lock:
+            twin = self._siblings.get(precision)
+            if twin is None:
+                twin = ExportedTransformer(
+                    self.folder, self.info, self.config, self._make_runner, precision
+                )
+                twin._siblings, twin._siblings_lock = self._siblings, self._siblings_lock
+                self._siblings[precision] = twin
+        return twin
 
     # --- what SentenceEncoder asks of a transformers model
     def get_input_embeddings(self) -> nn.Module:
@@ -271,12 +318,20 @@ class ExportedTransformer(nn.Module):
 
     @property
     def precision(self) -> str:
-        """``onnx int8``, ``openvino fp32``, ..."""
+        """``onnx int8``, ``openvino fp32``, ...: what the graph was exported at."""
         return self.info.label
 
+    @property
+    def run_label(self) -> str:
+        """What a forward pass runs: the export's label and, for OpenVINO, the precision of
+        its float parts (``openvino int8, float parts bf16``)."""
+        if len(FLOAT_PRECISIONS[self.info.format]) == 1:
+            return self.info.label
+        return f"{self.info.label}, float parts {self.float_precision}"
+
     def __deepcopy__(self, memo: dict[int, Any]) -> ExportedTransformer:
-        # The runtime session is immutable and not copyable: a copy shares it (no
-        # precision copies are made of an exported graph).
+        # The runtime session is immutable and not copyable: a copy shares it (the graph
+        # at another float precision comes from at_precision).
         return self
 
     def save_pretrained(self, *args: Any, **kwargs: Any) -> None:
@@ -338,7 +393,7 @@ def threads() -> int:
     return max(1, torch.get_num_threads())
 
 
-def onnx_runner(path: Path, n_threads: int | None = None, streams: int | None = None) -> Any:
+def onnx_runner(path: Path, n_threads: int | None = None, streams: int | None = None) -> Runner:
     """An ONNX Runtime CPU session of ``path`` (all graph optimisations) as
     ``feed -> last_hidden_state``.
 
@@ -371,9 +426,16 @@ def onnx_runner(path: Path, n_threads: int | None = None, streams: int | None = 
     return run
 
 
-def openvino_runner(model: Any, n_threads: int | None = None, streams: int | None = None) -> Any:
+def openvino_runner(
+    model: Any,
+    n_threads: int | None = None,
+    streams: int | None = None,
+    precision: str = "fp32",
+) -> Runner:
     """An OpenVINO CPU compiled model of ``model`` (a path or an ``ov.Model``) as
-    ``feed -> last_hidden_state``; f32 inference precision (no bf16/f16 hint).
+    ``feed -> last_hidden_state``. ``precision``: the inference precision of what the graph
+    computes in float (``fp32``; ``bf16``, where the CPU has native bf16, roughly doubles
+    the speed of float matmuls; the int8 parts of an int8 graph stay int8).
 
     ``streams`` (default as in :func:`onnx_runner`): ``NUM_STREAMS`` CPU streams sharing
     the ``threads``, one infer request each; each batch is cut into that many row slices
@@ -391,7 +453,7 @@ def openvino_runner(model: Any, n_threads: int | None = None, streams: int | Non
         {
             "INFERENCE_NUM_THREADS": str(n),
             "NUM_STREAMS": str(k),
-            "INFERENCE_PRECISION_HINT": "f32",
+            "INFERENCE_PRECISION_HINT": OPENVINO_HINTS[precision],
         },
     )
     requests = [compiled.create_infer_request() for _ in range(k)]
@@ -427,9 +489,14 @@ def load_exported(folder: Path) -> tuple[ExportedTransformer, Any]:
             f"({type(e).__name__}: {e})"
         ) from e
     path = folder / info.file
-    runner = onnx_runner(path) if info.format == "onnx" else openvino_runner(path)
+
+    def make_runner(precision: str) -> Runner:
+        if info.format == "onnx":
+            return onnx_runner(path)
+        return openvino_runner(path, precision=precision)
+
     logger.info("%s: exported model, %s", folder, info.label)
-    return ExportedTransformer(folder, info, config, runner), tokenizer
+    return ExportedTransformer(folder, info, config, make_runner), tokenizer
 
 
 def load_model(model_dir: Path, model_kwargs: Mapping[str, Any]) -> tuple[Any, Any]:
