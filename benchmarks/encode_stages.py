@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -59,7 +60,8 @@ def variant_kwargs(name: str) -> dict[str, Any]:
     prefetch=False``: the loop before issue 24), ``after`` (encode's defaults), or ``+``-joined
     parts applied to the defaults: ``mtN`` / ``mtnone`` (max_tokens), ``bsN`` (batch size),
     ``serial`` / ``prefetch``, ``eager`` / ``sdpa`` (attention implementation, key ``attn``),
-    ``streamsN`` (row slices run side by side), ``compile`` (torch.compile)."""
+    ``streamsN`` (row slices run side by side), ``compile`` (torch.compile), ``onnx`` /
+    ``openvino`` (the model's fp32 export to that format, made in this run, key ``export``)."""
     kw: dict[str, Any] = {}
     for part in name.split("+"):
         if part == "before":
@@ -78,6 +80,8 @@ def variant_kwargs(name: str) -> dict[str, Any]:
             kw["prefetch"] = part == "prefetch"
         elif part in ("eager", "sdpa"):
             kw["attn"] = part
+        elif part in ("onnx", "openvino"):
+            kw["export"] = part
         else:
             raise SystemExit(f"--variants: unknown setting {part!r} in {name!r}")
     return kw
@@ -256,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         "--variants",
         default=DEFAULT_VARIANTS,
         help="comma-separated settings to compare: before, after, or +-joined parts "
-        f"mtN/mtnone, bsN, serial/prefetch, eager/sdpa, streamsN, compile (default {DEFAULT_VARIANTS})",
+        "mtN/mtnone, bsN, serial/prefetch, eager/sdpa, streamsN, compile, onnx/openvino (the "
+        f"fp32 export run through that runtime) (default {DEFAULT_VARIANTS})",
     )
     p.add_argument("--no-stages", action="store_true", help="skip the per-stage replay")
     p.add_argument("--stage-repeats", type=int, default=1, help="replays per stage table")
@@ -267,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     kwargs = {n: variant_kwargs(n) for n in names}
 
     from textcl import SentenceEncoder
+    from textcl.export.exporter import export_model
     from textcl.inference import CPU_MAX_TOKENS, resolve_streams
 
     set_threads(args.threads)
@@ -285,14 +291,22 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
 
+    exports = {}
+    for fmt in sorted({kw["export"] for kw in kwargs.values() if "export" in kw}):
+        folder = Path(tempfile.mkdtemp(prefix="textcl-stages-")) / fmt
+        export_model(model_path(args.model), folder, fmt)
+        exports[fmt] = SentenceEncoder.load(folder)
+        print(f"{fmt}: fp32 export in {folder}", flush=True)
+
     def run(name: str) -> Callable[[], np.ndarray]:
         kw = dict(kwargs[name])
         attn = kw.pop("attn", "sdpa")
+        encoder = exports[kw.pop("export")] if "export" in kw else enc
 
         def go() -> np.ndarray:
             enc.model.set_attn_implementation(attn)
             try:
-                out = enc.encode(texts, precision=args.precision, show_progress=False, **kw)
+                out = encoder.encode(texts, precision=args.precision, show_progress=False, **kw)
             finally:
                 enc.model.set_attn_implementation("sdpa")
             return np.asarray(out)

@@ -60,8 +60,8 @@ def _median_rate(fn: Callable[[], Any], repeats: int) -> float:
 
 
 def roofs(tokens: int, hidden: int, ffn: int, repeats: int = 5) -> dict[str, float]:
-    """GFLOP/s of the fp32 matmul (``torch.mm``) and of torch's dynamic int8 linear at the
-    feed-forward shape ``(tokens, hidden) x (hidden, ffn)``."""
+    """GFLOP/s of the fp32 and bf16 matmuls (``torch.mm``) and of torch's dynamic int8
+    linear at the feed-forward shape ``(tokens, hidden) x (hidden, ffn)``."""
     import torch
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
@@ -70,12 +70,15 @@ def roofs(tokens: int, hidden: int, ffn: int, repeats: int = 5) -> dict[str, flo
     work = 2.0 * tokens * hidden * ffn
     torch.mm(a, w)
     fp32 = work / _median_rate(lambda: torch.mm(a, w), repeats) / 1e9
+    a16, w16 = a.bfloat16(), w.bfloat16()
+    torch.mm(a16, w16)
+    bf16 = work / _median_rate(lambda: torch.mm(a16, w16), repeats) / 1e9
     lin = torch.nn.Sequential(torch.nn.Linear(hidden, ffn)).eval()
     qlin = quantize_dynamic(lin, {torch.nn.Linear: per_channel_dynamic_qconfig})
     with torch.inference_mode():
         qlin(a)
         int8 = work / _median_rate(lambda: qlin(a), repeats) / 1e9
-    return {"fp32": fp32, "int8": int8}
+    return {"fp32": fp32, "bf16": bf16, "int8": int8}
 
 
 def runtime_int8_roofs(tokens: int, hidden: int, ffn: int, repeats: int = 7) -> dict[str, float]:
@@ -136,6 +139,16 @@ def runtime_int8_roofs(tokens: int, hidden: int, ffn: int, repeats: int = 7) -> 
                     work / _median_rate(lambda run=run: run({"input_ids": x}), repeats) / 1e9
                 )
     return out
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU runs bf16 natively, whatever ``TEXTCL_CPU_BF16`` says (the benchmark
+    sets it to 0 so that textcl fp32 is fp32): OpenVINO's own probe."""
+    try:
+        import openvino as ov
+    except ImportError:
+        return False
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 def work_gflop(tokenizer: Any, sentences: list[str], config: Any, max_length: int) -> float:
@@ -229,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
         ("textcl qint8 (dynamic, torch)", textcl_run(ours, "qint8")),
     ]
     export_seconds: dict[str, float] = {}
+    bf16_cpu = cpu_has_bf16()
+    if bf16_cpu:
+        contenders.append(("textcl bf16 (torch)", textcl_run(ours, "bf16")))
     for fmt in ("onnx", "openvino"):
         for quant in (None, "int8"):
             name = f"textcl {fmt} {'int8 static' if quant else 'fp32'}"
@@ -250,6 +266,12 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             export_seconds[name] = time.perf_counter() - t0
             contenders.append((name, textcl_run(SentenceEncoder.load(work / f"{fmt}-{quant}"))))
+        if fmt == "openvino" and bf16_cpu:  # what precision auto runs on this CPU
+            for quant in (None, "int8"):
+                if (work / f"{fmt}-{quant}" / "textcl_export.json").is_file():
+                    enc = SentenceEncoder.load(work / f"{fmt}-{quant}")
+                    name = f"textcl {fmt} {'int8 static' if quant else 'fp32'}, float parts bf16"
+                    contenders.append((name, textcl_run(enc, "bf16")))
 
     peer = st_peer(model_dir, device="cpu")
 
@@ -272,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         stand_ins = {
             "ort fp32": "stand-in for ST backend=onnx",
             "ort int8": "stand-in for ST onnx-qint8 (dynamic, avx512_vnni config)",
-            "openvino bf16 hint": "stand-in for ST backend=openvino (f32 on this CPU)",
+            "openvino bf16 hint": "stand-in for ST backend=openvino (OpenVINO default: bf16 where native)",
             "openvino int8": "stand-in for ST export_static_quantized_openvino_model",
         }
         for name, fn in runtime_peers(model_dir, calibration, args.batch_size, 256):
@@ -319,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         res = evaluate_sts(_Encode(fn), ["stsb"], split="dev", data_dir=sts)
         med = statistics.median(rates[name])
         achieved = gflop * med / len(sentences)
-        kind = "int8" if ("int8" in name) else "fp32"
+        kind = "int8" if "int8" in name else ("bf16" if "bf16" in name else "fp32")
         rows.append(
             [
                 name,
@@ -338,8 +360,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(sentences)} STS sentences ({gflop:.1f} GFLOP of work), batch {args.batch_size}, "
         f"{torch.get_num_threads()} threads, {args.repeats} alternating repeats (medians).",
         f"Roofs measured in this run at the feed-forward shape (4096 x {cfg.hidden_size} x "
-        f"{cfg.intermediate_size}): fp32 torch.mm {roof['fp32']:.1f} GFLOP/s, int8 dynamic "
-        f"linear {roof['int8']:.1f} GOP/s; each runtime's own static int8 MatMul (QDQ, "
+        f"{cfg.intermediate_size}): fp32 torch.mm {roof['fp32']:.1f} GFLOP/s, bf16 torch.mm "
+        f"{roof['bf16']:.1f} GFLOP/s, int8 dynamic linear {roof['int8']:.1f} GOP/s (int8 graphs "
+        "count against the int8 roof, their float parts at bf16 or not; other bf16 runs against "
+        "the bf16 roof); each runtime's own static int8 MatMul (QDQ, "
         "1 and 2 streams): "
         + ", ".join(f"{k} {v:.1f}" for k, v in rt_roof.items())
         + " GOP/s ('% of own int8 roof' uses the best of the contender's runtime).",
