@@ -492,3 +492,19 @@ def test_export_checks_quality_at_bf16_where_native(
     monkeypatch.setenv("TEXTCL_CPU_BF16", "1")
     export_model(model, onnx, "onnx", calibration=cal, calibration_size=16)
     assert "bf16" not in read_export_info(onnx).quality  # ONNX Runtime runs fp32 only
+
+
+def test_load_compiles_what_auto_runs(
+    exports: dict[Any, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Loading compiles the float precision ``encode``'s default (``auto``) resolves to on
+    this CPU, so a default encode compiles nothing more; the other one comes on demand."""
+    monkeypatch.setenv("TEXTCL_CPU_BF16", "1")
+    ov_model = SentenceEncoder.load(exports[("openvino", "int8")]).model
+    onnx_model = SentenceEncoder.load(exports[("onnx", "int8")]).model
+    assert isinstance(ov_model, ExportedTransformer) and ov_model.float_precision == "bf16"
+    assert ov_model.at_precision("bf16") is ov_model
+    assert ov_model.at_precision("fp32").float_precision == "fp32"
+    assert isinstance(onnx_model, ExportedTransformer) and onnx_model.float_precision == "fp32"
+    monkeypatch.setenv("TEXTCL_CPU_BF16", "0")
+    assert SentenceEncoder.load(exports[("openvino", "int8")]).model.float_precision == "fp32"

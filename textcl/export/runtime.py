@@ -31,6 +31,7 @@ from textcl.errors import CorruptFileError, InputError
 from textcl.hub import EXPORTED_MARKER, check_tokenizer_files, load_transformer
 from textcl.inference import AUTO, resolve_streams, row_slices
 from textcl.io import read_json, sha256_file
+from textcl.precision import resolve_inference_precision
 
 logger = logging.getLogger(__name__)
 
@@ -495,8 +496,11 @@ def load_exported(folder: Path) -> tuple[ExportedTransformer, Any]:
             return onnx_runner(path)
         return openvino_runner(path, precision=precision)
 
-    logger.info("%s: exported model, %s", folder, info.label)
-    return ExportedTransformer(folder, info, config, make_runner), tokenizer
+    # Compile first what encode's default precision ("auto") runs here; the other on demand.
+    first = resolve_inference_precision(AUTO, "cpu")
+    first = first if first in FLOAT_PRECISIONS[info.format] else "fp32"
+    logger.info("%s: exported model, %s (float parts %s)", folder, info.label, first)
+    return ExportedTransformer(folder, info, config, make_runner, first), tokenizer
 
 
 def load_model(model_dir: Path, model_kwargs: Mapping[str, Any]) -> tuple[Any, Any]:
