@@ -106,7 +106,7 @@ def test_resolve_max_tokens() -> None:
         ({"max_tokens": 0}, ValueError, "max_tokens"),
         ({"max_tokens": True}, ValueError, "max_tokens"),
         ({"max_tokens": 2.5}, ValueError, "max_tokens"),
-        ({"prefetch": "no"}, TypeError, "prefetch must be True or False"),
+        ({"prefetch": "no"}, TypeError, "prefetch must be True, False or None"),
         ({"prefetch": 1}, TypeError, "prefetch"),
         ({"compile": "yes"}, TypeError, "compile must be True or False"),
         ({"streams": 0}, ValueError, "streams must be a positive integer or 'auto'"),

@@ -501,7 +501,7 @@ class SentenceEncoder(nn.Module):
         precision: str | None = None,
         show_progress: bool | None = None,
         max_tokens: int | str | None = AUTO,
-        prefetch: bool = True,
+        prefetch: bool | None = None,
         compile: bool = False,
         streams: int | str = AUTO,
         prompt_name: str | None = None,
@@ -551,7 +551,9 @@ class SentenceEncoder(nn.Module):
                 ``"auto"`` (default): :data:`~textcl.inference.CPU_MAX_TOKENS` on CPU,
                 ``None`` elsewhere (:func:`~textcl.inference.resolve_max_tokens`).
             prefetch: build the next batch in a background thread while the current one
-                runs (same batches, identical embeddings); ``False``: one thread.
+                runs (same batches, identical embeddings); ``False``: one thread;
+                ``None`` (default): on, except for an exported model, whose runtime already
+                keeps every core busy (the thread beside it cost OpenVINO 7-13%).
             compile / streams: ``torch.compile`` the transformer; CPU row slices per batch
                 side by side (same embeddings): :mod:`textcl.inference`, docs/inference.md.
             prompt_name: prepend the prompt of this name (from :attr:`prompts`).
@@ -619,6 +621,8 @@ class SentenceEncoder(nn.Module):
         norm = self.normalize if normalize is None else normalize
         budget = resolve_max_tokens(max_tokens, dev)
         exported = isinstance(self.model, ExportedTransformer)  # its runtime has streams
+        if prefetch is None:
+            prefetch = not exported
         n_streams = 1 if exported else resolve_streams(streams, dev, torch.get_num_threads())
         lengths = max_length or self.effective_max_length
         n_batches = (len(items) + batch_size - 1) // batch_size

@@ -230,10 +230,11 @@ def check_loop_options(
     resolve_streams(streams, torch.device("cpu"), 1)
 
 
-def check_prefetch(prefetch: object) -> bool:
-    """``prefetch`` when it is a bool, else ``TypeError`` (``"no"`` would read as true)."""
-    if not isinstance(prefetch, bool):
-        raise TypeError(f"prefetch must be True or False, got {prefetch!r}")
+def check_prefetch(prefetch: object) -> bool | None:
+    """``prefetch`` when it is a bool or None (the default: decided per model), else
+    ``TypeError`` (``"no"`` would read as true)."""
+    if prefetch is not None and not isinstance(prefetch, bool):
+        raise TypeError(f"prefetch must be True, False or None, got {prefetch!r}")
     return prefetch
 
 

@@ -508,3 +508,28 @@ def test_load_compiles_what_auto_runs(
     assert isinstance(onnx_model, ExportedTransformer) and onnx_model.float_precision == "fp32"
     monkeypatch.setenv("TEXTCL_CPU_BF16", "0")
     assert SentenceEncoder.load(exports[("openvino", "int8")]).model.float_precision == "fp32"
+
+
+def test_exported_models_build_batches_serially_by_default(
+    exports: dict[Any, Path], source: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``prefetch=None`` (the default) builds the next batch in a thread for PyTorch models
+    and not for exported ones (their runtime keeps every core busy); an explicit value wins.
+    The embeddings are the same either way."""
+    import textcl.inference as inference
+
+    seen: list[bool] = []
+    real = inference._batches
+
+    def spy(make: Any, bounds: Any, prefetch: bool) -> Any:
+        seen.append(prefetch)
+        return real(make, bounds, prefetch)
+
+    monkeypatch.setattr(inference, "_batches", spy)
+    texts = list(TINY_SENTENCES) * 3
+    exported = SentenceEncoder.load(exports[("openvino", "int8")])
+    a = exported.encode(texts, batch_size=4)
+    b = exported.encode(texts, batch_size=4, prefetch=True)
+    SentenceEncoder.load(source[0]).encode(texts, batch_size=4)
+    assert seen == [False, True, True]
+    np.testing.assert_array_equal(a, b)
