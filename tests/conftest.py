@@ -21,6 +21,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["TEXTCL_CPU_BF16"] = "0"
 
 from tests.helpers import (
+    CORPUS,
     TINY_SENTENCES,
     build_tiny_bert,
     build_tiny_tokenizer,
@@ -91,4 +92,14 @@ def sts_dir() -> Path:
     path = sts_data_dir()
     if path is None:
         pytest.skip("STS data not found: set TEXTCL_DATA or place shared/data beside the repo")
+    return path
+
+
+@pytest.fixture
+def corpus_txt(tmp_path: Path) -> Path:
+    """CORPUS (tests.helpers) one a line, with a blank and a whitespace-only line in between
+    (skipped by the readers)."""
+    lines = [*CORPUS[:5], "", *CORPUS[5:11], "   ", *CORPUS[11:]]
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path

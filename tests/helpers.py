@@ -31,6 +31,18 @@ TINY_SENTENCES: tuple[str, ...] = (
     "A bird is singing in the tree.",
 )
 
+CORPUS_EXTRA = (
+    "Rain is expected over the weekend in the north.",
+    "The museum opens a new exhibition of modern art.",
+    "A cat is chasing a mouse in the kitchen.",
+    "The team won the final after extra time.",
+    "Engineers are repairing the old bridge.",
+    "A woman is playing the violin on stage.",
+    "The bakery sells fresh bread every morning.",
+)
+CORPUS: tuple[str, ...] = TINY_SENTENCES + CORPUS_EXTRA
+"""23 distinct sentences: the search tests' corpus (the fixture corpus_txt writes it)."""
+
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 

@@ -22,7 +22,7 @@ import pytest
 import requests
 
 import textcl.search.encode as encode_mod
-from tests.search.conftest import CORPUS
+from tests.helpers import CORPUS
 from textcl.cli import main
 from textcl.io import LOCK_NAME
 from textcl.search import encode_corpus
@@ -55,15 +55,6 @@ def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
         assert lines[0].startswith(f"textcl {argv[0]}: error: "), err
         assert "\n" not in err.split("error: ", 1)[1].rstrip("\n"), err  # one line
     return rc, "\n".join(lines)
-
-
-@pytest.fixture
-def corpus_txt(tmp_path: Path) -> Path:
-    """CORPUS one a line, with a blank and a whitespace-only line (as tests/search has it)."""
-    lines = [*CORPUS[:5], "", *CORPUS[5:11], "   ", *CORPUS[11:]]
-    path = tmp_path / "corpus.txt"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
 
 
 @pytest.fixture

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 import textcl.search.encode as enc_mod
-from tests.helpers import build_tiny_bert
-from tests.search.conftest import CORPUS
+from tests.helpers import CORPUS, build_tiny_bert
 from textcl import SentenceEncoder
 from textcl.errors import CorruptFileError
 from textcl.search import EmbeddingIndex, Manifest, encode_corpus, exact_search, search

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.search.conftest import CORPUS
+from tests.helpers import CORPUS
 from textcl.commands import encode as encode_cmd
 from textcl.commands import index as index_cmd
 from textcl.commands import search as search_cmd

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.search.conftest import CORPUS
+from tests.helpers import CORPUS
 from textcl.errors import CorruptFileError, FolderBusyError, FolderConflictError, InputError
 from textcl.search import EmbeddingIndex, build_faiss_index, encode_corpus, verify_index
 from textcl.search.faiss_index import faiss_search

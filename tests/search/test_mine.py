@@ -11,8 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.helpers import build_tiny_bert
-from tests.search.conftest import CORPUS
+from tests.helpers import CORPUS, build_tiny_bert
 from textcl import SentenceEncoder
 from textcl.cli import main
 from textcl.data.pairs import DEFAULT_COLUMNS, PairDataset

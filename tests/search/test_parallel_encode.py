@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import textcl.search.encode as enc_mod
-from tests.search.conftest import CORPUS
+from tests.helpers import CORPUS
 from textcl.errors import InputError
 from textcl.search import EmbeddingIndex, encode_corpus, search
 from textcl.search.distributed import encode_distributed, encode_on_devices

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.search.conftest import CORPUS
+from tests.helpers import CORPUS
 from textcl import SentenceEncoder
 from textcl.search import EmbeddingIndex, encode_corpus, exact_search, search
 

@@ -15,8 +15,7 @@ pytest.importorskip("prometheus_client")
 
 from fastapi.testclient import TestClient
 
-from tests.helpers import build_tiny_bert, build_tiny_tokenizer
-from tests.search.conftest import CORPUS
+from tests.helpers import CORPUS, build_tiny_bert, build_tiny_tokenizer
 from textcl import SentenceEncoder
 from textcl.search import encode_corpus
 from textcl.serve import ServeConfig, create_app

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.search.conftest import CORPUS
+from tests.helpers import CORPUS
 from textcl import SentenceEncoder
 from textcl.search import open_index, search
 

@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.search.conftest import CORPUS
+from tests.helpers import CORPUS
 from textcl import SentenceEncoder
 from textcl.search import open_index, search
 from textcl.serve import ServeConfig, create_app
