@@ -6,6 +6,7 @@ import argparse
 import os
 from typing import Any
 
+from textcl.commands.options import options_from_args
 from textcl.errors import InputError
 from textcl.inference import AUTO, CPU_MAX_TOKENS
 from textcl.search.distributed import (
@@ -153,23 +154,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    options = EncodeOptions(
-        text_column=args.text_column,
-        id_column=args.id_column,
-        split=args.split,
-        dtype=args.dtype,
-        shard_size=args.shard_size,
-        batch_size=args.batch_size,
-        max_tokens=args.max_tokens,
-        compile=args.compile,
-        normalize=args.normalize,
-        precision=args.precision,
-        device=args.device,
-        overwrite=args.overwrite,
-        show_progress=not args.no_progress,
-        calibration_size=args.calibration_size,
-        rescore_dtype=args.rescore_dtype,
-    )
+    options = options_from_args(EncodeOptions, args, show_progress=not args.no_progress)
     ranks = torchrun_world()
     if args.engine == "ray" and (ranks or args.devices):
         raise InputError("--engine ray takes --num-workers, not --devices or torchrun")

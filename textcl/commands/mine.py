@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from textcl.commands.options import options_from_args
 from textcl.io import dumps_json
 from textcl.search.mine import FORMATS, SAMPLING, MineOptions, mine_to_file
 
@@ -118,28 +119,8 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    options = MineOptions(
-        anchor_column=args.anchor_column,
-        positive_column=args.positive_column,
-        num_negatives=args.num_negatives,
-        top_k=args.top_k,
-        range_min=args.range_min,
-        range_max=args.range_max,
-        absolute_margin=args.margin,
-        relative_margin=args.relative_margin,
-        max_score=args.max_score,
-        min_score=args.min_score,
-        sampling=args.sampling,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        faiss=args.faiss,
-        nprobe=args.nprobe,
-        ef_search=args.ef_search,
-        precision=args.precision,
-        device=args.device,
-        skip_bad_rows=args.skip_bad_rows,
-        split=args.split,
-        show_progress=not args.no_progress,
+    options = options_from_args(
+        MineOptions, args, absolute_margin=args.margin, show_progress=not args.no_progress
     )
     summary = mine_to_file(
         args.pairs,
