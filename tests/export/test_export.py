@@ -465,7 +465,10 @@ def test_onnx_float_parts_stay_fp32_and_qint8_is_refused(exports: dict[Any, Path
 
 
 def test_export_checks_quality_at_bf16_where_native(
-    source: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    source: tuple[Path, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Where the CPU has native bf16 (``auto`` then runs OpenVINO's float parts at bf16), the
     export measures that too, records it and holds ``--min-cosine`` to the worse figure;
@@ -485,6 +488,12 @@ def test_export_checks_quality_at_bf16_where_native(
                 calibration_size=16, min_cosine=(low + high) / 2,
             )  # fmt: skip
     assert not (tmp_path / "refused").exists()
+    cli_out = tmp_path / "cli"
+    argv = ["export", "--model", str(model), "--output", str(cli_out), "--format", "openvino",
+            "--calibration", str(cal), "--calibration-size", "16"]  # fmt: skip
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "float parts at bf16, as precision auto runs them here: min" in capsys.readouterr().out
     monkeypatch.setenv("TEXTCL_CPU_BF16", "0")
     export_model(model, tmp_path / "ov0", "openvino", calibration=cal, calibration_size=16)
     assert "bf16" not in read_export_info(tmp_path / "ov0").quality

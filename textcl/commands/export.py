@@ -85,9 +85,16 @@ def run(args: argparse.Namespace) -> int:
         min_cosine=args.min_cosine,
     )
     q = result.info.quality
+    bf16 = q.get("bf16")
+    at_bf16 = (
+        f"; float parts at bf16, as precision auto runs them here: min "
+        f"{bf16['min_cosine']:.5f}, mean {bf16['mean_cosine']:.5f}"
+        if isinstance(bf16, dict)
+        else ""
+    )
     print(
         f"{result.path}: {result.info.label} "
         f"(cosine to the source on {q['sentences']} sentences: min {q['min_cosine']:.5f}, "
-        f"mean {q['mean_cosine']:.5f})"
+        f"mean {q['mean_cosine']:.5f}{at_bf16})"
     )
     return 0
