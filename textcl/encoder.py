@@ -605,22 +605,20 @@ class SentenceEncoder(nn.Module):
         dev = self.device
         precision = resolve_inference_precision(requested, dev)
         model = self._inference_model(precision)
-        mode = precision
-        if isinstance(model, ExportedTransformer):
-            mode = model.run_label
-        elif precision == "bf16":
+        # An exported graph runs in its runtime: its precision, streams and threads, not torch's.
+        exported = isinstance(model, ExportedTransformer)
+        mode = model.run_label if exported else precision
+        if precision == "bf16" and not exported:
             mode = "bf16 (weights)" if model is not self.model else "bf16 (autocast)"
         if mode != self.last_precision:
             logger.info("encode precision: %s (requested %s, device %s)", mode, requested, dev)
         self.last_precision = mode
-        autocast = precision if model is self.model and precision != "qint8" else "fp32"
-        if isinstance(model, ExportedTransformer):  # the runtime's precision, not torch's
-            autocast = "fp32"
-        if compile and not isinstance(model, ExportedTransformer):  # that runs as exported
+        plain = model is self.model and precision != "qint8" and not exported
+        autocast = precision if plain else "fp32"
+        if compile and not exported:
             model = compiled_model(self.__dict__, model)
         norm = self.normalize if normalize is None else normalize
         budget = resolve_max_tokens(max_tokens, dev)
-        exported = isinstance(self.model, ExportedTransformer)  # its runtime has streams
         if prefetch is None:
             prefetch = not exported
         n_streams = 1 if exported else resolve_streams(streams, dev, torch.get_num_threads())

@@ -47,7 +47,6 @@ from textcl.errors import FolderConflictError, InputError
 from textcl.export.onnx import DEFAULT_OPSET, export_onnx, feeds, quantize_onnx_int8, smooth_linears
 from textcl.export.runtime import (
     EXPORT_CONFIG_NAME,
-    FLOAT_PRECISIONS,
     FORMAT_FILES,
     FORMATS,
     ExportInfo,
@@ -55,6 +54,7 @@ from textcl.export.runtime import (
     graph_files,
     import_extra,
     is_exported_folder,
+    runtime_float_precision,
 )
 from textcl.hub import WEIGHT_SUFFIXES, model_files_digest, model_folder, quiet_transformers
 from textcl.io import (
@@ -289,10 +289,8 @@ def _quality(
         source.encode(list(sentences), precision="fp32", normalize=True, show_progress=False)
     )
     out: dict[str, Any] = {"sentences": len(sentences)}
-    for precision in ("fp32", "bf16"):
-        runs_there = precision in FLOAT_PRECISIONS[exported.model.info.format]
-        if precision == "bf16" and not (runs_there and native_bf16("cpu")):
-            continue
+    bf16 = runtime_float_precision(exported.model.info.format, "bf16") == "bf16"
+    for precision in ("fp32", "bf16") if bf16 and native_bf16("cpu") else ("fp32",):
         b = exported.encode(
             list(sentences), precision=precision, normalize=True, show_progress=False
         )

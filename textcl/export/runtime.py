@@ -64,6 +64,12 @@ Runner = Callable[[dict[str, np.ndarray]], np.ndarray]
 """A compiled graph: numpy inputs by name -> ``last_hidden_state``."""
 
 
+def runtime_float_precision(fmt: str, precision: str) -> str:
+    """The precision format ``fmt``'s runtime runs a graph's float parts at when ``precision``
+    is asked: ``precision`` where it can (:data:`FLOAT_PRECISIONS`), else fp32."""
+    return precision if precision in FLOAT_PRECISIONS[fmt] else "fp32"
+
+
 class MissingExtraError(InputError):
     """An optional runtime (onnxruntime, openvino, nncf) is not installed (exit 2)."""
 
@@ -301,8 +307,7 @@ class ExportedTransformer(nn.Module):
                 "quantizes a PyTorch model; an exported graph runs at fp32 or bf16 (int8 "
                 "graphs: textcl export --quantize int8)"
             )
-        if precision not in FLOAT_PRECISIONS[self.info.format]:
-            precision = "fp32"
+        precision = runtime_float_precision(self.info.format, precision)
         with self._siblings_lock:
             twin = self._siblings.get(precision)
             if twin is None:
@@ -497,8 +502,7 @@ def load_exported(folder: Path) -> tuple[ExportedTransformer, Any]:
         return openvino_runner(path, precision=precision)
 
     # Compile first what encode's default precision ("auto") runs here; the other on demand.
-    first = resolve_inference_precision(AUTO, "cpu")
-    first = first if first in FLOAT_PRECISIONS[info.format] else "fp32"
+    first = runtime_float_precision(info.format, resolve_inference_precision(AUTO, "cpu"))
     logger.info("%s: exported model, %s (float parts %s)", folder, info.label, first)
     return ExportedTransformer(folder, info, config, make_runner, first), tokenizer
 
